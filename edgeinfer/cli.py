@@ -2,18 +2,194 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from edgeinfer.bench.cli import app as bench_app
+from edgeinfer.models.registry import DEFAULT_MODEL
 from edgeinfer.split.cli import app as split_app
 
 app = typer.Typer(
     help="Run quantized LLMs and DNNs on edge devices you own: serve, shard, split, benchmark.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(split_app, name="split")
+err = Console(stderr=True)
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="Bundled model name (see `edgeinfer models`) or path to any GGUF file."
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", "-t", help="CPU threads. Default: the number of physical cores.")
+]
+CtxOpt = Annotated[int, typer.Option("--ctx-size", "-c", help="Context length in tokens (prompt + output).")]
+BackendOpt = Annotated[
+    str, typer.Option("--backend", help="Inference backend: 'llamacpp' (whole model) or 'shard' (PyTorch).")
+]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model to serve: a bundled name or a GGUF path. Repeat to serve several; the first is the "
+            "default for requests that name no model.",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8080,
+    backend: BackendOpt = "llamacpp",
+    ctx_size: CtxOpt = 4096,
+    threads: ThreadsOpt = None,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests that may wait per model; more get HTTP 429.", min=1)
+    ] = 16,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve as a gateway over the nodes listed in this cluster YAML (see docs/cluster.md)."
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve models behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,
+    /health, /metrics). /health answers 503 until every model has loaded."""
+    from edgeinfer.api.server import ServeConfig, run
+
+    cfg = ServeConfig(
+        models=tuple(model or [DEFAULT_MODEL]),
+        backend=backend,
+        n_ctx=ctx_size,
+        threads=threads,
+        max_queue=max_queue,
+        cluster=cluster,
+    )
+    try:
+        _check_models(cfg.models if not cluster else ())
+        run(cfg, host, port, log_level=log_level)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def _check_models(specs: tuple[str, ...]) -> None:
+    """Fail fast, before the server starts, on a model that cannot exist."""
+    from pathlib import Path
+
+    from edgeinfer.models.registry import BUNDLED, lookup
+
+    for spec in specs:
+        if lookup(spec) is None and not Path(spec).expanduser().is_file():
+            raise ValueError(
+                f"model {spec!r} is neither a bundled model ({', '.join(BUNDLED)}) nor an existing GGUF file"
+            )
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The prompt. Use '-' to read it from standard input.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.", min=1)
+    ] = 256,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.", min=0.0)] = 0.7,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling probability mass.", min=0.0, max=1.0)] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Random seed, for reproducible sampling.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop sequence (repeatable).")] = None,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw", help="Send the prompt as plain text, without the chat template (a completion)."
+        ),
+    ] = False,
+    system: Annotated[str | None, typer.Option(help="System message (chat mode only).")] = None,
+    backend: BackendOpt = "llamacpp",
+    ctx_size: CtxOpt = 4096,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Generate text locally and stream it to the terminal (chat template applied unless --raw or the model
+    is a base model)."""
+    from edgeinfer.api.server import ServeConfig, backend_loader
+    from edgeinfer.engine.base import SamplingParams
+    from edgeinfer.engine.chat import ChatFormatter
+    from edgeinfer.engine.generate import ContextLengthExceeded, Delta, Result, stream
+    from edgeinfer.models.registry import ModelNotFound
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    cfg = ServeConfig(models=(model,), backend=backend, n_ctx=ctx_size, threads=threads)
+    try:
+        _check_models(cfg.models)
+        with err.status(f"loading {model} ..."):
+            _, load = backend_loader(model, cfg)
+            b = load()
+    except (ValueError, ModelNotFound) as exc:
+        _fail(str(exc))
+    extra: tuple[str, ...] = ()
+    if raw or not b.info.chat_template:
+        tokens = b.tokenize(prompt)
+    else:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        meta = b.info.metadata
+        chat = ChatFormatter(b.info.chat_template, meta.get("bos_token", ""), meta.get("eos_token", ""))
+        formatted = chat.format(messages)
+        tokens, extra = b.tokenize(formatted.text, add_bos=formatted.add_bos), formatted.extra_stops
+    params = SamplingParams(
+        temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()) + extra, seed=seed
+    )
+    try:
+        for item in stream(b, tokens, params):
+            if isinstance(item, Delta):
+                sys.stdout.write(item.text)
+                sys.stdout.flush()
+            elif isinstance(item, Result):
+                sys.stdout.write("\n")
+                decode = len(item.token_times) / sum(item.token_times) if item.token_times else 0.0
+                err.print(
+                    f"[dim]{item.prompt_tokens} prompt + {item.completion_tokens} generated tokens, "
+                    f"TTFT {1000 * (item.ttft or 0):.0f} ms, decode {decode:.1f} tok/s, "
+                    f"finish: {item.finish_reason}[/]"
+                )
+    except ContextLengthExceeded as exc:
+        _fail(str(exc))
+    finally:
+        b.close()
+
+
+@app.command()
+def models() -> None:
+    """List the bundled models and whether they are assembled in the cache yet."""
+    from edgeinfer.models.registry import BUNDLED, DEFAULT_MODEL, cache_dir
+
+    table = Table(title=f"bundled models (cache: {cache_dir()})")
+    for col in ("name", "aliases", "kind", "cached", "description"):
+        table.add_column(col)
+    for m in BUNDLED.values():
+        path = cache_dir() / m.filename
+        kind = "chat" if m.chat else "base (completions)"
+        name = m.name + (" (default)" if m.name == DEFAULT_MODEL else "")
+        table.add_row(name, ", ".join(m.aliases), kind, "yes" if path.is_file() else "no", m.description)
+    Console().print(table)
+    Console().print("Any other GGUF file can be served with [bold]--model PATH[/].")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The contract every inference backend fulfils, so the API, the CLI and the cluster gateway serve any of them.
+"""The contract every inference backend fulfils, so that the API, the CLI and the gateway serve any of them.
 
 A backend knows its tokenizer and how to produce the next token ids; everything that is the same for all
 backends (stop strings, max_tokens, UTF-8 reassembly, cancellation, timing) lives in ``engine.generate``.

@@ -1,0 +1,300 @@
+"""The OpenAI-compatible HTTP API over one or more model workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from edgeinfer.api.errors import APIError, error_body, install_handlers
+from edgeinfer.api.metrics import Metrics
+from edgeinfer.api.schemas import UNSUPPORTED, ChatCompletionRequest, CompletionRequest, _Sampling
+from edgeinfer.api.worker import Job, ModelWorker, QueueFull
+from edgeinfer.engine.chat import ChatFormatError, ChatFormatter
+from edgeinfer.engine.generate import ContextLengthExceeded, Delta, Result, check_context
+
+
+class ModelSet:
+    """The served models by name; the first one answers requests that name no model."""
+
+    def __init__(self, workers: list[ModelWorker]):
+        if not workers:
+            raise ValueError("at least one model must be served")
+        self.workers = {w.name: w for w in workers}
+        self.default = workers[0].name
+        self._formatters: dict[str, ChatFormatter] = {}
+
+    def get(self, name: str | None) -> ModelWorker:
+        worker = self.workers.get(name or self.default)
+        if worker is None:
+            served = ", ".join(self.workers)
+            raise APIError(
+                404,
+                f"The model '{name}' does not exist. Served models: {served}.",
+                "model",
+                "model_not_found",
+            )
+        if worker.state == "failed":
+            raise APIError(
+                503, f"model '{worker.name}' failed to load: {worker.error}", code="model_load_failed"
+            )
+        if worker.state == "loading":
+            raise APIError(
+                503, f"model '{worker.name}' is still loading; retry shortly", code="model_loading"
+            )
+        return worker
+
+    def formatter(self, worker: ModelWorker) -> ChatFormatter:
+        if worker.name not in self._formatters:
+            info = worker.backend.info
+            self._formatters[worker.name] = ChatFormatter(
+                info.chat_template, info.metadata.get("bos_token", ""), info.metadata.get("eos_token", "")
+            )
+        return self._formatters[worker.name]
+
+
+def _reject_unsupported(req: _Sampling) -> None:
+    for key, value in (req.model_extra or {}).items():
+        if key in UNSUPPORTED and value not in (None, False, [], {}, 0):
+            raise APIError(400, f"{UNSUPPORTED[key]} by this server; remove '{key}'", key, "unsupported")
+    if req.n != 1:
+        raise APIError(400, "only n=1 is supported; send several requests instead", "n", "unsupported")
+
+
+def _usage(result: Result) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def create_app(workers: list[ModelWorker], metrics: Metrics | None = None) -> FastAPI:
+    models = ModelSet(workers)
+    metrics = metrics or workers[0].metrics
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for w in models.workers.values():
+            w.start()
+        yield
+        for w in models.workers.values():
+            await asyncio.to_thread(w.close)
+
+    app = FastAPI(title="edgeinfer", version="0.1.0", lifespan=lifespan)
+    app.state.models = models
+    app.state.metrics = metrics
+    install_handlers(app)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.http_requests.labels(path, str(response.status_code)).inc()
+        if response.status_code >= 400:
+            metrics.request_errors.labels(str(response.status_code)).inc()
+        return response
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        states = {name: w.state for name, w in models.workers.items()}
+        ok = all(s == "ready" for s in states.values())
+        status = "ok" if ok else ("error" if "failed" in states.values() else "loading")
+        body: dict[str, Any] = {"status": status, "models": states}
+        errors = {n: w.error for n, w in models.workers.items() if w.error}
+        if errors:
+            body["errors"] = errors
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        data = []
+        for name, w in models.workers.items():
+            entry: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "edgeinfer"}
+            if w.backend is not None:
+                info = w.backend.info
+                entry["meta"] = {
+                    "architecture": info.architecture,
+                    "n_ctx": info.n_ctx,
+                    "path": info.path,
+                    "chat_template": bool(info.chat_template),
+                }
+            entry["status"] = w.state
+            data.append(entry)
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        _reject_unsupported(body)
+        worker = models.get(body.model)
+        try:
+            prompt = models.formatter(worker).format([m.model_dump() for m in body.messages])
+        except ChatFormatError as exc:
+            raise APIError(400, str(exc), "messages", "invalid_messages") from exc
+        tokens = worker.backend.tokenize(prompt.text, add_bos=prompt.add_bos)
+        params = body.sampling(prompt.extra_stops)
+        return await _run(request, worker, tokens, params, body, chat=True, param="messages")
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        _reject_unsupported(body)
+        if body.echo:
+            raise APIError(400, "echo is not supported by this server", "echo", "unsupported")
+        worker = models.get(body.model)
+        prompt = body.prompt
+        if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+            vocab = worker.backend.info.metadata.get("vocab_size")
+            if vocab and any(not 0 <= t < vocab for t in prompt):
+                raise APIError(400, f"token ids must be in [0, {vocab})", "prompt", "invalid_value")
+            tokens = list(prompt)
+        else:
+            if isinstance(prompt, list):
+                if len(prompt) != 1:
+                    raise APIError(
+                        400,
+                        "send one prompt per request (batched prompts are not supported)",
+                        "prompt",
+                        "unsupported",
+                    )
+                prompt = prompt[0]
+            if not prompt:
+                raise APIError(400, "prompt must not be empty", "prompt", "invalid_value")
+            tokens = worker.backend.tokenize(prompt, add_bos=True)
+        return await _run(request, worker, tokens, body.sampling(), body, chat=False, param="prompt")
+
+    async def _run(
+        request: Request,
+        worker: ModelWorker,
+        tokens: list[int],
+        params,
+        body: _Sampling,
+        chat: bool,
+        param: str,
+    ) -> Response:
+        try:
+            check_context(len(tokens), worker.backend.info.n_ctx)
+        except ContextLengthExceeded as exc:
+            raise APIError(400, str(exc), param, "context_length_exceeded") from exc
+        job = Job(prompt=tokens, params=params, loop=asyncio.get_running_loop())
+        try:
+            worker.submit(job)
+        except QueueFull:
+            raise APIError(
+                429, f"server busy: the queue for '{worker.name}' is full; retry later", code="queue_full"
+            ) from None
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        shape = _Shape(rid, created, worker.name, chat)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                _stream(job, shape, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        return await _collect(request, job, shape)
+
+    return app
+
+
+class _Shape:
+    """Builds response objects in the chat or the completion flavour."""
+
+    def __init__(self, rid: str, created: int, model: str, chat: bool):
+        self.rid, self.created, self.model, self.chat = rid, created, model, chat
+
+    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.rid,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def chunk(self, text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant"} if role else {}
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return self._envelope("chat.completion.chunk", [choice])
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        return self._envelope("text_completion", [choice])
+
+    def final(self, result: Result) -> dict[str, Any]:
+        if self.chat:
+            message = {"role": "assistant", "content": result.text}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": result.finish_reason}
+            out = self._envelope("chat.completion", [choice])
+        else:
+            choice = {
+                "index": 0,
+                "text": result.text,
+                "logprobs": None,
+                "finish_reason": result.finish_reason,
+            }
+            out = self._envelope("text_completion", [choice])
+        out["usage"] = _usage(result)
+        return out
+
+
+async def _stream(job: Job, shape: _Shape, include_usage: bool) -> AsyncIterator[str]:
+    try:
+        if shape.chat:
+            yield _sse(shape.chunk("", None, role=True))
+        while True:
+            item = await job.events.get()
+            if isinstance(item, Delta):
+                yield _sse(shape.chunk(item.text, None))
+            elif isinstance(item, Result):
+                last = shape.chunk(None if shape.chat else "", item.finish_reason)
+                last["usage"] = _usage(item)
+                yield _sse(last)
+                if include_usage:
+                    usage_chunk = shape.chunk(None, None)
+                    usage_chunk["choices"] = []
+                    usage_chunk["usage"] = _usage(item)
+                    yield _sse(usage_chunk)
+                break
+            else:  # an exception from the worker: the stream has started, so report it in-band
+                yield _sse(error_body(500, f"generation failed: {item}", code="internal_error"))
+                break
+        yield _sse("[DONE]")
+    finally:
+        job.cancel.set()  # client gone or stream over: stop generating and free the slot
+
+
+async def _collect(request: Request, job: Job, shape: _Shape) -> JSONResponse:
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(job.events.get(), timeout=0.5)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    job.cancel.set()
+                    return JSONResponse(error_body(499, "client closed the request"), status_code=499)
+                continue
+            if isinstance(item, Result):
+                return JSONResponse(shape.final(item))
+            if isinstance(item, Exception):
+                raise APIError(500, f"generation failed: {item}", code="internal_error")
+    finally:
+        job.cancel.set()

@@ -1,0 +1,69 @@
+"""Prometheus metrics, named like vLLM's (``vllm:`` becomes ``edgeinfer:``), one registry per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "edgeinfer:http_requests", "HTTP requests by route and status code", ["route", "code"], registry=r
+        )
+        self.request_errors = Counter(
+            "edgeinfer:request_errors",
+            "Requests answered with an error, by status code",
+            ["code"],
+            registry=r,
+        )
+        self.request_success = Counter(
+            "edgeinfer:request_success",
+            "Finished generations by finish reason",
+            ["model_name", "finished_reason"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "edgeinfer:prompt_tokens", "Prompt tokens processed", ["model_name"], registry=r
+        )
+        self.generation_tokens = Counter(
+            "edgeinfer:generation_tokens", "Tokens generated", ["model_name"], registry=r
+        )
+        self.running = Gauge(
+            "edgeinfer:num_requests_running", "Requests being generated", ["model_name"], registry=r
+        )
+        self.waiting = Gauge(
+            "edgeinfer:num_requests_waiting", "Requests waiting in the queue", ["model_name"], registry=r
+        )
+        self.ttft = Histogram(
+            "edgeinfer:time_to_first_token_seconds",
+            "Time from start of generation to the first token",
+            ["model_name"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "edgeinfer:time_per_output_token_seconds",
+            "Time between consecutive output tokens",
+            ["model_name"],
+            buckets=_TPOT_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "edgeinfer:request_queue_time_seconds",
+            "Time a request waited for the model",
+            ["model_name"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "edgeinfer:e2e_request_latency_seconds",
+            "Time from arrival to the last token",
+            ["model_name"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )

@@ -1,0 +1,79 @@
+"""Request bodies of the OpenAI routes, validated strictly enough to give useful 400s."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edgeinfer.engine.base import SamplingParams
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    # Unknown fields are accepted and ignored only if they are harmless OpenAI extras; see UNSUPPORTED.
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1)
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return v
+
+    def sampling(self, extra_stops: tuple[str, ...] = ()) -> SamplingParams:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            stop=tuple(stops) + tuple(extra_stops),
+            seed=self.seed,
+        )
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int]
+    echo: bool = False
+
+
+# Features a client may set that this server does not implement: rejected with a clear 400 rather than
+# silently ignored (a non-default value would otherwise change what the client gets).
+UNSUPPORTED = {
+    "logprobs": "logprobs are not supported",
+    "top_logprobs": "logprobs are not supported",
+    "tools": "tool calling is not supported",
+    "functions": "function calling is not supported",
+    "response_format": "response_format is not supported",
+    "logit_bias": "logit_bias is not supported",
+    "best_of": "best_of is not supported",
+    "suffix": "suffix (insertion) is not supported",
+}

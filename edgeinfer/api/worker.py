@@ -1,0 +1,115 @@
+"""One model, one worker thread, one bounded queue.
+
+A llama.cpp context (or a shard chain) runs one sequence at a time; requests wait in a FIFO of bounded depth
+and are refused with 429 when it is full. Events flow back to the asyncio side through the loop's
+thread-safe callback. A cancelled request (client gone) is skipped if still waiting, or stops between two
+tokens if running, so the slot is freed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeinfer.api.metrics import Metrics
+from edgeinfer.engine.base import Backend, SamplingParams
+from edgeinfer.engine.generate import Result, stream
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    prompt: Sequence[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    arrived: float = field(default_factory=time.perf_counter)
+
+    def emit(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class ModelWorker:
+    """Loads a backend in the background, then serves jobs from its queue until closed."""
+
+    def __init__(self, name: str, load: Callable[[], Backend], metrics: Metrics, max_queue: int = 16):
+        self.name = name
+        self._load = load
+        self.metrics = metrics
+        self.backend: Backend | None = None
+        self.error: str | None = None
+        self.ready = threading.Event()
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self._thread = threading.Thread(target=self._run, name=f"model-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def state(self) -> str:
+        if self.error:
+            return "failed"
+        return "ready" if self.ready.is_set() else "loading"
+
+    def submit(self, job: Job) -> None:
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFull from None
+        self.metrics.waiting.labels(self.name).inc()
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self.backend is not None:
+            self.backend.close()
+
+    def _run(self) -> None:
+        try:
+            self.backend = self._load()
+        except Exception as exc:  # reported by /health and on every request
+            self.error = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+            return
+        self.ready.set()
+        while (job := self._queue.get()) is not None:
+            self.metrics.waiting.labels(self.name).dec()
+            if job.cancel.is_set():
+                continue
+            self.metrics.queue_time.labels(self.name).observe(time.perf_counter() - job.arrived)
+            self.metrics.running.labels(self.name).inc()
+            try:
+                self._serve(job)
+            except Exception as exc:
+                traceback.print_exc()
+                job.emit(exc)
+            finally:
+                self.metrics.running.labels(self.name).dec()
+
+    def _serve(self, job: Job) -> None:
+        assert self.backend is not None
+        for item in stream(self.backend, job.prompt, job.params, cancelled=job.cancel.is_set):
+            job.emit(item)
+            if isinstance(item, Result):
+                self._observe(job, item)
+
+    def _observe(self, job: Job, result: Result) -> None:
+        m, name = self.metrics, self.name
+        m.prompt_tokens.labels(name).inc(result.prompt_tokens)
+        m.generation_tokens.labels(name).inc(result.completion_tokens)
+        if result.ttft is not None:
+            m.ttft.labels(name).observe(result.ttft)
+        for dt in result.token_times:
+            m.tpot.labels(name).observe(dt)
+        m.request_success.labels(name, result.finish_reason).inc()
+        m.e2e.labels(name).observe(time.perf_counter() - job.arrived)

@@ -1,0 +1,83 @@
+"""Whole-model backend on llama.cpp (llama-cpp-python)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from edgeinfer.engine.base import ModelInfo, SamplingParams
+from edgeinfer.engine.threads import default_threads
+
+_RANDOM_SEED = 0xFFFFFFFF  # llama.cpp: draw a fresh seed
+
+
+class LlamaCppBackend:
+    def __init__(
+        self,
+        model_path: str | Path,
+        name: str | None = None,
+        n_ctx: int = 4096,
+        threads: int | None = None,
+        n_batch: int = 512,
+    ):
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        path = Path(model_path)
+        threads = threads or default_threads()
+        self.llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=min(n_batch, n_ctx),
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+        meta = dict(self.llm.metadata)
+        arch = meta.get("general.architecture", "unknown")
+        special = {"special": True}
+        self.info = ModelInfo(
+            name=name or path.stem,
+            path=str(path),
+            architecture=arch,
+            n_ctx=self.llm.n_ctx(),
+            chat_template=meta.get("tokenizer.chat_template"),
+            metadata={
+                "vocab_size": self.llm.n_vocab(),
+                "n_ctx_train": self.llm._model.n_ctx_train(),
+                "threads": threads,
+                "bos_token": self._piece(self.llm.token_bos(), **special),
+                "eos_token": self._piece(self.llm.token_eos(), **special),
+                "backend": "llamacpp",
+            },
+        )
+
+    def _piece(self, token: int, special: bool) -> str:
+        if token < 0:
+            return ""
+        return self.llm.detokenize([token], special=special).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def token_bytes(self, ids: Sequence[int]) -> bytes:
+        return self.llm.detokenize(list(ids))
+
+    def is_eog(self, token_id: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token_id))
+
+    def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
+        seed = _RANDOM_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+        self.llm.set_seed(seed)
+        return self.llm.generate(
+            list(prompt),
+            temp=max(params.temperature, 0.0),
+            top_p=params.top_p,
+            top_k=params.top_k,
+            min_p=0.0,
+            typical_p=1.0,
+            repeat_penalty=1.0,
+        )
+
+    def close(self) -> None:
+        self.llm.close()
