@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edgeinfer.api.errors import APIError, error_body, install_handlers
+from edgeinfer.api.errors import APIError, error_body, install_handlers, parse_body
 from edgeinfer.api.metrics import Metrics
 from edgeinfer.api.schemas import UNSUPPORTED, ChatCompletionRequest, CompletionRequest, _Sampling
 from edgeinfer.api.worker import Job, ModelWorker, QueueFull
@@ -141,7 +141,8 @@ def create_app(workers: list[ModelWorker], metrics: Metrics | None = None) -> Fa
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    async def chat_completions(request: Request) -> Response:
+        body = await parse_body(request, ChatCompletionRequest)
         _reject_unsupported(body)
         worker = models.get(body.model)
         try:
@@ -153,7 +154,8 @@ def create_app(workers: list[ModelWorker], metrics: Metrics | None = None) -> Fa
         return await _run(request, worker, tokens, params, body, chat=True, param="messages")
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Response:
+    async def completions(request: Request) -> Response:
+        body = await parse_body(request, CompletionRequest)
         _reject_unsupported(body)
         if body.echo:
             raise APIError(400, "echo is not supported by this server", "echo", "unsupported")

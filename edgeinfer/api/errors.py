@@ -6,12 +6,16 @@ for validation problems becomes 400, as in vLLM and llama-server.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+M = TypeVar("M", bound=BaseModel)
 
 _TYPES = {
     400: "invalid_request_error",
@@ -53,7 +57,7 @@ def error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
-def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
+def _describe_validation(exc: RequestValidationError | ValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "invalid request", None
@@ -66,6 +70,24 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
         return f"missing required field '{param}'", param
     msg = first.get("msg", "invalid value")
     return (f"invalid value for '{param}': {msg}" if param else msg), param
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Parse a JSON body whatever its Content-Type (curl -d sends form encoding), as llama-server does."""
+    raw = await request.body()
+    if not raw.strip():
+        raise APIError(400, "request body is empty; send a JSON object", code="invalid_json")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, param = _describe_validation(exc)
+        raise APIError(400, message, param=param, code="invalid_value") from None
 
 
 def install_handlers(app: FastAPI) -> None:

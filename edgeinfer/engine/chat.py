@@ -63,7 +63,14 @@ class ChatFormatter:
         return self._template is not None
 
     def format(self, messages: Sequence[dict[str, Any]]) -> ChatPrompt:
-        msgs = [{"role": m["role"], "content": _content_text(m.get("content"))} for m in messages]
+        # "developer" is OpenAI's newer name for the system role; templates only know "system"
+        msgs = [
+            {
+                "role": "system" if m["role"] == "developer" else m["role"],
+                "content": _content_text(m.get("content")),
+            }
+            for m in messages
+        ]
         if self._template is None:
             return self._plain(msgs)
         try:
