@@ -1,0 +1,425 @@
+"""Pipeline planner: which nodes run which contiguous layer ranges of an LLM, placed from measurements.
+
+Plain Python, no transport. Inputs are measured costs:
+
+* per node: decode time of each layer (seconds per token), extra time of the embedding / output head when
+  the node holds the first / last layer, and the memory it can give to weights;
+* per link: round-trip time and bandwidth, between the gateway and every node and between nodes;
+* per model: bytes of every layer, of the embedding and of the head; bytes crossing the wire per token.
+
+Cost model of one decoded token (seconds), for stages ``s_0 .. s_k`` (node, layer range):
+
+  compute(s) = sum(layer_time[node][l] for l in range) (+ embed_time if first) (+ head_time if last)
+  topology "star"  (the gateway calls every stage in turn; what the gRPC gateway does):
+      hop(s) = rtt(gw, node) + (bytes in + bytes out) / bandwidth(gw, node)
+  topology "chain" (each stage calls the next, replies travel back):
+      hop(s) = rtt(prev, node) + (bytes in + output bytes) / bandwidth(prev, node)
+  latency  = sum(compute(s) + hop(s))
+  throughput (micro-batched, stages overlap) = 1 / max(compute(s) + transfer(s))
+
+A node flagged ``local`` is the requesting device itself (the gateway process): its hop costs nothing and it
+may only hold the *first* layers (device<->edge split: raw tokens never leave the device).
+
+``plan`` is exact: dynamic programming over (layers assigned, set of used nodes, last node), which is
+O(L^2 * 2^N * N^2) — fine for the <= ~10 nodes of an edge cluster. ``brute_force`` enumerates every ordered
+subset and every composition (the test oracle); ``equal_split`` and ``memory_weighted`` are the exo-style
+baselines it is compared with.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+GATEWAY = "gateway"
+OBJECTIVES = ("latency", "throughput")
+STRATEGIES = ("auto", "single", "pipeline", "device-edge")
+TOPOLOGIES = ("star", "chain")
+
+
+class InfeasiblePlan(ValueError):
+    """No assignment fits the memory of the allowed nodes."""
+
+
+@dataclass(frozen=True)
+class Link:
+    rtt: float  # seconds
+    bandwidth: float  # bytes per second
+
+    def cost(self, nbytes: float) -> float:
+        return self.rtt + nbytes / self.bandwidth
+
+
+FREE = Link(0.0, math.inf)
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    name: str
+    layer_time: float | Sequence[float]  # seconds per token for each layer (or one value for all)
+    memory: float = math.inf  # bytes available for weights
+    embed_time: float = 0.0
+    head_time: float = 0.0
+    local: bool = False  # the gateway's own device
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    n_layers: int
+    layer_bytes: float | Sequence[float]
+    embed_bytes: float = 0.0  # held by the first stage
+    head_bytes: float = 0.0  # held by the last stage
+    activation_bytes: float = 0.0  # hidden state of one token on the wire
+    input_bytes: float = 4.0  # one token id
+    output_bytes: float = 8.0  # what the last stage returns per token (token id + logit, or logits)
+
+
+@dataclass(frozen=True)
+class Stage:
+    node: str
+    start: int
+    end: int  # exclusive
+
+    @property
+    def n_layers(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class Plan:
+    stages: list[Stage]
+    latency: float  # predicted seconds per decoded token
+    bottleneck: float  # predicted max stage time (1 / throughput)
+    objective: str = "latency"
+    strategy: str = "auto"
+    excluded: dict[str, str] = field(default_factory=dict)  # node -> why it is not used
+    breakdown: list[dict] = field(default_factory=list)  # per stage: compute, hop, memory
+
+    @property
+    def tokens_per_second(self) -> float:
+        return 1.0 / self.latency if self.latency > 0 else math.inf
+
+    @property
+    def throughput(self) -> float:
+        return 1.0 / self.bottleneck if self.bottleneck > 0 else math.inf
+
+    @property
+    def strategy_used(self) -> str:
+        if len(self.stages) == 1:
+            return "single"
+        return "device-edge" if self.breakdown and self.breakdown[0].get("local") else "pipeline"
+
+    def describe(self) -> str:
+        parts = [f"{s.node}[{s.start}:{s.end}]" for s in self.stages]
+        return " -> ".join(parts)
+
+
+def _per_layer(value: float | Sequence[float], n: int, what: str) -> list[float]:
+    if isinstance(value, int | float):
+        return [float(value)] * n
+    values = [float(v) for v in value]
+    if len(values) != n:
+        raise ValueError(f"{what}: {len(values)} values for {n} layers")
+    return values
+
+
+def _prefix(values: list[float]) -> list[float]:
+    out = [0.0]
+    for v in values:
+        out.append(out[-1] + v)
+    return out
+
+
+class Problem:
+    """Everything the planner needs. ``links`` maps (a, b) -> Link for node names and ``GATEWAY``; a missing
+    (a, b) falls back to (b, a); local nodes need no links."""
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeCost],
+        model: ModelCost,
+        links: dict[tuple[str, str], Link],
+        topology: str = "star",
+    ):
+        if topology not in TOPOLOGIES:
+            raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
+        names = [n.name for n in nodes]
+        if len(set(names)) != len(names) or GATEWAY in names:
+            raise ValueError(f"node names must be unique and not {GATEWAY!r}: {names}")
+        if model.n_layers < 1:
+            raise ValueError("the model needs at least one layer")
+        self.nodes = list(nodes)
+        self.model = model
+        self.links = dict(links)
+        self.topology = topology
+        L = model.n_layers
+        self._time = [_prefix(_per_layer(n.layer_time, L, f"layer_time of {n.name}")) for n in nodes]
+        self._mem = _prefix(_per_layer(model.layer_bytes, L, "layer_bytes"))
+
+    def link(self, a: str, b: str) -> Link:
+        if a == b:
+            return FREE
+        local = {n.name for n in self.nodes if n.local}
+        if (a == GATEWAY and b in local) or (b == GATEWAY and a in local):
+            return FREE
+        if (a, b) in self.links:
+            return self.links[(a, b)]
+        if (b, a) in self.links:
+            return self.links[(b, a)]
+        raise ValueError(f"no link cost measured between {a!r} and {b!r}")
+
+    # --- costs of one stage ------------------------------------------------------------------------------
+    def stage_memory(self, j: int, start: int, end: int) -> float:
+        m = self.model
+        mem = self._mem[end] - self._mem[start]
+        return mem + (m.embed_bytes if start == 0 else 0.0) + (m.head_bytes if end == m.n_layers else 0.0)
+
+    def fits(self, j: int, start: int, end: int) -> bool:
+        return self.stage_memory(j, start, end) <= self.nodes[j].memory
+
+    def compute(self, j: int, start: int, end: int) -> float:
+        n = self.nodes[j]
+        t = self._time[j][end] - self._time[j][start]
+        return (
+            t + (n.embed_time if start == 0 else 0.0) + (n.head_time if end == self.model.n_layers else 0.0)
+        )
+
+    def hop(self, prev: int | None, j: int, start: int, end: int) -> tuple[float, float]:
+        """(latency of the hop into stage j, its pure transfer time) — see the module docstring."""
+        m = self.model
+        bytes_in = m.input_bytes if start == 0 else m.activation_bytes
+        if self.topology == "star":
+            link = self.link(GATEWAY, self.nodes[j].name)
+            bytes_out = m.output_bytes if end == m.n_layers else m.activation_bytes
+        else:
+            src = GATEWAY if prev is None else self.nodes[prev].name
+            link = self.link(src, self.nodes[j].name)
+            bytes_out = m.output_bytes
+        nbytes = bytes_in + bytes_out
+        return link.cost(nbytes), nbytes / link.bandwidth
+
+    def evaluate(self, stages: Sequence[Stage]) -> tuple[float, float, list[dict]]:
+        """(latency, bottleneck stage time, breakdown) of an explicit plan; checks it is a valid partition."""
+        index = {n.name: i for i, n in enumerate(self.nodes)}
+        pos, prev, latency, bottleneck, rows = 0, None, 0.0, 0.0, []
+        for k, s in enumerate(stages):
+            if s.node not in index:
+                raise ValueError(f"unknown node {s.node!r}")
+            j = index[s.node]
+            if s.start != pos or s.end <= s.start:
+                raise ValueError(f"stages must cover layers contiguously from 0: {stages}")
+            if self.nodes[j].local and k != 0:
+                raise ValueError(f"local node {s.node!r} may only hold the first layers")
+            c = self.compute(j, s.start, s.end)
+            h, transfer = self.hop(prev, j, s.start, s.end)
+            mem = self.stage_memory(j, s.start, s.end)
+            rows.append(
+                {"node": s.node, "start": s.start, "end": s.end, "compute": c, "hop": h, "memory": mem,
+                 "fits": mem <= self.nodes[j].memory, "local": self.nodes[j].local}
+            )  # fmt: skip
+            latency += c + h
+            bottleneck = max(bottleneck, c + transfer)
+            pos, prev = s.end, j
+        if pos != self.model.n_layers:
+            raise ValueError(f"stages cover layers 0..{pos}, the model has {self.model.n_layers}")
+        if len({s.node for s in stages}) != len(stages):
+            raise ValueError("a node appears in two stages")
+        return latency, bottleneck, rows
+
+
+def _allowed(problem: Problem, strategy: str) -> tuple[list[int], int, bool]:
+    """(usable node indices, most stages, must the first stage be local)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    everyone = list(range(len(problem.nodes)))
+    remote = [j for j in everyone if not problem.nodes[j].local]
+    if strategy == "single":
+        return everyone, 1, False
+    if strategy == "pipeline":
+        return remote, len(remote), False
+    if strategy == "device-edge":
+        if len(remote) == len(everyone):
+            raise ValueError("strategy device-edge needs a local node (the requesting device)")
+        return everyone, len(everyone), True
+    return everyone, len(everyone), False
+
+
+def plan(problem: Problem, objective: str = "latency", strategy: str = "auto") -> Plan:
+    """The exact optimum over ordered node subsets and contiguous layer ranges (see module docstring)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    allowed, max_stages, local_first = _allowed(problem, strategy)
+    L = problem.model.n_layers
+    combine = (lambda a, b: a + b) if objective == "latency" else max
+    # best[(k, mask, last)] = (cost, parent key, stage)
+    best: dict[tuple[int, int, int], tuple[float, tuple | None, Stage | None]] = {}
+    frontier = {(0, 0, -1): (0.0, None, None)}
+    best.update(frontier)
+    for _ in range(max_stages):
+        nxt: dict[tuple[int, int, int], tuple[float, tuple | None, Stage | None]] = {}
+        for key, (cost, _p, _s) in frontier.items():
+            k, mask, last = key
+            if k == L:
+                continue
+            for j in allowed:
+                if mask >> j & 1:
+                    continue
+                node = problem.nodes[j]
+                if node.local and k != 0:
+                    continue
+                if local_first and k == 0 and not node.local:
+                    continue
+                for e in range(k + 1, L + 1):
+                    if not problem.fits(j, k, e):
+                        break  # memory only grows with more layers
+                    if local_first and k == 0 and e == L:
+                        continue  # device-edge needs at least one edge stage
+                    c = problem.compute(j, k, e)
+                    h, transfer = problem.hop(None if last < 0 else last, j, k, e)
+                    step = c + h if objective == "latency" else c + transfer
+                    total = combine(cost, step)
+                    nkey = (e, mask | 1 << j, j)
+                    if nkey not in nxt or total < nxt[nkey][0]:
+                        nxt[nkey] = (total, key, Stage(node.name, k, e))
+        for nkey, val in nxt.items():
+            if nkey not in best or val[0] < best[nkey][0]:
+                best[nkey] = val
+        frontier = nxt
+    finals = {key: val for key, val in best.items() if key[0] == L}
+    if not finals:
+        raise InfeasiblePlan(_infeasible_reason(problem, allowed, strategy))
+    key = min(finals, key=lambda kk: (finals[kk][0], bin(kk[1]).count("1")))
+    stages: list[Stage] = []
+    cur: tuple | None = key
+    while cur is not None and best[cur][2] is not None:
+        stages.append(best[cur][2])
+        cur = best[cur][1]
+    stages.reverse()
+    latency, bottleneck, rows = problem.evaluate(stages)
+    result = Plan(stages, latency, bottleneck, objective, strategy, breakdown=rows)
+    result.excluded = _why_excluded(problem, finals, stages, allowed, objective)
+    return result
+
+
+def _infeasible_reason(problem: Problem, allowed: list[int], strategy: str) -> str:
+    m = problem.model
+    total = problem.stage_memory(0, 0, m.n_layers)
+    mem = sum(problem.nodes[j].memory for j in allowed)
+    gib = 1 << 30
+    detail = ", ".join(f"{problem.nodes[j].name}: {problem.nodes[j].memory / gib:.2f} GiB" for j in allowed)
+    return (
+        f"the model needs {total / gib:.2f} GiB for weights but the {len(allowed)} usable node(s) "
+        f"(strategy {strategy}) offer {mem / gib:.2f} GiB in total ({detail}), or no contiguous split fits; "
+        "add nodes or memory, or use a smaller model"
+    )
+
+
+def _why_excluded(problem: Problem, finals: dict, stages: list[Stage], allowed: list[int], objective: str):
+    used = {s.node for s in stages}
+    best_cost = min(v[0] for v in finals.values())
+    reasons = {}
+    one_layer = min(problem.stage_memory(0, k, k + 1) - (problem.model.embed_bytes if k == 0 else 0)
+                    for k in range(problem.model.n_layers))  # fmt: skip
+    for j, node in enumerate(problem.nodes):
+        if node.name in used:
+            continue
+        if j not in allowed:
+            reasons[node.name] = "not allowed by the chosen strategy"
+            continue
+        if node.memory < one_layer:
+            reasons[node.name] = f"memory ({node.memory / 2**20:.0f} MiB) cannot hold a single layer"
+            continue
+        with_j = [v[0] for key, v in finals.items() if key[1] >> j & 1]
+        if not with_j:
+            reasons[node.name] = "no feasible plan uses it (memory or strategy constraints)"
+            continue
+        delta = min(with_j) - best_cost
+        what = "per-token latency" if objective == "latency" else "bottleneck stage time"
+        try:
+            rtt = f"; link rtt {problem.link(GATEWAY, node.name).rtt * 1e3:.2f} ms"
+        except ValueError:
+            rtt = ""
+        reasons[node.name] = f"using it would add {delta * 1e3:.2f} ms to the {what}{rtt}"
+    return reasons
+
+
+# --- baselines and oracle ---------------------------------------------------------------------------
+def _finish(problem: Problem, stages: list[Stage], objective: str, strategy: str) -> Plan:
+    latency, bottleneck, rows = problem.evaluate(stages)
+    if not all(r["fits"] for r in rows):
+        over = ", ".join(f"{r['node']} needs {r['memory'] / 2**20:.0f} MiB" for r in rows if not r["fits"])
+        raise InfeasiblePlan(f"{strategy}: split does not fit in memory ({over})")
+    return Plan(stages, latency, bottleneck, objective, strategy, breakdown=rows)
+
+
+def _split(problem: Problem, order: list[int], weights: list[float]) -> list[Stage]:
+    """Largest-remainder split of the layers in proportion to ``weights`` (each used node >= 1 layer)."""
+    L = problem.model.n_layers
+    order, weights = order[:L], weights[:L]
+    total = sum(weights)
+    raw = [L * w / total for w in weights]
+    counts = [max(1, int(r)) for r in raw]
+    while sum(counts) > L:
+        i = max(range(len(counts)), key=lambda i: counts[i] - raw[i])
+        counts[i] -= 1
+    rema = sorted(range(len(counts)), key=lambda i: raw[i] - int(raw[i]), reverse=True)
+    i = 0
+    while sum(counts) < L:
+        counts[rema[i % len(rema)]] += 1
+        i += 1
+    stages, pos = [], 0
+    for j, c in zip(order, counts, strict=True):
+        if c > 0:
+            stages.append(Stage(problem.nodes[j].name, pos, pos + c))
+            pos += c
+    return stages
+
+
+def equal_split(problem: Problem, objective: str = "latency") -> Plan:
+    """Every remote node, in the listed order, gets the same number of layers."""
+    order = [j for j, n in enumerate(problem.nodes) if not n.local]
+    return _finish(problem, _split(problem, order, [1.0] * len(order)), objective, "equal")
+
+
+def memory_weighted(problem: Problem, objective: str = "latency") -> Plan:
+    """exo-style: every remote node, largest memory first, layers in proportion to its memory."""
+    order = sorted(
+        (j for j, n in enumerate(problem.nodes) if not n.local), key=lambda j: -problem.nodes[j].memory
+    )
+    finite = [problem.nodes[j].memory for j in order if math.isfinite(problem.nodes[j].memory)]
+    fallback = max(finite) if finite else 1.0
+    weights = [problem.nodes[j].memory if math.isfinite(problem.nodes[j].memory) else fallback for j in order]
+    return _finish(problem, _split(problem, order, weights), objective, "memory-weighted")
+
+
+def _compositions(n: int, k: int):
+    for cuts in itertools.combinations(range(1, n), k - 1):
+        bounds = (0, *cuts, n)
+        yield [(bounds[i], bounds[i + 1]) for i in range(k)]
+
+
+def brute_force(problem: Problem, objective: str = "latency", strategy: str = "auto") -> Plan:
+    """Enumerate every ordered node subset and every contiguous split (test oracle; tiny instances only)."""
+    allowed, max_stages, local_first = _allowed(problem, strategy)
+    L = problem.model.n_layers
+    best: tuple[float, list[Stage]] | None = None
+    for k in range(1, min(max_stages, L) + 1):
+        for order in itertools.permutations(allowed, k):
+            if local_first and (not problem.nodes[order[0]].local or k < 2):
+                continue
+            if any(problem.nodes[j].local for j in order[1:]):
+                continue
+            for ranges in _compositions(L, k):
+                stages = [Stage(problem.nodes[j].name, a, b) for j, (a, b) in zip(order, ranges, strict=True)]
+                latency, bottleneck, rows = problem.evaluate(stages)
+                if not all(r["fits"] for r in rows):
+                    continue
+                cost = latency if objective == "latency" else bottleneck
+                if best is None or cost < best[0] - 1e-15:
+                    best = (cost, stages)
+    if best is None:
+        raise InfeasiblePlan(_infeasible_reason(problem, allowed, strategy))
+    latency, bottleneck, rows = problem.evaluate(best[1])
+    return Plan(best[1], latency, bottleneck, objective, strategy, breakdown=rows)

@@ -1,0 +1,155 @@
+"""The pipeline planner against brute force on random small instances, plus its explanations."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from edgeinfer.planner.pipeline import (
+    GATEWAY,
+    InfeasiblePlan,
+    Link,
+    ModelCost,
+    NodeCost,
+    Problem,
+    Stage,
+    brute_force,
+    equal_split,
+    memory_weighted,
+    plan,
+)
+
+MB = 1 << 20
+
+
+def random_problem(rng: random.Random, topology: str, local: bool) -> Problem:
+    n_nodes = rng.randint(1, 4)
+    L = rng.randint(1, 7)
+    per_layer = [rng.uniform(1, 10) * MB for _ in range(L)]
+    model = ModelCost(
+        n_layers=L,
+        layer_bytes=per_layer,
+        embed_bytes=rng.uniform(0, 20) * MB,
+        head_bytes=rng.uniform(0, 20) * MB,
+        activation_bytes=rng.choice([2048, 65536, 1 << 20]),
+        output_bytes=rng.choice([8, 300_000]),
+    )
+    total = sum(per_layer) + model.embed_bytes + model.head_bytes
+    nodes = []
+    for i in range(n_nodes):
+        speed = rng.uniform(0.5, 3.0)
+        nodes.append(
+            NodeCost(
+                name=f"n{i}",
+                layer_time=[speed * rng.uniform(0.8, 1.2) * 1e-3 for _ in range(L)],
+                memory=rng.choice([math.inf, total * rng.uniform(0.2, 1.2)]),
+                embed_time=rng.uniform(0, 1e-3),
+                head_time=rng.uniform(0, 5e-3),
+                local=local and i == 0,
+            )
+        )
+    names = [GATEWAY] + [n.name for n in nodes]
+    links = {}
+    for a in names:
+        for b in names:
+            if a < b:
+                links[(a, b)] = Link(rng.uniform(1e-4, 5e-3), rng.choice([1.25e6, 12.5e6, 125e6]))
+    return Problem(nodes, model, links, topology=topology)
+
+
+@pytest.mark.parametrize("topology", ["star", "chain"])
+@pytest.mark.parametrize("objective", ["latency", "throughput"])
+@pytest.mark.parametrize("strategy", ["auto", "single", "pipeline", "device-edge"])
+def test_dp_equals_brute_force(topology, objective, strategy):
+    rng = random.Random(f"{topology}-{objective}-{strategy}")
+    checked = 0
+    for _ in range(60):
+        local = strategy == "device-edge" or rng.random() < 0.3
+        problem = random_problem(rng, topology, local)
+        try:
+            oracle = brute_force(problem, objective, strategy)
+        except InfeasiblePlan:
+            with pytest.raises(InfeasiblePlan):
+                plan(problem, objective, strategy)
+            continue
+        except ValueError:  # e.g. device-edge without a local node: both must refuse
+            with pytest.raises(ValueError):
+                plan(problem, objective, strategy)
+            continue
+        got = plan(problem, objective, strategy)
+        key = "latency" if objective == "latency" else "bottleneck"
+        assert getattr(got, key) == pytest.approx(getattr(oracle, key), rel=1e-9), (got.stages, oracle.stages)
+        lat, bottleneck, rows = problem.evaluate(got.stages)  # a valid partition that fits
+        assert all(r["fits"] for r in rows)
+        if strategy == "single":
+            assert len(got.stages) == 1
+        if strategy == "device-edge":
+            assert problem.nodes[0].local and got.stages[0].node == "n0" and len(got.stages) >= 2
+        if strategy == "pipeline":
+            assert not any(r["local"] for r in rows)
+        checked += 1
+    assert checked >= 20
+
+
+def _cluster(fast_link: bool) -> Problem:
+    model = ModelCost(n_layers=24, layer_bytes=10 * MB, embed_bytes=100 * MB, head_bytes=100 * MB,
+                      activation_bytes=1792)  # fmt: skip
+    nodes = [NodeCost("a", 2e-3, memory=300 * MB, head_time=5e-3), NodeCost("b", 2e-3, memory=300 * MB),
+             NodeCost("slow", 20e-3, memory=10_000 * MB)]  # fmt: skip
+    link = Link(2e-4, 125e6) if fast_link else Link(50e-3, 1.25e6)
+    links = {(GATEWAY, "a"): link, (GATEWAY, "b"): link, (GATEWAY, "slow"): link}
+    return Problem(nodes, model, links)
+
+
+def test_memory_forces_a_pipeline_and_explains_exclusions():
+    p = plan(_cluster(fast_link=True))
+    assert {s.node for s in p.stages} == {"a", "b"}  # neither a nor b holds 440 MB alone; slow is slow
+    assert "slow" in p.excluded and "would add" in p.excluded["slow"]
+    assert p.tokens_per_second == pytest.approx(1 / p.latency)
+    # baselines are valid plans no better than the optimum
+    for baseline in (equal_split, memory_weighted):
+        try:
+            b = baseline(_cluster(fast_link=True))
+        except InfeasiblePlan:
+            continue
+        assert b.latency >= p.latency - 1e-12
+
+
+def test_memory_weighted_matches_exo_rule():
+    b = memory_weighted(_cluster(fast_link=True))
+    # exo: largest memory first, layers proportional to memory
+    assert b.stages[0].node == "slow" and b.stages[0].n_layers >= 20
+
+
+def test_infeasible_cluster_is_refused_with_a_clear_message():
+    model = ModelCost(n_layers=4, layer_bytes=100 * MB)
+    nodes = [NodeCost("a", 1e-3, memory=150 * MB), NodeCost("b", 1e-3, memory=150 * MB)]
+    problem = Problem(nodes, model, {(GATEWAY, "a"): Link(1e-3, 1e8), (GATEWAY, "b"): Link(1e-3, 1e8)})
+    with pytest.raises(InfeasiblePlan, match=r"needs 0\.39 GiB.*offer 0\.29 GiB"):
+        plan(problem)
+
+
+def test_single_vs_pipeline_tradeoff_follows_the_link():
+    # one node can hold everything: with a slow link a second hop is not worth it
+    model = ModelCost(n_layers=8, layer_bytes=MB, activation_bytes=4096)
+    nodes = [NodeCost("a", 1e-3), NodeCost("b", 0.5e-3)]
+    slow = Problem(nodes, model, {(GATEWAY, "a"): Link(1e-3, 1e8), (GATEWAY, "b"): Link(1e-3, 1e8)})
+    assert [s.node for s in plan(slow).stages] == ["b"]
+    assert plan(slow, objective="throughput").throughput >= plan(slow).throughput - 1e-9
+
+
+def test_bad_input():
+    model = ModelCost(n_layers=2, layer_bytes=1)
+    with pytest.raises(ValueError, match="unique"):
+        Problem([NodeCost("a", 1e-3), NodeCost("a", 1e-3)], model, {})
+    with pytest.raises(ValueError, match="3 values for 2 layers"):
+        Problem([NodeCost("a", [1, 2, 3])], model, {})
+    p = Problem([NodeCost("a", 1e-3)], model, {})
+    with pytest.raises(ValueError, match="no link cost"):
+        plan(p)
+    with pytest.raises(ValueError, match="strategy"):
+        plan(p, strategy="magic")
+    with pytest.raises(ValueError, match="contiguously"):
+        p.evaluate([Stage("a", 1, 2)])
