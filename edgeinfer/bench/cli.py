@@ -2,4 +2,6 @@
 
 import typer
 
-app = typer.Typer(help="Benchmarks: model speed, serving load, accuracy, roofline and fit, reports.", no_args_is_help=True)
+app = typer.Typer(
+    help="Benchmarks: model speed, serving load, accuracy, roofline and fit, reports.", no_args_is_help=True
+)

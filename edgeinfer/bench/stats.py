@@ -1,0 +1,53 @@
+"""Small statistics used by every benchmark: mean ± std, percentiles, the Wilson score interval."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for fewer than two samples)."""
+    if not xs:
+        raise ValueError("mean_std of no samples")
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def percentile(xs: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), ``q`` in [0, 100]."""
+    if not xs:
+        raise ValueError("percentile of no samples")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be in [0, 100], got {q}")
+    s = sorted(xs)
+    pos = (len(s) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summary(xs: Sequence[float], qs: Sequence[float] = (50, 90, 99)) -> dict[str, float] | None:
+    """mean, std and the given percentiles (keys ``p50`` ...), or None for no samples."""
+    if not xs:
+        return None
+    m, sd = mean_std(xs)
+    out = {"mean": m, "std": sd, "n": float(len(xs))}
+    for q in qs:
+        out[f"p{q:g}"] = percentile(xs, q)
+    return out
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95 % by default)."""
+    if n <= 0:
+        raise ValueError("wilson interval needs n > 0")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, {n}], got {successes}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
