@@ -1,0 +1,264 @@
+"""The gateway: a ``Backend`` that runs one model as a pipeline of shards on remote nodes (and optionally on
+this device), so the OpenAI server serves a cluster exactly like a single model.
+
+``load_cluster(path)`` reads the cluster YAML, profiles every node and link, plans (edgeinfer.planner), loads
+the shards and returns a ``PipelineBackend``. Tokenization and sampling happen here; the gateway calls the
+stages in turn (star topology), each RPC with a timeout, so a failing node surfaces as a clear error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from edgeinfer.cluster.client import NodeClient, NodeError
+from edgeinfer.cluster.config import ClusterConfig, load_config
+from edgeinfer.cluster.host import ShardHost
+from edgeinfer.cluster.profile import LOCAL, ClusterProfile, build_problem, profile_cluster
+from edgeinfer.engine.base import ModelInfo, SamplingParams
+from edgeinfer.planner.pipeline import Plan, Problem, Stage, plan
+
+log = logging.getLogger("edgeinfer.cluster")
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+class RemoteStage:
+    def __init__(self, client: NodeClient, shard_id: str, stage: Stage, wire_dtype: str):
+        self.client, self.shard_id, self.stage, self.wire_dtype = client, shard_id, stage, wire_dtype
+        self.name = client.name
+
+    def forward(self, seq_id: str, x, start_pos: int, output: str):
+        out, _ = self.client.forward(self.shard_id, seq_id, x, start_pos, output, self.wire_dtype)
+        return out
+
+    def drop(self, seq_id: str) -> None:
+        self.client.drop(seq_id, self.shard_id)
+
+    def close(self) -> None:
+        self.client.unload(self.shard_id)
+
+
+class LocalStage:
+    """Layers run in this process (device<->edge: the requesting device holds the first layers)."""
+
+    def __init__(self, host: ShardHost, shard_id: str, stage: Stage):
+        self.host, self.shard_id, self.stage, self.name = host, shard_id, stage, LOCAL
+
+    def forward(self, seq_id: str, x, start_pos: int, output: str):
+        out, _, _ = self.host.forward(self.shard_id, seq_id, x, start_pos, output)
+        return out
+
+    def drop(self, seq_id: str) -> None:
+        self.host.drop(self.shard_id, seq_id)
+
+    def close(self) -> None:
+        self.host.unload(self.shard_id)
+
+
+def sample(logits, params: SamplingParams, generator) -> int:
+    """Temperature / top-k / top-p sampling of one token from logits [vocab]."""
+    import torch
+
+    logits = logits.float() / max(params.temperature, 1e-6)
+    if params.top_k > 0:
+        kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, idx = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, 0) - sorted_p < params.top_p
+        keep[0] = True
+        probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+class PipelineBackend:
+    def __init__(
+        self,
+        model_path: str | Path,
+        stages: list,
+        name: str | None = None,
+        n_ctx: int = 4096,
+        plan: Plan | None = None,
+        problem: Problem | None = None,
+    ):
+        import llama_cpp
+
+        if not stages:
+            raise ClusterError("a pipeline needs at least one stage")
+        self._llama_cpp = llama_cpp
+        path = Path(model_path)
+        self.vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        meta = dict(self.vocab.metadata)
+        arch = meta.get("general.architecture", "unknown")
+        train_ctx = int(meta.get(f"{arch}.context_length", n_ctx))
+        self.stages = stages
+        self.plan = plan
+        self.problem = problem
+        self._lock = threading.Lock()  # one sequence at a time through the pipeline
+        self.info = ModelInfo(
+            name=name or path.stem,
+            path=str(path),
+            architecture=arch,
+            n_ctx=min(n_ctx, train_ctx),
+            chat_template=meta.get("tokenizer.chat_template"),
+            metadata={
+                "vocab_size": self.vocab.n_vocab(),
+                "bos_token": self._piece(self.vocab.token_bos()),
+                "eos_token": self._piece(self.vocab.token_eos()),
+                "backend": "cluster",
+                "stages": [f"{s.name}[{s.stage.start}:{s.stage.end}]" for s in stages],
+                "plan": plan.describe() if plan else None,
+            },
+        )
+
+    def _piece(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.vocab.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.vocab.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def token_bytes(self, ids: Sequence[int]) -> bytes:
+        return self.vocab.detokenize(list(ids))
+
+    def is_eog(self, token_id: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab._model.vocab, token_id))
+
+    def step(self, seq_id: str, x, start_pos: int, output: str):
+        """One pass through every stage (x: token ids); returns the last stage's output."""
+        for i, stage in enumerate(self.stages):
+            last = i == len(self.stages) - 1
+            try:
+                x = stage.forward(seq_id, x, start_pos, output if last else "logits")
+            except NodeError as exc:
+                raise ClusterError(
+                    f"pipeline stage {i} ({stage.name}, layers {stage.stage.start}-"
+                    f"{stage.stage.end - 1}): {exc}"
+                ) from exc
+        return x
+
+    def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
+        import torch
+
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        seq_id = uuid.uuid4().hex
+        generator = torch.Generator()
+        generator.manual_seed(
+            params.seed if params.seed is not None else int.from_bytes(uuid.uuid4().bytes[:6])
+        )
+        output = "top1" if params.greedy else "logits"
+        x = torch.tensor(list(prompt), dtype=torch.int32)
+        pos = 0
+        with self._lock:
+            try:
+                while True:
+                    out = self.step(seq_id, x, pos, output)
+                    pos += x.shape[0]
+                    token = int(out[0]) if params.greedy else sample(out, params, generator)
+                    yield token
+                    x = torch.tensor([token], dtype=torch.int32)
+            finally:
+                for stage in self.stages:
+                    try:
+                        stage.drop(seq_id)
+                    except Exception as exc:  # noqa: BLE001 - a dead node must not mask the real error
+                        log.warning("dropping sequence on %s failed: %s", stage.name, exc)
+
+    def close(self) -> None:
+        for stage in self.stages:
+            try:
+                stage.close()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("unloading from %s failed: %s", stage.name, exc)
+        for stage in self.stages:
+            if isinstance(stage, RemoteStage):
+                stage.client.close()
+        self.vocab.close()
+
+
+def cluster_model_name(path: str | Path) -> str:
+    from edgeinfer.models.registry import lookup
+
+    cfg = load_config(path)
+    if cfg.name:
+        return cfg.name
+    bundled = lookup(cfg.model)
+    return bundled.name if bundled else Path(cfg.model).stem
+
+
+def plan_cluster(
+    cfg: ClusterConfig, strategy: str | None = None, objective: str | None = None, progress=None
+) -> tuple[Plan, Problem, ClusterProfile]:
+    """Profile the cluster and plan (or check the fixed ``planner.stages`` of the YAML)."""
+    profile = profile_cluster(cfg, progress)
+    try:
+        wire_bytes = 4 if cfg.wire_dtype == "f32" else 2
+        problem = build_problem(profile, wire_bytes=wire_bytes)
+        if cfg.stages:
+            stages = [Stage(s.node, s.start, s.end) for s in cfg.stages]
+            latency, bottleneck, rows = problem.evaluate(stages)
+            over = [r for r in rows if not r["fits"]]
+            if over:
+                raise ClusterError(f"fixed stages do not fit in memory: {over}")
+            chosen = Plan(stages, latency, bottleneck, cfg.objective, "fixed", breakdown=rows)
+        else:
+            chosen = plan(problem, objective or cfg.objective, strategy or cfg.strategy)
+    except BaseException:
+        profile.close()
+        raise
+    return chosen, problem, profile
+
+
+def load_cluster(
+    path: str | Path, strategy: str | None = None, objective: str | None = None, progress=None
+) -> PipelineBackend:
+    """Read the cluster YAML, profile, plan, load the shards; returns the gateway backend."""
+    from edgeinfer.models.registry import resolve
+
+    cfg = load_config(path)
+    _, model_path = resolve(cfg.model, progress=False)
+    chosen, problem, profile = plan_cluster(cfg, strategy, objective, progress)
+    log.info("plan: %s, predicted %.1f tok/s", chosen.describe(), chosen.tokens_per_second)
+
+    def load_one(st: Stage):
+        if st.node == LOCAL:
+            assert profile.local_host is not None
+            r = profile.local_host.load(cfg.model, st.start, st.end, max_seq_len=cfg.ctx_size)
+            return LocalStage(profile.local_host, r["shard_id"], st)
+        client = profile.clients[st.node]
+        client.load_timeout = max(client.load_timeout, 300.0)
+        r = client.load(cfg.model, st.start, st.end, cfg.threads, cfg.ctx_size)
+        return RemoteStage(client, r.shard_id, st, cfg.wire_dtype)
+
+    with ThreadPoolExecutor(max_workers=len(chosen.stages)) as pool:
+        futures = [pool.submit(load_one, st) for st in chosen.stages]
+        stages, errors = [], []
+        for f in futures:
+            try:
+                stages.append(f.result())
+            except Exception as exc:  # noqa: BLE001 - collected and re-raised below
+                errors.append(exc)
+    if errors:
+        for st in stages:
+            with contextlib.suppress(Exception):
+                st.close()
+        profile.close()
+        raise ClusterError(f"loading the planned shards failed: {'; '.join(map(str, errors))}")
+    used = {st.node for st in chosen.stages}
+    for name, client in profile.clients.items():
+        if name not in used:
+            client.close()
+    return PipelineBackend(
+        model_path, stages, name=cluster_model_name(path), n_ctx=cfg.ctx_size, plan=chosen, problem=problem
+    )

@@ -1,0 +1,271 @@
+"""What a node does, without the transport: hosts shards, runs forwards with per-sequence KV caches, reports
+its capabilities and measures its per-layer decode time. ``node.py`` serves it over gRPC; the gateway also
+uses it in-process for the device<->edge strategy (first layers on the requesting device)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+OUTPUTS = ("logits", "top1")
+
+
+class HostError(RuntimeError):
+    """A request the node cannot serve; ``kind`` maps to a gRPC status code."""
+
+    def __init__(self, message: str, kind: str = "invalid"):  # invalid | not_found | memory | internal
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class _Loaded:
+    shard: object  # edgeinfer.engine.shard.Shard
+    model: str
+    start: int
+    end: int
+    weight_bytes: int
+    seqs: set[str] = field(default_factory=set)
+
+
+def parse_bytes(text: str | int | None) -> int | None:
+    """'300MB', '1.5GiB', '500000000' -> bytes; None/'' -> None."""
+    if text is None or text == "" or text == 0:
+        return None
+    if isinstance(text, int | float):
+        return int(text)
+    s = str(text).strip().upper().replace(" ", "")
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+    units |= {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "B": 1}
+    for unit, factor in units.items():
+        if s.endswith(unit):
+            try:
+                return int(float(s[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    try:
+        return int(s)
+    except ValueError:
+        raise ValueError(f"bad size {text!r}: use e.g. 300MB, 1.5GiB or a number of bytes") from None
+
+
+class ShardHost:
+    def __init__(
+        self,
+        node_id: str | None = None,
+        threads: int | None = None,
+        memory_limit: int | None = None,
+        max_seq_len: int | None = None,
+    ):
+        self.node_id = node_id or os.uname().nodename
+        self.threads = threads
+        self.memory_limit = memory_limit
+        self.max_seq_len = max_seq_len
+        self.shards: dict[str, _Loaded] = {}
+        self.active = 0
+        self._lock = threading.Lock()  # one forward at a time: shards share the node's cores
+        self._profiles: dict[str, dict] = {}
+
+    # --- shards ------------------------------------------------------------------------------------------
+    def used_bytes(self) -> int:
+        return sum(s.weight_bytes for s in self.shards.values())
+
+    def free_bytes(self) -> int:
+        import psutil
+
+        free = psutil.virtual_memory().available
+        if self.memory_limit is not None:
+            free = min(free, self.memory_limit - self.used_bytes())
+        return max(0, int(free))
+
+    def load(self, model: str, start: int, end: int, threads: int = 0, max_seq_len: int = 0) -> dict:
+        from edgeinfer.engine.shard import Shard, layer_count
+        from edgeinfer.models.registry import ModelNotFound, resolve
+
+        try:
+            _, path = resolve(model, progress=False)
+        except (ModelNotFound, ValueError) as exc:
+            raise HostError(f"node {self.node_id}: {exc}", "not_found") from exc
+        n = layer_count(path)
+        if not 0 <= start < end <= n:
+            raise HostError(f"node {self.node_id}: bad layer range [{start}, {end}) for a {n}-layer model")
+        t0 = time.perf_counter()
+        with self._lock:
+            shard = Shard(
+                path, start, end, threads=threads or self.threads, max_seq_len=max_seq_len or self.max_seq_len
+            )
+            weight = int(shard.weight_bytes)
+            if self.memory_limit is not None and self.used_bytes() + weight > self.memory_limit:
+                shard.close()
+                raise HostError(
+                    f"node {self.node_id}: layers [{start}, {end}) of {model} need {weight / 2**20:.0f} MiB, "
+                    f"but only {(self.memory_limit - self.used_bytes()) / 2**20:.0f} MiB of the node's "
+                    f"{self.memory_limit / 2**20:.0f} MiB memory limit is free",
+                    "memory",
+                )
+            shard_id = uuid.uuid4().hex[:12]
+            self.shards[shard_id] = _Loaded(shard, model, start, end, weight)
+        return {
+            "shard_id": shard_id,
+            "weight_bytes": weight,
+            "load_seconds": time.perf_counter() - t0,
+            "n_layers": n,
+            "hidden_size": int(shard.hidden_size),
+            "vocab_size": int(shard.vocab_size),
+        }
+
+    def _get(self, shard_id: str) -> _Loaded:
+        try:
+            return self.shards[shard_id]
+        except KeyError:
+            raise HostError(f"node {self.node_id}: no shard {shard_id!r} loaded", "not_found") from None
+
+    def unload(self, shard_id: str) -> None:
+        with self._lock:
+            loaded = self._get(shard_id)
+            del self.shards[shard_id]
+            loaded.shard.close()
+
+    def forward(self, shard_id: str, seq_id: str, x, start_pos: int, output: str = "logits"):
+        """Run x through the shard after ``start_pos`` cached positions; returns (tensor, seconds, seq_len).
+
+        On the last shard ``output`` selects full logits of the last position or 'top1' = [id, logit]."""
+        import torch
+
+        if output not in OUTPUTS:
+            raise HostError(f"output must be one of {OUTPUTS}, got {output!r}")
+        loaded = self._get(shard_id)
+        shard = loaded.shard
+        with self._lock:
+            self.active += 1
+            try:
+                have = shard.seq_len(seq_id)
+                if have > start_pos:
+                    shard.truncate(seq_id, start_pos)
+                elif have < start_pos:
+                    raise HostError(
+                        f"node {self.node_id}: sequence {seq_id!r} has {have} cached positions but the "
+                        f"request continues at {start_pos} (node restarted or sequence dropped?)",
+                        "invalid",
+                    )
+                if shard.is_first:
+                    x = x.to(torch.long).reshape(-1)
+                elif x.dim() != 2 or x.shape[1] != shard.hidden_size:
+                    raise HostError(
+                        f"node {self.node_id}: expected hidden [T, {shard.hidden_size}], got {tuple(x.shape)}"
+                    )
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    out = shard.forward(seq_id, x)
+                loaded.seqs.add(seq_id)
+                seconds = time.perf_counter() - t0
+                if shard.is_last and output == "top1":
+                    logits = out.reshape(-1).float()
+                    i = int(torch.argmax(logits))
+                    out = torch.tensor([float(i), float(logits[i])], dtype=torch.float32)
+                return out, seconds, shard.seq_len(seq_id)
+            finally:
+                self.active -= 1
+
+    def drop(self, shard_id: str | None, seq_id: str) -> None:
+        with self._lock:
+            targets = [self._get(shard_id)] if shard_id else list(self.shards.values())
+            for loaded in targets:
+                loaded.shard.drop(seq_id)
+                loaded.seqs.discard(seq_id)
+
+    def close(self) -> None:
+        for shard_id in list(self.shards):
+            self.unload(shard_id)
+
+    # --- capabilities and profiling ----------------------------------------------------------------------
+    def capabilities(self, model: str | None = None, measure: bool = False) -> dict:
+        import psutil
+
+        caps = {
+            "node_id": self.node_id,
+            "free_ram": self.free_bytes(),
+            "total_ram": int(psutil.virtual_memory().total),
+            "cores": psutil.cpu_count(logical=False) or os.cpu_count() or 1,
+            "load1": os.getloadavg()[0],
+            "active_requests": self.active,
+            "memory_limit": self.memory_limit or 0,
+            "shards": [
+                {
+                    "shard_id": k,
+                    "model": v.model,
+                    "start_layer": v.start,
+                    "end_layer": v.end,
+                    "weight_bytes": v.weight_bytes,
+                    "sequences": len(v.seqs),
+                }
+                for k, v in self.shards.items()
+            ],
+        }
+        if model and measure:
+            caps |= self.profile(model)
+        return caps
+
+    def profile(self, model: str, steps: int = 8, context: int = 32) -> dict:
+        """Measure one middle layer's decode time (median of ``steps`` tokens after ``context`` cached
+        positions), the extra time of the output head, and the weight bytes of layer/embedding/head."""
+        if model in self._profiles:
+            return self._profiles[model]
+        import torch
+
+        from edgeinfer.engine.shard import Shard, layer_count
+        from edgeinfer.models.registry import resolve
+
+        _, path = resolve(model, progress=False)
+        n = layer_count(path)
+        threads = self.threads
+
+        def timed(shard) -> float:
+            seq = "__profile__"
+            times = []
+            with torch.inference_mode():
+                if shard.is_first:
+                    shard.forward(seq, torch.zeros(context, dtype=torch.long))
+                else:
+                    shard.forward(seq, torch.randn(context, shard.hidden_size))
+                for _ in range(steps):
+                    x = (
+                        torch.zeros(1, dtype=torch.long)
+                        if shard.is_first
+                        else torch.randn(1, shard.hidden_size)
+                    )
+                    t0 = time.perf_counter()
+                    shard.forward(seq, x)
+                    times.append(time.perf_counter() - t0)
+            shard.drop(seq)
+            return statistics.median(times)
+
+        with self._lock:
+            mid = n // 2 if n > 2 else min(1, n - 1)
+            layer = Shard(path, mid, mid + 1, threads=threads, max_seq_len=context + steps + 1)
+            try:
+                layer_s, layer_b = timed(layer), int(layer.weight_bytes)
+                hidden, vocab = int(layer.hidden_size), int(layer.vocab_size)
+            finally:
+                layer.close()
+            last = Shard(path, n - 1, n, threads=threads, max_seq_len=context + steps + 1)
+            try:
+                last_s, last_b = timed(last), int(last.weight_bytes)
+            finally:
+                last.close()
+        prof = {
+            "layer_seconds": layer_s,
+            "head_seconds": max(0.0, last_s - layer_s),
+            "layer_bytes": layer_b,
+            "head_bytes": max(0, last_b - layer_b),
+            "embed_bytes": 0,  # the shard engine reads embedding rows from the memory-mapped file
+            "n_layers": n,
+            "hidden_size": hidden,
+            "vocab_size": vocab,
+        }
+        self._profiles[model] = prof
+        return prof

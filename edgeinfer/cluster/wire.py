@@ -1,0 +1,57 @@
+"""Tensors <-> protobuf ``Tensor`` messages: raw little-endian bytes + shape + dtype (never JSON)."""
+
+from __future__ import annotations
+
+from edgeinfer.cluster.proto import node_pb2
+
+WIRE_DTYPES = ("f16", "bf16", "f32")
+
+
+def _torch_dtypes():
+    import torch
+
+    return {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32, "i32": torch.int32}
+
+
+def encode(x, dtype: str) -> node_pb2.Tensor:
+    """Encode a torch tensor as ``dtype`` ('f16', 'bf16', 'f32' or 'i32')."""
+    import torch
+
+    types = _torch_dtypes()
+    if dtype not in types:
+        raise ValueError(f"unknown wire dtype {dtype!r}; use one of {', '.join(types)}")
+    t = x.detach().to(types[dtype]).contiguous().cpu()
+    raw = t.view(torch.int16) if dtype == "bf16" else t  # numpy has no bfloat16
+    return node_pb2.Tensor(data=raw.numpy().tobytes(), shape=list(t.shape), dtype=dtype)
+
+
+def decode(msg: node_pb2.Tensor, as_float32: bool = True):
+    """Decode into a torch tensor (floats widened to float32 unless ``as_float32`` is False)."""
+    import numpy as np
+    import torch
+
+    types = _torch_dtypes()
+    if msg.dtype not in types:
+        raise ValueError(f"unknown wire dtype {msg.dtype!r}")
+    shape = tuple(msg.shape)
+    n = int(np.prod(shape)) if shape else 1
+    np_dtype = {"f16": np.float16, "bf16": np.int16, "f32": np.float32, "i32": np.int32}[msg.dtype]
+    itemsize = np.dtype(np_dtype).itemsize
+    if len(msg.data) != n * itemsize:
+        raise ValueError(
+            f"tensor payload has {len(msg.data)} bytes, shape {shape} {msg.dtype} needs {n * itemsize}"
+        )
+    arr = np.frombuffer(msg.data, dtype=np_dtype).reshape(shape)
+    t = torch.from_numpy(arr.copy())
+    if msg.dtype == "bf16":
+        t = t.view(torch.bfloat16)
+    if as_float32 and msg.dtype in ("f16", "bf16"):
+        t = t.float()
+    return t
+
+
+def nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n * {"f16": 2, "bf16": 2, "f32": 4, "i32": 4}[dtype]
