@@ -1,0 +1,63 @@
+"""The key/value cache of one sequence on one shard: per local layer, the keys and values of all positions.
+
+Storage grows by doubling (no context-length-sized allocation up front). A forward pass of T new tokens
+calls ``update`` once per layer (which writes positions [length, length+T) and returns the keys/values of
+positions [0, length+T)), then ``advance(T)``. ``truncate`` rolls the sequence back, e.g. after a rejected
+speculative draft or for a retried request.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, dtype=torch.float32):
+        self.n_layers = n_layers
+        self.n_kv_heads = n_kv_heads
+        self.head_dim = head_dim
+        self.max_len = max_len
+        self.dtype = dtype
+        self.length = 0
+        self._capacity = 0
+        self._k: list[torch.Tensor] = []
+        self._v: list[torch.Tensor] = []
+
+    def _grow(self, needed: int) -> None:
+        capacity = min(self.max_len, max(needed, 2 * self._capacity, 64))
+        shape = (self.n_kv_heads, capacity, self.head_dim)
+        new_k = [torch.empty(shape, dtype=self.dtype) for _ in range(self.n_layers)]
+        new_v = [torch.empty(shape, dtype=self.dtype) for _ in range(self.n_layers)]
+        if self._capacity:
+            for old, new in zip(self._k + self._v, new_k + new_v, strict=True):
+                new[:, : self.length] = old[:, : self.length]
+        self._k, self._v, self._capacity = new_k, new_v, capacity
+
+    def reserve(self, n_new: int) -> None:
+        """Make room for ``n_new`` more positions; raises if the sequence would exceed ``max_len``."""
+        needed = self.length + n_new
+        if needed > self.max_len:
+            raise ValueError(
+                f"sequence would have {needed} positions; this shard's max_seq_len is {self.max_len}"
+            )
+        if needed > self._capacity:
+            self._grow(needed)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v ([n_kv, T, d]) after the current length; return keys/values of all positions."""
+        end = self.length + k.shape[1]
+        self._k[layer][:, self.length : end] = k
+        self._v[layer][:, self.length : end] = v
+        return self._k[layer][:, :end], self._v[layer][:, :end]
+
+    def advance(self, n_new: int) -> None:
+        self.length += n_new
+
+    def truncate(self, length: int) -> None:
+        if length < 0:
+            raise ValueError(f"cannot truncate to a negative length ({length})")
+        self.length = min(self.length, length)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._k + self._v)

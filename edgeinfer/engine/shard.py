@@ -1,0 +1,206 @@
+"""A contiguous range of transformer layers of a GGUF model, with its own per-sequence KV caches.
+
+``Shard(path, 0, n)`` is the whole model. The first shard (start 0) embeds token ids; the last (end n)
+applies the final norm and the LM head; the ones in between map hidden states to hidden states. Only the
+tensors of the shard's layers (plus embeddings / head where needed) are read from the memory-mapped file.
+Chaining shards gives exactly the whole model's computation, so the chain can be cut across machines.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from edgeinfer.engine.base import ModelInfo
+from edgeinfer.engine.kv_cache import KVCache
+from edgeinfer.engine.threads import default_threads
+from edgeinfer.models import gemma3, llama
+from edgeinfer.models.common import WEIGHT_FORMATS, Linear, rms_norm, rope_tables
+from edgeinfer.models.gguf_file import GGUFError, GGUFFile
+
+ARCH_MODULES: dict[str, ModuleType] = {a: m for m in (llama, gemma3) for a in m.ARCHS}
+DEFAULT_WEIGHT_FORMAT = "int8"  # fastest correct format on our CPUs, see docs/shard-engine.md
+
+
+def _arch_module(f: GGUFFile) -> ModuleType:
+    try:
+        return ARCH_MODULES[f.arch]
+    except KeyError:
+        raise GGUFError(
+            f"{f.path.name}: architecture {f.arch!r} is not supported by the shard engine "
+            f"(supported: {', '.join(sorted(ARCH_MODULES))})"
+        ) from None
+
+
+def layer_count(model_path: str | Path) -> int:
+    """Number of transformer blocks, read from metadata only."""
+    f = GGUFFile(model_path)
+    try:
+        return int(f.arch_get("block_count"))
+    finally:
+        f.close()
+
+
+class Shard:
+    def __init__(
+        self,
+        model_path: str | Path,
+        start_layer: int,
+        end_layer: int,
+        *,
+        threads: int | None = None,
+        max_seq_len: int | None = None,
+        exit_at: int | None = None,
+        weight_format: str = "auto",
+    ):
+        fmt = DEFAULT_WEIGHT_FORMAT if weight_format == "auto" else weight_format
+        if fmt not in WEIGHT_FORMATS:
+            raise ValueError(
+                f"weight_format must be 'auto' or one of {', '.join(WEIGHT_FORMATS)}, got {fmt!r}"
+            )
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = threads or default_threads()
+        torch.set_num_threads(self.threads)
+
+        f = GGUFFile(model_path)
+        module = _arch_module(f)
+        cfg = module.config_from_gguf(f)
+        n = cfg.n_layers
+        if not 0 <= start_layer < end_layer <= n:
+            raise ValueError(f"layer range [{start_layer}, {end_layer}) is invalid for a model of {n} layers")
+        if exit_at is not None and not start_layer < exit_at <= end_layer:
+            raise ValueError(f"exit_at={exit_at} must lie in ({start_layer}, {end_layer}]")
+        self.cfg = cfg
+        self.arch = cfg.arch
+        self.n_layers = n
+        self.start_layer, self.end_layer, self.exit_at = start_layer, end_layer, exit_at
+        self.is_first = start_layer == 0
+        self.is_last = end_layer == n
+        self.hidden_size = cfg.hidden
+        self.vocab_size = cfg.vocab
+        self.weight_format = fmt
+        self.max_seq_len = min(max_seq_len or cfg.ctx_len, cfg.ctx_len)
+        self.outputs_logits = self.is_last or exit_at is not None
+
+        with torch.inference_mode():
+            self.blocks = [module.Block(f, cfg, i, fmt) for i in range(start_layer, exit_at or end_layer)]
+            self.freq_factors = (
+                torch.from_numpy(f.load("rope_freqs.weight")) if f.has("rope_freqs.weight") else None
+            )
+            self.output_norm = self.head = None
+            if self.outputs_logits:
+                self.output_norm = torch.from_numpy(f.load("output_norm.weight"))
+                head_name = "output.weight" if f.has("output.weight") else "token_embd.weight"  # tied
+                self.head = Linear(f.load(head_name), None, fmt)
+        self._rope_keys = sorted({b.rope_key for b in self.blocks})
+        self.weight_bytes = sum(b.nbytes for b in self.blocks)
+        if self.head is not None:
+            self.weight_bytes += self.head.nbytes + self.output_norm.numel() * 4
+        self.info = ModelInfo(
+            name=Path(model_path).stem,
+            path=str(Path(model_path)),
+            architecture=cfg.arch,
+            n_ctx=self.max_seq_len,
+            chat_template=f.get("tokenizer.chat_template", None),
+            metadata={
+                "layers": [start_layer, end_layer],
+                "n_layers": n,
+                "weight_format": fmt,
+                "weight_bytes": self.weight_bytes,
+                "threads": self.threads,
+                "backend": "shard",
+            },
+        )
+        # The first shard looks embeddings up in the memory-mapped file; the others release it now.
+        self._file = f if self.is_first else None
+        if not self.is_first:
+            f.close()
+        self._caches: dict[str, KVCache] = {}
+        self._lock = threading.Lock()
+
+    # ---- sequences ----------------------------------------------------------------------------------------
+    def _cache(self, seq_id: str) -> KVCache:
+        cache = self._caches.get(seq_id)
+        if cache is None:
+            cfg = self.cfg
+            cache = KVCache(len(self.blocks), cfg.n_kv_heads, cfg.head_dim, self.max_seq_len)
+            self._caches[seq_id] = cache
+        return cache
+
+    def seq_len(self, seq_id: str) -> int:
+        cache = self._caches.get(seq_id)
+        return 0 if cache is None else cache.length
+
+    def truncate(self, seq_id: str, length: int) -> None:
+        if seq_id not in self._caches:
+            raise KeyError(f"unknown sequence {seq_id!r}")
+        self._caches[seq_id].truncate(length)
+
+    def drop(self, seq_id: str) -> None:
+        self._caches.pop(seq_id, None)
+
+    def sequences(self) -> list[str]:
+        return list(self._caches)
+
+    # ---- compute ------------------------------------------------------------------------------------------
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        assert self._file is not None
+        rows = self._file.rows("token_embd.weight", ids.numpy().astype(np.int64))
+        x = torch.from_numpy(rows)
+        return x * self.cfg.embed_scale if self.cfg.embed_scale != 1.0 else x
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if self.is_first:
+            if x.dim() != 1 or x.dtype not in (torch.int64, torch.int32) or x.numel() == 0:
+                raise ValueError(
+                    f"the first shard takes a 1-D tensor of token ids, got {tuple(x.shape)} {x.dtype}"
+                )
+            if int(x.min()) < 0 or int(x.max()) >= self.vocab_size:
+                raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
+        elif x.dim() != 2 or x.shape[1] != self.hidden_size or x.shape[0] == 0 or not x.is_floating_point():
+            raise ValueError(
+                f"shard [{self.start_layer}, {self.end_layer}) takes float hidden states "
+                f"[T, {self.hidden_size}], "
+                f"got {tuple(x.shape)} {x.dtype}"
+            )
+
+    def forward(self, seq_id: str, x: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
+        """x: LongTensor [T] token ids if is_first else float tensor [T, hidden] hidden states.
+        Appends T positions to seq_id's KV cache (positions implicit = current cache length; creates the
+        sequence if new). Returns hidden states [T, hidden] (float32), or on the last shard / exit_at
+        logits [vocab] for the last position ([T, vocab] when all_logits)."""
+        self._check_input(x)
+        with self._lock, torch.inference_mode():
+            cache = self._cache(seq_id)
+            t = x.shape[0]
+            cache.reserve(t)
+            h = self.embed(x) if self.is_first else x.float()
+            positions = torch.arange(cache.length, cache.length + t)
+            ropes = {
+                key: rope_tables(positions, self.cfg.head_dim, key[0], key[1], self.freq_factors)
+                for key in self._rope_keys
+            }
+            for li, block in enumerate(self.blocks):
+                h = block(h, cache, li, ropes[block.rope_key])
+            cache.advance(t)
+            if not self.outputs_logits:
+                return h
+            return self._logits(h if all_logits else h[-1:])[slice(None) if all_logits else 0]
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.head(rms_norm(h, self.output_norm, self.cfg.eps))
+        cap = self.cfg.final_softcap
+        return torch.tanh(logits / cap) * cap if cap > 0 else logits
+
+    def close(self) -> None:
+        self._caches.clear()
+        self.blocks = []
+        self.head = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,128 @@
+"""A chain of ``Shard`` objects in one process, served through the ``Backend`` protocol.
+
+This is the whole model when there is one shard, and the reference for distributed pipelines otherwise:
+the cluster code moves the same hidden states between machines that this class passes between shards.
+Tokenization is llama.cpp's, on the same GGUF file (``vocab_only``: no weights are loaded twice).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from edgeinfer.engine.base import ModelInfo, SamplingParams
+from edgeinfer.engine.sampling import Sampler
+from edgeinfer.engine.shard import Shard, layer_count
+
+
+def chain_bounds(n_layers: int, splits: Sequence[int] | None) -> list[tuple[int, int]]:
+    """Layer ranges of a chain. ``splits`` are the interior cut points, e.g. ``[12]`` -> [(0, 12), (12, n)];
+    a list that already starts with 0 and ends with n is accepted as the full boundary list."""
+    cuts = list(splits or [])
+    if cuts and cuts[0] == 0 and cuts[-1] == n_layers:
+        cuts = cuts[1:-1]
+    bounds = [0, *cuts, n_layers]
+    if any(b <= a for a, b in zip(bounds, bounds[1:], strict=False)) or n_layers <= 0:
+        raise ValueError(f"splits {list(splits or [])} must be strictly increasing inside (0, {n_layers})")
+    return list(zip(bounds, bounds[1:], strict=False))
+
+
+class ShardBackend:
+    def __init__(
+        self,
+        model_path: str | Path,
+        splits: list[int] | None = None,
+        threads: int | None = None,
+        *,
+        name: str | None = None,
+        n_ctx: int = 4096,
+        weight_format: str = "auto",
+    ):
+        import llama_cpp
+
+        path = Path(model_path)
+        self._llama_cpp = llama_cpp
+        bounds = chain_bounds(layer_count(path), splits)
+        self.shards = [
+            Shard(path, a, b, threads=threads, max_seq_len=n_ctx, weight_format=weight_format)
+            for a, b in bounds
+        ]
+        self.vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        first = self.shards[0]
+        special = {"special": True}
+        self.info = ModelInfo(
+            name=name or path.stem,
+            path=str(path),
+            architecture=first.arch,
+            n_ctx=first.max_seq_len,
+            chat_template=first.info.chat_template,
+            metadata={
+                "vocab_size": first.vocab_size,
+                "n_ctx_train": first.cfg.ctx_len,
+                "threads": first.threads,
+                "bos_token": self._piece(self.vocab.token_bos(), **special),
+                "eos_token": self._piece(self.vocab.token_eos(), **special),
+                "backend": "shard",
+                "shards": [[s.start_layer, s.end_layer] for s in self.shards],
+                "weight_format": first.weight_format,
+                "weight_bytes": sum(s.weight_bytes for s in self.shards),
+            },
+        )
+
+    def _piece(self, token: int, special: bool) -> str:
+        if token < 0:
+            return ""
+        return self.vocab.detokenize([token], special=special).decode("utf-8", errors="replace")
+
+    # ---- tokenizer ----------------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.vocab.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def token_bytes(self, ids: Sequence[int]) -> bytes:
+        return self.vocab.detokenize(list(ids))
+
+    def is_eog(self, token_id: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab._model.vocab, token_id))
+
+    # ---- compute ------------------------------------------------------------------------------------------
+    def forward(self, seq_id: str, ids: Sequence[int], all_logits: bool = False) -> torch.Tensor:
+        """Run token ids through the chain; logits of the last position ([T, vocab] with all_logits)."""
+        x: torch.Tensor = torch.tensor(list(ids), dtype=torch.long)
+        for shard in self.shards:
+            x = shard.forward(seq_id, x, all_logits=all_logits and shard.is_last)
+        return x
+
+    def drop(self, seq_id: str) -> None:
+        for shard in self.shards:
+            shard.drop(seq_id)
+
+    def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
+        if not prompt:
+            raise ValueError("the prompt must contain at least one token")
+        if len(prompt) >= self.info.n_ctx:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.info.n_ctx}")
+        return self._generate(list(prompt), params)
+
+    def _generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
+        seq = uuid.uuid4().hex
+        sampler = Sampler(params)
+        try:
+            logits = self.forward(seq, prompt)
+            n = len(prompt)
+            while True:
+                token = sampler(logits)
+                yield token
+                if n >= self.info.n_ctx:
+                    return
+                logits = self.forward(seq, [token])
+                n += 1
+        finally:
+            self.drop(seq)
+
+    def close(self) -> None:
+        for shard in self.shards:
+            shard.close()
+        self.vocab.close()

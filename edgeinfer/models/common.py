@@ -1,0 +1,146 @@
+"""Blocks shared by the architectures: config, RMSNorm, RoPE, weight-only-quantized linear, cached attention.
+
+Numerics follow llama.cpp (the oracle in the tests): norms, RoPE and softmax run in float32; only the large
+matrix products use the compact weight format chosen at load time (see ``Linear``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+WEIGHT_FORMATS = ("int8", "bf16", "f32")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    eps: float
+    ctx_len: int
+    rope_base: float
+    rope_neox: bool  # True: rotate halves (qwen2, qwen3, gemma3); False: rotate interleaved pairs (llama)
+    rope_scale: float = 1.0  # linear position scaling (positions are divided by it)
+    rope_base_local: float | None = None  # gemma3: sliding-window layers use another base
+    sliding_window: int = 0  # 0 = none
+    swa_pattern: int = 0  # gemma3: every n-th layer is global, the others slide
+    attn_scale: float | None = None  # None: 1/sqrt(head_dim)
+    embed_scale: float = 1.0
+    final_softcap: float = 0.0
+
+    def is_sliding(self, layer: int) -> bool:
+        return bool(
+            self.sliding_window and self.swa_pattern and (layer % self.swa_pattern) < self.swa_pattern - 1
+        )
+
+
+# ---- small functions ------------------------------------------------------------------------------
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def rope_tables(
+    positions: torch.Tensor,
+    head_dim: int,
+    base: float,
+    scale: float = 1.0,
+    freq_factors: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape [T, head_dim/2] for the given absolute positions."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    if freq_factors is not None:  # llama 3.1 style per-frequency scaling (tensor rope_freqs.weight)
+        inv_freq = inv_freq / freq_factors.double()
+    angles = (positions.double()[:, None] / scale) * inv_freq[None, :]
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool) -> torch.Tensor:
+    """x: [heads, T, head_dim]."""
+    if neox:
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+
+
+# ---- weights ---------------------------------------------------------------------------------------------
+class Linear:
+    """y = x W^T (+ b) with W held as per-row symmetric int8, bf16 or float32. Input/output are float32."""
+
+    def __init__(self, weight: np.ndarray | torch.Tensor, bias: np.ndarray | None, fmt: str):
+        if fmt not in WEIGHT_FORMATS:
+            raise ValueError(f"unknown weight format {fmt!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
+        w = torch.as_tensor(weight, dtype=torch.float32)
+        self.fmt = fmt
+        self.out_features, self.in_features = w.shape
+        self.bias = None if bias is None else torch.as_tensor(bias, dtype=torch.float32).clone()
+        if fmt == "int8":
+            scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+            self.scale = scale.to(torch.bfloat16)
+        elif fmt == "bf16":
+            self.weight = w.to(torch.bfloat16)
+        else:
+            self.weight = w.clone() if isinstance(weight, torch.Tensor) else w
+
+    @property
+    def nbytes(self) -> int:
+        n = self.weight.numel() * self.weight.element_size()
+        if self.fmt == "int8":
+            n += self.scale.numel() * 2
+        return n + (0 if self.bias is None else self.bias.numel() * 4)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fmt == "int8":
+            y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), self.weight, self.scale).float()
+        elif self.fmt == "bf16":
+            y = F.linear(x.to(torch.bfloat16), self.weight).float()
+        else:
+            y = F.linear(x, self.weight)
+        return y if self.bias is None else y + self.bias
+
+
+# ---- attention -------------------------------------------------------------------------------------------
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int, scale: float, window: int = 0
+) -> torch.Tensor:
+    """Causal (optionally sliding-window) attention of new queries over the cached keys.
+
+    q: [n_heads, T, d] at absolute positions q_start..q_start+T-1; k, v: [n_kv, L, d] for positions 0..L-1
+    (L = q_start + T). A query at position p sees keys p0 with p0 <= p and, with a window, p - p0 < window.
+    Returns [T, n_heads * d].
+    """
+    n_heads, t, _ = q.shape
+    length = k.shape[1]
+    first = 0
+    if window and length > window:  # keys no query of this batch can see are skipped entirely
+        first = max(0, q_start - window + 1)
+        k, v = k[:, first:], v[:, first:]
+    mask = None
+    if t > 1 or (window and q_start - first >= window):
+        qpos = torch.arange(q_start, q_start + t)[:, None]
+        kpos = torch.arange(first, length)[None, :]
+        mask = kpos <= qpos
+        if window:
+            mask &= (qpos - kpos) < window
+    groups = n_heads // k.shape[0]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=0)
+        v = v.repeat_interleave(groups, dim=0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return out.transpose(0, 1).reshape(t, -1)
+
+
+def default_attn_scale(cfg: ModelConfig) -> float:
+    return cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.head_dim)
