@@ -29,12 +29,12 @@ serve: $(STAMP)
 	$(BIN)/edgeinfer serve --host $(HOST) --port $(PORT) --model $(MODEL)
 
 test: $(STAMP)
-	$(BIN)/ruff check edgeinfer tests
+	$(BIN)/ruff check edgeinfer tests benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check edgeinfer tests
-	$(BIN)/ruff format --check edgeinfer tests
+	$(BIN)/ruff check edgeinfer tests benchmarks
+	$(BIN)/ruff format --check edgeinfer tests benchmarks
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix edgeinfer tests
