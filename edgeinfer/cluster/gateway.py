@@ -21,6 +21,7 @@ from edgeinfer.cluster.config import ClusterConfig, load_config
 from edgeinfer.cluster.host import ShardHost
 from edgeinfer.cluster.profile import LOCAL, ClusterProfile, build_problem, profile_cluster
 from edgeinfer.engine.base import ModelInfo, SamplingParams
+from edgeinfer.engine.sampling import Sampler
 from edgeinfer.planner.pipeline import Plan, Problem, Stage, plan
 
 log = logging.getLogger("edgeinfer.cluster")
@@ -61,23 +62,6 @@ class LocalStage:
 
     def close(self) -> None:
         self.host.unload(self.shard_id)
-
-
-def sample(logits, params: SamplingParams, generator) -> int:
-    """Temperature / top-k / top-p sampling of one token from logits [vocab]."""
-    import torch
-
-    logits = logits.float() / max(params.temperature, 1e-6)
-    if params.top_k > 0:
-        kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if params.top_p < 1.0:
-        sorted_p, idx = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_p, 0) - sorted_p < params.top_p
-        keep[0] = True
-        probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 
 
 class PipelineBackend:
@@ -153,10 +137,7 @@ class PipelineBackend:
         if not prompt:
             raise ValueError("the prompt is empty")
         seq_id = uuid.uuid4().hex
-        generator = torch.Generator()
-        generator.manual_seed(
-            params.seed if params.seed is not None else int.from_bytes(uuid.uuid4().bytes[:6])
-        )
+        sampler = Sampler(params)
         output = "top1" if params.greedy else "logits"
         x = torch.tensor(list(prompt), dtype=torch.int32)
         pos = 0
@@ -165,7 +146,7 @@ class PipelineBackend:
                 while True:
                     out = self.step(seq_id, x, pos, output)
                     pos += x.shape[0]
-                    token = int(out[0]) if params.greedy else sample(out, params, generator)
+                    token = int(out[0]) if params.greedy else sampler(out)
                     yield token
                     x = torch.tensor([token], dtype=torch.int32)
             finally:

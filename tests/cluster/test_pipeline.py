@@ -1,0 +1,139 @@
+"""Pipelines across test-bed namespaces over real gRPC, served by the real gateway to the openai client.
+
+Nodes run in network namespaces joined by tbf-limited veth links; each node may hold only ~60 % of the
+model, so one node cannot serve it and the planner has to split it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from edgeinfer.api.process import ServerProcess
+from edgeinfer.cluster.client import NodeClient
+from edgeinfer.cluster.gateway import load_cluster
+from edgeinfer.engine.base import SamplingParams
+from edgeinfer.engine.generate import complete
+from edgeinfer.engine.shard import Shard
+from edgeinfer.engine.shard_backend import ShardBackend
+from edgeinfer.models.synthetic import write_tiny_gguf
+from edgeinfer.planner.pipeline import InfeasiblePlan
+from edgeinfer.testbed import netns
+from edgeinfer.testbed.cluster import start_nodes
+
+REASON = netns.available()
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(REASON is not None, reason=f"test-bed: {REASON}")]
+PROMPT = "the ship sails"
+N_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", arch="llama", n_layers=6)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny) -> str:
+    """Greedy text of the single-node shard engine."""
+    backend = ShardBackend(tiny, threads=1)
+    try:
+        params = SamplingParams(temperature=0.0, max_tokens=N_TOKENS)
+        return complete(backend, backend.tokenize(PROMPT), params).text
+    finally:
+        backend.close()
+
+
+@pytest.fixture(scope="module")
+def bed(tiny, tmp_path_factory) -> Iterator[tuple[netns.Testbed, list, int]]:
+    whole = Shard(tiny, 0, 6, threads=1)
+    limit = int(whole.weight_bytes * 0.6)
+    whole.close()
+    logs = tmp_path_factory.mktemp("nodes")
+    with netns.Testbed(3, rate="100mbit") as tb:
+        specs = start_nodes(tb, threads=1, memory_limit=str(limit), log_dir=logs)
+        yield tb, specs, limit
+
+
+def _yaml(path: Path, model: Path, specs, **extra) -> Path:
+    doc = {"model": str(model), "nodes": [{"name": s.name, "address": s.address} for s in specs]} | extra
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _loaded_nodes(specs) -> set[str]:
+    used = set()
+    for s in specs:
+        c = NodeClient(s.address, s.name, timeout=5)
+        if c.capabilities().shards:
+            used.add(s.name)
+        c.close()
+    return used
+
+
+def _stream(url: str, model: str) -> str:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+    chunks = client.completions.create(
+        model=model, prompt=PROMPT, max_tokens=N_TOKENS, temperature=0, stream=True
+    )
+    return "".join(c.choices[0].text for c in chunks if c.choices)
+
+
+def test_two_node_pipeline_streams_the_single_node_tokens(bed, tiny, reference, tmp_path):
+    _, specs, _ = bed
+    cfg = _yaml(tmp_path / "two.yaml", tiny, specs[:2])
+    with ServerProcess(["--cluster", str(cfg)], log=tmp_path / "gw.log") as srv:
+        assert _loaded_nodes(specs) == {"n0", "n1"}  # neither node alone may hold the model
+        assert _stream(srv.url, "tiny") == reference
+    assert _loaded_nodes(specs) == set()  # the gateway unloads on shutdown
+
+
+def test_three_node_pipeline_streams_the_single_node_tokens(bed, tiny, reference, tmp_path):
+    _, specs, _ = bed
+    stages = [
+        {"node": "n0", "layers": [0, 2]},
+        {"node": "n1", "layers": [2, 4]},
+        {"node": "n2", "layers": [4, 6]},
+    ]
+    cfg = _yaml(tmp_path / "three.yaml", tiny, specs, planner={"stages": stages})
+    with ServerProcess(["--cluster", str(cfg)], log=tmp_path / "gw.log") as srv:
+        assert _loaded_nodes(specs) == {"n0", "n1", "n2"}
+        assert _stream(srv.url, "tiny") == reference
+
+
+def test_device_edge_runs_first_layers_on_the_gateway(bed, tiny, reference, tmp_path):
+    _, specs, _ = bed
+    cfg = _yaml(tmp_path / "dev.yaml", tiny, specs[:1], planner={"strategy": "device-edge", "local": True})
+    backend = load_cluster(cfg)
+    try:
+        assert backend.plan.stages[0].node == "local" and len(backend.plan.stages) == 2
+        text = complete(
+            backend, backend.tokenize(PROMPT), SamplingParams(temperature=0.0, max_tokens=N_TOKENS)
+        )
+        assert text.text == reference
+    finally:
+        backend.close()
+
+
+def test_cluster_too_small_is_refused_clearly(bed, tiny, tmp_path):
+    _, specs, limit = bed
+    cfg = _yaml(tmp_path / "one.yaml", tiny, specs[:1])  # one node holds only 60 % of the model
+    with pytest.raises(InfeasiblePlan, match=r"needs .* GiB for weights but the 1 usable node\(s\)"):
+        load_cluster(cfg)
+    assert _loaded_nodes(specs) == set()
+
+
+def test_node_failure_is_a_clear_error_not_a_hang(bed, tiny, tmp_path):
+    tb, specs, _ = bed
+    cfg = _yaml(tmp_path / "two.yaml", tiny, specs[:2], rpc_timeout=3)
+    backend = load_cluster(cfg)
+    try:
+        tb.cut(1)
+        with pytest.raises(Exception, match=r"node n1 .*failed during forward"):
+            complete(backend, backend.tokenize(PROMPT), SamplingParams(temperature=0.0, max_tokens=4))
+    finally:
+        tb.restore(1)
+        backend.close()
