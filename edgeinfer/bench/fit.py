@@ -47,6 +47,7 @@ class ModelShape:
     layers: int
     kv_heads: int
     head_dim: int
+    kv_like: str | None = None  # for a bare size: the reference model whose KV-cache shape is assumed
 
     def kv_bytes(self, context: int, kv_elem_bytes: float = 2.0) -> float:
         return 2.0 * self.layers * self.kv_heads * self.head_dim * context * kv_elem_bytes
@@ -127,9 +128,13 @@ def shape_for(spec: str, models: list[ModelShape]) -> ModelShape:
         known = ", ".join(m.id for m in models)
         raise ValueError(f"unknown model {spec!r}: give a size (7B, 270M) or one of: {known}") from None
     nearest = min(models, key=lambda m: abs(m.params - params) / m.params)
-    return ModelShape(
-        f"{spec} (KV like {nearest.id})", params, nearest.layers, nearest.kv_heads, nearest.head_dim
-    )
+    return ModelShape(spec, params, nearest.layers, nearest.kv_heads, nearest.head_dim, kv_like=nearest.id)
+
+
+def _bw_source(device: Device, efficiency: float) -> str:
+    if device.measured:
+        return "measured"
+    return "STREAM" if device.stream_gbs else f"{efficiency:.0%} peak"
 
 
 def fit_one(
@@ -148,6 +153,7 @@ def fit_one(
     read_per_token = weights + model.kv_bytes(context // 2)
     return {
         "model": model.id,
+        "kv_shape_from": model.kv_like or model.id,
         "params": model.params,
         "quant": quant,
         "bits_per_weight": bits,
@@ -162,9 +168,7 @@ def fit_one(
         "fits": need <= device.usable_gb * 1e9,
         "headroom_gb": device.usable_gb - need / 1e9,
         "bandwidth_gbs": bw / 1e9,
-        "bandwidth_source": "measured"
-        if device.measured or device.stream_gbs
-        else f"{efficiency:.0%} of peak",
+        "bandwidth_source": _bw_source(device, efficiency),
         "projected_decode_tps": bw / read_per_token,
     }
 

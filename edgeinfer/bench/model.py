@@ -162,6 +162,7 @@ def run_model_bench(
     repeats: int = 3,
     on_step: Callable[[str], None] = lambda _: None,
     open_fn: Callable[[str, Path, int, int], Runner] = open_runner,
+    model_name: str | None = None,
 ) -> list[dict[str, Any]]:
     """One result row per (backend, threads, test): tok/s mean ± std over ``repeats`` timed runs."""
     if repeats < 1:
@@ -186,6 +187,7 @@ def run_model_bench(
                     mean, std = mean_std(tps)
                     rows.append(
                         {
+                            "model": model_name or model_path.stem,
                             "backend": backend,
                             "threads": n_threads,
                             "test": test.name,

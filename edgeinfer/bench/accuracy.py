@@ -1,0 +1,249 @@
+"""`bench accuracy`: the project's small evaluation set run with modular prompt templates.
+
+Items, checkers, few-shot examples and templates live in ``data/accuracy.yaml``. A template turns an item
+into chat messages (instruction-tuned models) or into a plain ``Question: ... Answer:`` transcript (base
+models); any ``Answerer`` (a local Backend or an HTTP server) produces the answer, greedily. Accuracy comes
+with its Wilson 95 % interval.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from edgeinfer.bench.stats import wilson
+
+CHECK_TYPES = ("number", "contains", "exact", "regex", "upper", "lower", "words", "lines", "starts", "ends",
+               "json_keys")  # fmt: skip
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    category: str
+    question: str
+    checks: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    description: str = ""
+    system: str | None = None
+    shots: bool = False
+    suffix: str = ""
+
+
+@dataclass
+class EvalSet:
+    items: list[Item]
+    templates: dict[str, Template]
+    shots: list[tuple[str, str]] = field(default_factory=list)
+
+
+def load_eval_set(path: str | None = None) -> EvalSet:
+    source = Path(path) if path else files("edgeinfer.bench").joinpath("data", "accuracy.yaml")
+    text = source.read_text()
+    raw = yaml.safe_load(text)
+    items = []
+    for it in raw["items"]:
+        for check in it["checks"]:
+            if check.get("type") not in CHECK_TYPES:
+                raise ValueError(f"item {it['id']}: unknown check type {check.get('type')!r}")
+        items.append(Item(it["id"], it["category"], it["question"], tuple(it["checks"])))
+    ids = [i.id for i in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("item ids must be unique")
+    templates = {name: Template(name=name, **spec) for name, spec in raw["templates"].items()}
+    shots = [(s["question"], s["answer"]) for s in raw.get("shots", [])]
+    return EvalSet(items, templates, shots)
+
+
+def _clean(answer: str) -> str:
+    a = answer.strip()
+    fence = re.match(r"^```[a-zA-Z]*\n(.*?)\n?```$", a, re.DOTALL)
+    if fence:
+        a = fence.group(1).strip()
+    if len(a) >= 2 and a[0] == a[-1] and a[0] in "\"'`":
+        a = a[1:-1].strip()
+    return a
+
+
+def check(answer: str, spec: dict[str, Any]) -> bool:
+    """Apply one checker (see data/accuracy.yaml) to a model's answer."""
+    a = _clean(answer)
+    kind = spec["type"]
+    if kind == "number":
+        nums = _NUMBER.findall(a.replace(",", ""))
+        return bool(nums) and float(nums[-1]) == float(spec["value"])
+    if kind == "contains":
+        return any(re.search(rf"(?<!\w){re.escape(str(v))}(?!\w)", a, re.IGNORECASE) for v in spec["values"])
+    if kind == "exact":
+        got, want = a.rstrip(".").strip(), str(spec["value"]).rstrip(".")
+        return got == want if spec.get("case") else got.casefold() == want.casefold()
+    if kind == "regex":
+        return re.search(spec["pattern"], a) is not None
+    if kind in ("upper", "lower"):
+        letters = [c for c in a if c.isalpha()]
+        return bool(letters) and all(c.isupper() if kind == "upper" else c.islower() for c in letters)
+    if kind == "words":
+        n = len(re.findall(r"[\w'-]+", a))
+        return spec.get("min", 1) <= n <= spec.get("max", 10**9)
+    if kind == "lines":
+        return len([ln for ln in a.splitlines() if ln.strip()]) == spec["n"]
+    if kind == "starts":
+        return a.startswith(spec["value"])
+    if kind == "ends":
+        return a.endswith(spec["value"])
+    if kind == "json_keys":
+        m = re.search(r"\{.*\}", a, re.DOTALL)
+        if not m:
+            return False
+        try:
+            obj = json.loads(m.group(0))
+        except json.JSONDecodeError:
+            return False
+        return isinstance(obj, dict) and all(k in obj for k in spec["keys"])
+    raise ValueError(f"unknown check type {kind!r}")
+
+
+def passes(item: Item, answer: str) -> bool:
+    return all(check(answer, c) for c in item.checks)
+
+
+def chat_messages(item: Item, tpl: Template, shots: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    msgs: list[dict[str, str]] = []
+    if tpl.system:
+        msgs.append({"role": "system", "content": tpl.system})
+    if tpl.shots:
+        for q, a in shots:
+            msgs += [{"role": "user", "content": q + tpl.suffix}, {"role": "assistant", "content": a}]
+    msgs.append({"role": "user", "content": item.question + tpl.suffix})
+    return msgs
+
+
+COMPLETION_STOPS = ("\nQuestion:", "\n\n")
+
+
+def completion_prompt(item: Item, tpl: Template, shots: Sequence[tuple[str, str]]) -> str:
+    parts = [tpl.system + "\n\n"] if tpl.system else []
+    if tpl.shots:
+        parts += [f"Question: {q}{tpl.suffix}\nAnswer: {a}\n\n" for q, a in shots]
+    parts.append(f"Question: {item.question}{tpl.suffix}\nAnswer:")
+    return "".join(parts)
+
+
+class Answerer(Protocol):
+    chat: bool  # True: send chat messages; False: a plain completion prompt
+
+    def answer(self, messages: list[dict[str, str]], prompt: str) -> str: ...
+
+
+class BackendAnswerer:
+    """Answers with a local, loaded ``engine.base.Backend`` (greedy)."""
+
+    def __init__(self, backend: Any, max_tokens: int = 48):
+        from edgeinfer.engine.base import SamplingParams
+        from edgeinfer.engine.chat import ChatFormatter
+
+        self.backend = backend
+        self.chat = bool(backend.info.chat_template)
+        meta = backend.info.metadata
+        self.formatter = ChatFormatter(backend.info.chat_template, meta.get("bos_token", ""),
+                                       meta.get("eos_token", ""))  # fmt: skip
+        self.params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+
+    def answer(self, messages: list[dict[str, str]], prompt: str) -> str:
+        from dataclasses import replace
+
+        from edgeinfer.engine.generate import complete
+
+        if self.chat:
+            formatted = self.formatter.format(messages)
+            tokens = self.backend.tokenize(formatted.text, add_bos=formatted.add_bos)
+            params = replace(self.params, stop=formatted.extra_stops)
+        else:
+            tokens = self.backend.tokenize(prompt)
+            params = replace(self.params, stop=COMPLETION_STOPS)
+        return complete(self.backend, tokens, params).text
+
+
+class HTTPAnswerer:
+    """Answers through an OpenAI-compatible server: /v1/chat/completions or /v1/completions."""
+
+    def __init__(self, url: str, model: str | None, chat: bool, max_tokens: int = 48, timeout: float = 120.0):
+        import httpx
+
+        self.url, self.model, self.chat, self.max_tokens = url.rstrip("/"), model, chat, max_tokens
+        self.client = httpx.Client(timeout=timeout)
+
+    def answer(self, messages: list[dict[str, str]], prompt: str) -> str:
+        body: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": 0}
+        if self.model:
+            body["model"] = self.model
+        if self.chat:
+            body["messages"] = messages
+            r = self.client.post(self.url + "/v1/chat/completions", json=body)
+        else:
+            body.update(prompt=prompt, stop=list(COMPLETION_STOPS))
+            r = self.client.post(self.url + "/v1/completions", json=body)
+        if r.status_code != 200:
+            raise RuntimeError(f"{r.request.url}: HTTP {r.status_code}: {r.text[:300]}")
+        choice = r.json()["choices"][0]
+        return choice["message"]["content"] if self.chat else choice["text"]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def evaluate(
+    answerer: Answerer,
+    evalset: EvalSet,
+    template_names: Sequence[str],
+    limit: int | None = None,
+    on_item: Callable[[str, Item, bool], None] = lambda *_: None,
+) -> list[dict[str, Any]]:
+    """One result per template: accuracy, Wilson 95 % interval, per-category accuracy and every answer."""
+    unknown = [t for t in template_names if t not in evalset.templates]
+    if unknown:
+        raise ValueError(f"unknown template {', '.join(unknown)}; one of: {', '.join(evalset.templates)}")
+    items = evalset.items[:limit] if limit else evalset.items
+    if not items:
+        raise ValueError("no items to evaluate")
+    results = []
+    for name in template_names:
+        tpl = evalset.templates[name]
+        details = []
+        for item in items:
+            ans = answerer.answer(
+                chat_messages(item, tpl, evalset.shots), completion_prompt(item, tpl, evalset.shots)
+            )
+            ok = passes(item, ans)
+            details.append({"id": item.id, "category": item.category, "answer": ans, "correct": ok})
+            on_item(name, item, ok)
+        correct = sum(d["correct"] for d in details)
+        lo, hi = wilson(correct, len(details))
+        cats: dict[str, list[bool]] = {}
+        for d in details:
+            cats.setdefault(d["category"], []).append(d["correct"])
+        results.append(
+            {
+                "template": name,
+                "mode": "chat" if answerer.chat else "completion",
+                "n": len(details),
+                "correct": correct,
+                "accuracy": correct / len(details),
+                "ci95": [lo, hi],
+                "by_category": {c: sum(v) / len(v) for c, v in cats.items()},
+                "items": details,
+            }
+        )
+    return results
