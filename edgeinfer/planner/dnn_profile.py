@@ -1,0 +1,290 @@
+"""Per-layer DNN profiles: measured latency and tensor bytes of every layer on one device, as JSON.
+
+* ``DeviceSpec``: how a device is emulated on this host (threads, a slowdown factor that stretches every
+  compute interval by sleeping) plus its power model. Specs ship under ``edgeinfer/models/dnn/devices``.
+* ``profile_model``: every layer of a ``BranchyModel`` on a real input, warm-up then repeats, median; output
+  bytes raw and on the wire for every dtype+codec (measured by encoding real activations).
+* ``Profile``: the JSON written by ``edgeinfer split profile``; a profile made on another device is imported
+  with ``Profile.load`` and planned together with this one.
+
+The Neurosurgeon-style regression predictor lives in ``dnn_predict``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from edgeinfer.models.dnn.zoo import BranchyModel
+
+FORMAT = "edgeinfer-dnn-profile/1"
+DEVICES_DIR = Path(__file__).resolve().parent.parent / "models" / "dnn" / "devices"
+
+
+@dataclass(frozen=True)
+class PowerModel:
+    compute_w: float = 0.0  # device busy computing
+    tx_w: float = 0.0  # device sending/receiving
+    idle_w: float = 0.0  # device waiting for the edge
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str
+    threads: int = 1
+    slowdown: float = 1.0
+    emulated: bool = False
+    power: PowerModel = PowerModel()
+    note: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DeviceSpec:
+        d = dict(d)
+        d["power"] = PowerModel(**d.get("power", {}))
+        if d.get("slowdown", 1.0) < 1.0 or d.get("threads", 1) < 1:
+            raise ValueError(f"device {d.get('name')}: slowdown must be >= 1 and threads >= 1")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def builtin_devices() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(DEVICES_DIR.glob("*.json"))}
+
+
+def load_device(spec: str) -> DeviceSpec:
+    """A built-in device name (``rpi4-like``, ``edge-host``) or a path to a device JSON."""
+    path = builtin_devices().get(spec) or Path(spec)
+    if not path.is_file():
+        raise ValueError(
+            f"unknown device {spec!r}: neither built in ({', '.join(builtin_devices())}) nor a file"
+        )
+    try:
+        return DeviceSpec.from_dict(json.loads(path.read_text()))
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"bad device spec {path}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def emulated_call(fn: Callable[[], object], slowdown: float = 1.0) -> tuple[object, float]:
+    """Run ``fn`` as the device would: returns (result, seconds).
+
+    With ``slowdown == 1`` the time is plain wall time. Otherwise it is this thread's CPU time x slowdown
+    (immune to other processes taking the shared cores), and the call sleeps until that much wall time has
+    passed, so that end-to-end latencies measured around it include the emulated device's speed.
+    """
+    w0, c0 = time.perf_counter(), time.thread_time()
+    out = fn()
+    wall = time.perf_counter() - w0
+    if slowdown <= 1.0:
+        return out, wall
+    target = (time.thread_time() - c0) * slowdown
+    if target > wall:
+        time.sleep(target - wall)
+    return out, max(target, wall)
+
+
+def median_ms(fn: Callable[[], object], warmup: int, repeats: int, slowdown: float = 1.0) -> float:
+    """Median of ``repeats`` timed calls after ``warmup`` untimed ones (emulated time if slowdown > 1)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if slowdown > 1.0:  # CPU time x slowdown, without sleeping: only the number is needed
+            c0 = time.thread_time()
+            fn()
+            times.append((time.thread_time() - c0) * slowdown)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+@dataclass
+class LayerProfile:
+    kind: str
+    macs: int
+    in_bytes: int
+    out_bytes: int
+    ms: float  # on the profiled device (emulated: CPU time on this host x slowdown)
+    ms_host: float  # wall time measured on the host that ran the profile
+    wire: dict[str, int] = field(default_factory=dict)  # "fp16+lz4" -> bytes of the encoded output
+
+
+@dataclass
+class Profile:
+    model: str
+    device: DeviceSpec
+    layers: dict[str, LayerProfile]
+    input_bytes: int
+    input_wire: dict[str, int]
+    exits: dict[str, dict]  # name -> {"at", "accuracy", "path": [layer names]}
+    meta: dict = field(default_factory=dict)
+
+    # --- costs the planner needs ------------------------------------------------------------------------
+    def path_ms(self, exit_name: str) -> list[float]:
+        return [self.layers[n].ms for n in self.exits[exit_name]["path"]]
+
+    def cut_bytes(self, exit_name: str, wire: str = "fp32+none") -> list[int]:
+        """Bytes on the wire at every cut of the exit's path: index 0 is the input, the last the logits."""
+        path = self.exits[exit_name]["path"]
+        return [self.input_wire.get(wire, self.input_bytes)] + [
+            self.layers[n].wire.get(wire, self.layers[n].out_bytes) for n in path
+        ]
+
+    # --- JSON -------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "device": self.device.to_dict(),
+            "input_bytes": self.input_bytes,
+            "input_wire": self.input_wire,
+            "exits": self.exits,
+            "layers": {k: asdict(v) for k, v in self.layers.items()},
+            "meta": self.meta,
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Profile:
+        if d.get("format") != FORMAT:
+            raise ValueError(f"not an {FORMAT} file (format: {d.get('format')!r})")
+        layers = {k: LayerProfile(**v) for k, v in d["layers"].items()}
+        for e, info in d["exits"].items():
+            missing = [n for n in info["path"] if n not in layers]
+            if missing:
+                raise ValueError(f"profile exit {e}: layers {missing} have no measurement")
+        return cls(
+            d["model"],
+            DeviceSpec.from_dict(d["device"]),
+            layers,
+            d["input_bytes"],
+            d["input_wire"],
+            d["exits"],
+            d.get("meta", {}),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read profile {path}: {exc}") from exc
+
+    def check_model(self, model: BranchyModel) -> None:
+        if self.model != model.name:
+            raise ValueError(f"profile is for model {self.model!r}, not {model.name!r}")
+        missing = [n for n in model.layer_names() if n not in self.layers]
+        if missing:
+            raise ValueError(f"profile of {self.model} lacks layers {missing[:5]}")
+
+
+def wire_sizes(t: torch.Tensor) -> dict[str, int]:
+    from edgeinfer.split.compress import CODECS, DTYPES, encode, wire_key
+
+    return {wire_key(d, c): len(encode(t, d, c)) for d in DTYPES for c in CODECS}
+
+
+def _median_wire(samples: list[torch.Tensor]) -> dict[str, int]:
+    sizes = [wire_sizes(s) for s in samples]
+    return {k: int(statistics.median(s[k] for s in sizes)) for k in sizes[0]}
+
+
+def _timed_ms(fn: Callable[[], torch.Tensor], slowdown: float) -> tuple[torch.Tensor, float]:
+    w0, c0 = time.perf_counter(), time.thread_time()
+    out = fn()
+    if slowdown > 1.0:  # emulated device: this thread's CPU time x slowdown (no sleeping needed here)
+        return out, 1000 * (time.thread_time() - c0) * slowdown
+    return out, 1000 * (time.perf_counter() - w0)
+
+
+@torch.no_grad()
+def profile_model(
+    model: BranchyModel,
+    device: DeviceSpec,
+    inputs: torch.Tensor,
+    warmup: int = 5,
+    repeats: int = 30,
+    progress: Callable[[int, int], None] | None = None,
+) -> Profile:
+    """Time every layer of ``model`` (batch 1) inside whole passes over the chain, so caches are as cold or
+    warm as in real use: ``warmup`` passes, then ``repeats`` timed passes cycling through ``inputs``; the
+    median per layer. Wire bytes are medians over all of ``inputs``."""
+    if warmup < 0 or repeats < 1 or len(inputs) < 1:
+        raise ValueError("warmup must be >= 0, repeats >= 1 and inputs non-empty")
+    layers: dict[str, LayerProfile] = {}
+    todo = [(model.backbone, None)] + [(e.head, e) for e in model.exits]
+    total, done = warmup + repeats, 0
+    with torch_threads(device.threads):
+        starts = {None: inputs} | {e.name: model.backbone.run(inputs, 0, e.at) for e in model.exits}
+        times: dict[str, list[float]] = {}
+        host: dict[str, list[float]] = {}
+        for r in range(total):
+            for chain, ex in todo:
+                x = starts[None if ex is None else ex.name][r % len(inputs)].unsqueeze(0)
+                for layer in chain.layers:
+                    w0 = time.perf_counter()
+                    x, ms = _timed_ms(lambda layer=layer, x=x: layer.module(x), device.slowdown)
+                    if r >= warmup:
+                        times.setdefault(layer.name, []).append(ms)
+                        host.setdefault(layer.name, []).append(1000 * (time.perf_counter() - w0))
+            done += 1
+            if progress:
+                progress(done, total)
+        for chain, ex in todo:
+            xs = starts[None if ex is None else ex.name]
+            for layer in chain.layers:
+                in_bytes = 4 * xs[0].numel()
+                xs = layer.module(xs)
+                layers[layer.name] = LayerProfile(
+                    layer.kind,
+                    layer.macs,
+                    in_bytes,
+                    layer.out_bytes,
+                    statistics.median(times[layer.name]),
+                    statistics.median(host[layer.name]),
+                    _median_wire([xs[i : i + 1] for i in range(len(xs))]),
+                )
+    exits = {
+        e.name: {"at": e.at, "accuracy": e.accuracy, "path": model.path(e.name).names} for e in model.exits
+    }
+    meta = {
+        "host": platform.node(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "warmup": warmup,
+        "repeats": repeats,
+        "batch": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return Profile(
+        model.name,
+        device,
+        layers,
+        model.backbone.in_bytes,
+        _median_wire([inputs[i : i + 1] for i in range(len(inputs))]),
+        exits,
+        meta,
+    )

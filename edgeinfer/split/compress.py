@@ -1,0 +1,107 @@
+"""Wire format of an intermediate tensor: optional quantisation (fp16 / int8) + lossless codec (lz4 / zstd).
+
+Layout (little endian)::
+
+    b"EIT1" | dtype u8 | codec u8 | ndim u8 | shape u32 * ndim | lo f32 | scale f32 | payload
+
+int8 is per-tensor affine (``q = round((x - lo) / scale)``, stored unsigned); fp32/fp16 keep lo = scale = 0.
+``encode`` and ``decode`` are pure functions of bytes; ``len(encode(...))`` is what goes on the wire.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import torch
+
+MAGIC = b"EIT1"
+DTYPES = ("fp32", "fp16", "int8")
+CODECS = ("none", "lz4", "zstd")
+_HEAD = struct.Struct("<4sBBB")
+_QUANT = struct.Struct("<ff")
+
+
+class WireError(ValueError):
+    pass
+
+
+def check(dtype: str, codec: str) -> None:
+    if dtype not in DTYPES:
+        raise WireError(f"unknown tensor dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if codec not in CODECS:
+        raise WireError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+
+
+def _compress(codec: str, raw: bytes) -> bytes:
+    if codec == "lz4":
+        import lz4.frame
+
+        return lz4.frame.compress(raw)
+    if codec == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=3).compress(raw)
+    return raw
+
+
+def _decompress(codec: str, data: bytes) -> bytes:
+    try:
+        if codec == "lz4":
+            import lz4.frame
+
+            return lz4.frame.decompress(data)
+        if codec == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompress(data)
+    except Exception as exc:  # both libraries raise their own error types
+        raise WireError(f"corrupt {codec} payload: {exc}") from exc
+    return data
+
+
+def encode(t: torch.Tensor, dtype: str = "fp32", codec: str = "none") -> bytes:
+    check(dtype, codec)
+    a = t.detach().to(torch.float32).contiguous().numpy()
+    lo = scale = 0.0
+    if dtype == "fp16":
+        raw = a.astype(np.float16).tobytes()
+    elif dtype == "int8":
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        scale = (hi - lo) / 255.0 or 1.0
+        raw = np.clip(np.rint((a - lo) / scale), 0, 255).astype(np.uint8).tobytes()
+    else:
+        raw = a.tobytes()
+    head = _HEAD.pack(MAGIC, DTYPES.index(dtype), CODECS.index(codec), a.ndim)
+    shape = struct.pack(f"<{a.ndim}I", *a.shape)
+    return head + shape + _QUANT.pack(lo, scale) + _compress(codec, raw)
+
+
+def decode(data: bytes) -> torch.Tensor:
+    if len(data) < _HEAD.size or data[:4] != MAGIC:
+        raise WireError("not an edgeinfer tensor (bad magic)")
+    _, d, c, ndim = _HEAD.unpack_from(data)
+    if d >= len(DTYPES) or c >= len(CODECS):
+        raise WireError(f"unknown dtype/codec code {d}/{c}")
+    off = _HEAD.size
+    if len(data) < off + 4 * ndim + _QUANT.size:
+        raise WireError("truncated tensor header")
+    shape = struct.unpack_from(f"<{ndim}I", data, off)
+    off += 4 * ndim
+    lo, scale = _QUANT.unpack_from(data, off)
+    raw = _decompress(CODECS[c], data[off + _QUANT.size :])
+    n = int(np.prod(shape)) if ndim else 1
+    width = {"fp32": 4, "fp16": 2, "int8": 1}[DTYPES[d]]
+    if len(raw) != n * width:
+        raise WireError(f"payload has {len(raw)} bytes, shape {tuple(shape)} needs {n * width}")
+    if DTYPES[d] == "fp16":
+        a = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+    elif DTYPES[d] == "int8":
+        a = np.frombuffer(raw, dtype=np.uint8).astype(np.float32) * scale + lo
+    else:
+        a = np.frombuffer(raw, dtype=np.float32).copy()
+    return torch.from_numpy(a.reshape(shape))
+
+
+def wire_key(dtype: str, codec: str) -> str:
+    return f"{dtype}+{codec}"

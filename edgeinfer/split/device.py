@@ -1,0 +1,257 @@
+"""The device client: runs the head of the planned path, ships the tensor to the edge, returns the answer.
+
+Per input: (maybe) probe the link, re-plan if the measured link moved, run layers ``[0, split)`` (emulating
+the device's speed), stop at a confident early exit if thresholds are given, encode (fp16/int8 + lz4/zstd),
+POST to the edge, feed the measured network time back into the ``LinkMonitor``. If the edge does not answer
+in time, answer from the best local exit that fits the deadline and say so (``fallback``, ``reason``); the
+edge is then left alone for ``retry_after_s`` (device-only plans) before a probe tries it again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import httpx
+import torch
+
+from edgeinfer.models.dnn.zoo import BranchyModel
+from edgeinfer.planner.dnn_profile import Profile, emulated_call, torch_threads
+from edgeinfer.planner.split import Link, Option, all_paths, evaluate, plan
+from edgeinfer.split.compress import encode, wire_key
+from edgeinfer.split.exits import Thresholds
+from edgeinfer.split.monitor import LinkMonitor, changed
+from edgeinfer.split.runner import Segment, local_answer, run_segment
+
+
+@dataclass
+class Result:
+    pred: int
+    exit: str
+    where: str  # device | edge | split
+    split: int
+    n: int
+    latency_ms: float
+    device_ms: float = 0.0
+    transfer_ms: float = 0.0
+    edge_ms: float = 0.0
+    sent_bytes: int = 0
+    early: bool = False
+    fallback: bool = False
+    reason: str | None = None
+    planned: Option | None = None
+    link: Link | None = None
+    deadline_met: bool | None = None
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("planned", "link")}
+        d["planned_ms"] = self.planned.total_ms if self.planned else None
+        d["link_mbit"] = self.link.bandwidth_bps / 1e6 if self.link else None
+        d["link_rtt_ms"] = 1000 * self.link.rtt_s if self.link else None
+        return d
+
+
+@dataclass
+class ClientConfig:
+    dtype: str = "fp16"
+    codec: str = "lz4"
+    deadline_ms: float | None = None
+    objective: str = "latency"
+    thresholds: Thresholds | None = None
+    link: Link | None = None  # fixed link: no probing (else measured)
+    force: tuple[str, int] | None = None  # (exit, split): no planning (benchmarks of fixed splits)
+    probe_every_s: float = 2.0
+    retry_after_s: float = 1.0
+    timeout_s: float = 5.0  # edge request timeout without a deadline
+    exits: list[str] | None = None  # restrict the planner to these exits
+    stats: dict = field(default_factory=dict)
+
+
+class DeviceClient:
+    def __init__(self, model: BranchyModel, device: Profile, edge: Profile, edge_url: str, cfg: ClientConfig):
+        device.check_model(model)
+        edge.check_model(model)
+        self.model, self.device, self.cfg = model, device, cfg
+        self.paths = all_paths(device, edge, wire_key(cfg.dtype, cfg.codec), cfg.exits)
+        self.http = httpx.Client(base_url=edge_url.rstrip("/"), timeout=cfg.timeout_s)
+        self.monitor = LinkMonitor()
+        self.edge_down_until = 0.0
+        self.suspect = False  # the last contact failed: probe (briefly) before trusting the edge again
+        self.plan: Option | None = None
+        self.plan_link: Link | None = None
+        self.replans = 0
+        self.probe_ms = 0.0
+
+    # --- link -------------------------------------------------------------------------------------------
+    def _send(self, nbytes: int, timeout: float | None = None) -> float:
+        t0 = time.perf_counter()
+        r = self.http.post("/v1/split/probe", content=b"\0" * nbytes, timeout=timeout or self.cfg.timeout_s)
+        r.raise_for_status()
+        return time.perf_counter() - t0
+
+    def _edge_up(self) -> bool:
+        return time.monotonic() >= self.edge_down_until
+
+    def _mark_down(self) -> None:
+        self.edge_down_until = time.monotonic() + self.cfg.retry_after_s
+        self.suspect = True
+
+    def probe(self) -> Link | None:
+        """Measure the link now (a few small and large transfers). None, and edge marked down, on failure."""
+        if self.cfg.link is not None:
+            return self.cfg.link
+        t0 = time.perf_counter()
+        try:
+            if self.suspect:
+                self._send(1, timeout=0.5)
+            link = self.monitor.probe(self._send, rounds=2)
+            self.suspect = False
+            return link
+        except httpx.HTTPError:
+            self._mark_down()
+            return None
+        finally:
+            self.probe_ms += 1000 * (time.perf_counter() - t0)
+
+    def link(self) -> Link | None:
+        return self.cfg.link or self.monitor.estimate()
+
+    # --- planning -----------------------------------------------------------------------------------------
+    def _local_plan(self) -> Option:
+        any_link = Link(1.0)
+        opts = [evaluate(p, p.n, any_link) for p in self.paths]
+        dl = self.cfg.deadline_ms
+        ok = [o for o in opts if dl is None or o.total_ms <= dl]
+        if ok:
+            return min(ok, key=lambda o: (-o.accuracy, o.total_ms))
+        return replace(min(opts, key=lambda o: o.total_ms), feasible=False)
+
+    def current_plan(self) -> Option:
+        if self.cfg.force:
+            ex, s = self.cfg.force
+            p = next(p for p in self.paths if p.exit == ex)
+            return evaluate(p, s, self.link() or Link(1e9))
+        if not self._edge_up():
+            return self._local_plan()
+        link = self.link()
+        if link is None:
+            return self._local_plan()
+        if self.plan is None or self.plan_link is None or changed(self.plan_link, link):
+            new = plan(self.paths, link, self.cfg.deadline_ms, self.cfg.objective, self.device.device.power)
+            if self.plan is not None and (new.exit, new.split) != (self.plan.exit, self.plan.split):
+                self.replans += 1
+            self.plan, self.plan_link = new, link
+        return self.plan
+
+    # --- inference ----------------------------------------------------------------------------------------
+    def infer(self, x: torch.Tensor) -> Result:
+        """Answer one input (batch of 1). Never raises for network trouble: falls back to a local exit."""
+        measured = self.cfg.link is None and not self.cfg.force
+        stale = self.suspect or self.monitor.estimate() is None or self.monitor.due(self.cfg.probe_every_s)
+        if measured and self._edge_up() and stale:
+            self.probe()
+        chosen = self.current_plan()
+        slow = self.device.device.slowdown
+        t0 = time.perf_counter()
+        with torch_threads(self.device.device.threads):
+            seg = run_segment(self.model, chosen.exit, x, 0, chosen.split, slow, self.cfg.thresholds)
+        base = {"split": chosen.split, "n": chosen.n, "planned": chosen, "link": self.link()}
+        if seg.early_exit or chosen.split == chosen.n:
+            ex = seg.early_exit or chosen.exit
+            return self._done(t0, seg.out, ex, "device", seg.compute_s, early=bool(seg.early_exit), **base)
+        payload, enc_s = emulated_call(lambda: encode(seg.out, self.cfg.dtype, self.cfg.codec), slow)
+        device_s = seg.compute_s + enc_s
+        params = {"model": self.model.name, "exit": chosen.exit, "cut": chosen.split}
+        th = self.cfg.thresholds
+        if th is not None:
+            params |= {
+                "criterion": th.criterion,
+                "thresholds": json.dumps({k: v for k, v in th.values.items() if math.isfinite(v)}),
+            }
+        timeout = self._edge_timeout(t0, seg.taps)
+        t1 = time.perf_counter()
+        try:
+            r = self.http.post("/v1/split/tail", params=params, content=payload, timeout=timeout)
+            r.raise_for_status()
+            data = r.json()
+        except httpx.HTTPStatusError as exc:
+            self._mark_down()
+            return self._fallback(
+                t0, seg, f"edge error {exc.response.status_code}: {exc.response.text[:200]}", base
+            )
+        except httpx.HTTPError as exc:
+            self._mark_down()
+            return self._fallback(t0, seg, f"edge unreachable ({type(exc).__name__})", base)
+        wall = time.perf_counter() - t1
+        net = max(wall - data["edge_ms"] / 1000, 1e-6)
+        if self.cfg.link is None:
+            self.monitor.observe(len(payload) + len(r.content), net)
+        logits = torch.tensor([data["logits"]])
+        where = "edge" if chosen.split == 0 else "split"
+        kw = {"transfer_ms": 1000 * net, "edge_ms": data["edge_ms"], "sent_bytes": len(payload)}
+        return self._done(t0, logits, data["exit"], where, device_s, early=data["early"], **kw, **base)
+
+    def _edge_timeout(self, t0: float, taps: dict[int, torch.Tensor]) -> float:
+        if self.cfg.deadline_ms is None:
+            return self.cfg.timeout_s
+        spent = time.perf_counter() - t0
+        cheapest = min(
+            self._local_cost_ms(e.name, taps)
+            for e in self.model.exits
+            if self._tap_for(e.name, taps) is not None
+        )
+        return max(0.02, (self.cfg.deadline_ms - cheapest) / 1000 - spent)
+
+    def _tap_for(self, exit_name: str, taps: dict[int, torch.Tensor]) -> int | None:
+        usable = [p for p in taps if p <= self.model.exit(exit_name).at]
+        return max(usable) if usable else None
+
+    def _local_cost_ms(self, exit_name: str, taps: dict[int, torch.Tensor]) -> float:
+        """Predicted device time to finish exit ``exit_name`` from the deepest usable tap."""
+        p = self._tap_for(exit_name, taps)
+        e = self.model.exit(exit_name)
+        names = self.model.backbone.names[p : e.at] + e.head.names
+        return sum(self.device.layers[n].ms for n in names)
+
+    def _fallback(self, t0: float, seg: Segment, why: str, base: dict) -> Result:
+        taps = seg.taps
+        spent_ms = 1000 * (time.perf_counter() - t0)
+        left = math.inf if self.cfg.deadline_ms is None else self.cfg.deadline_ms - spent_ms
+        cands = [e for e in self.model.exits if self._tap_for(e.name, taps) is not None]
+        if self.cfg.exits:
+            cands = [e for e in cands if e.name in self.cfg.exits] or cands
+        fits = [e for e in cands if self._local_cost_ms(e.name, taps) <= left]
+        if fits:
+            best = max(fits, key=lambda e: (e.accuracy or 0.0, -self._local_cost_ms(e.name, taps)))
+            note = "within the deadline" if self.cfg.deadline_ms is not None else "(no deadline)"
+        else:
+            best = min(cands, key=lambda e: self._local_cost_ms(e.name, taps))
+            note = "the fastest local exit; the deadline cannot be met"
+        with torch_threads(self.device.device.threads):
+            logits, spent = local_answer(self.model, taps, best.name, self.device.device.slowdown)
+        reason = f"{why}: answered on the device from exit {best.name} {note}"
+        return self._done(
+            t0, logits, best.name, "device", seg.compute_s + spent, fallback=True, reason=reason, **base
+        )
+
+    def _done(
+        self, t0: float, logits: torch.Tensor, exit_name: str, where: str, device_s: float, **kw
+    ) -> Result:
+        latency = 1000 * (time.perf_counter() - t0)
+        dl = self.cfg.deadline_ms
+        met = None if dl is None else latency <= dl
+        pred = int(logits.argmax(-1)[0])
+        return Result(
+            pred, exit_name, where, latency_ms=latency, device_ms=1000 * device_s, deadline_met=met, **kw
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,118 @@
+"""The edge server: runs the tail of a model's path from any cut point (FastAPI + uvicorn).
+
+    POST /v1/split/tail?model=M&exit=E&cut=S[&criterion=C&thresholds=JSON]   body: an encoded tensor
+         -> {"pred", "logits", "exit", "early", "edge_ms", "received_bytes"}
+    POST /v1/split/probe    body: any bytes -> {"received_bytes"}   (link measurements)
+    GET  /v1/split/models   exits and path lengths of the served models
+    GET  /health
+
+``delay_ms`` emulates the link's round-trip time in user space (netem is not available here): every request
+is answered that much later. The tail runs one request at a time with ``threads`` torch threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from edgeinfer.models.dnn.zoo import BranchyModel
+from edgeinfer.split.compress import WireError, decode
+from edgeinfer.split.exits import Thresholds
+from edgeinfer.split.runner import run_segment
+
+
+def create_app(models: dict[str, BranchyModel], threads: int = 2, delay_ms: float = 0.0) -> FastAPI:
+    if not models:
+        raise ValueError("the edge server needs at least one model")
+    app = FastAPI(title="edgeinfer split edge")
+    lock = threading.Lock()
+    torch.set_num_threads(threads)
+
+    def tail(model: BranchyModel, exit_name: str, cut: int, x: torch.Tensor, th: Thresholds | None) -> dict:
+        with lock:
+            t0 = time.perf_counter()
+            n = len(model.path(exit_name))
+            seg = run_segment(model, exit_name, x, cut, n, thresholds=th)
+            logits = seg.out
+            ms = 1000 * (time.perf_counter() - t0)
+        return {
+            "pred": int(logits.argmax(-1)[0]),
+            "logits": [round(float(v), 5) for v in logits[0]],
+            "exit": seg.early_exit or exit_name,
+            "early": seg.early_exit is not None,
+            "edge_ms": ms,
+        }
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"ok": True, "models": list(models)}
+
+    @app.get("/v1/split/models")
+    async def list_models() -> dict:
+        return {
+            name: {
+                e.name: {"at": e.at, "layers": len(m.path(e.name)), "accuracy": e.accuracy} for e in m.exits
+            }
+            for name, m in models.items()
+        }
+
+    @app.post("/v1/split/probe")
+    async def probe(request: Request) -> dict:
+        body = await request.body()
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
+        return {"received_bytes": len(body)}
+
+    @app.post("/v1/split/tail")
+    async def run_tail(
+        request: Request,
+        model: str,
+        exit: str,
+        cut: int,
+        criterion: str | None = None,
+        thresholds: str | None = None,
+    ) -> dict:
+        body = await request.body()
+        m = models.get(model)
+        if m is None:
+            raise HTTPException(404, f"model {model!r} is not served here; served: {', '.join(models)}")
+        try:
+            n = len(m.path(exit))
+        except KeyError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        if not 0 <= cut <= n:
+            raise HTTPException(422, f"cut {cut} outside 0..{n} for exit {exit}")
+        try:
+            x = decode(body)
+            th = (
+                Thresholds.from_dict({"criterion": criterion, "values": json.loads(thresholds)})
+                if thresholds
+                else None
+            )
+        except (WireError, ValueError) as exc:
+            raise HTTPException(422, f"bad request: {exc}") from exc
+        expect = m.path(exit).layers[cut - 1].out_shape if cut else m.backbone.in_shape
+        if tuple(x.shape[1:]) != tuple(expect):
+            raise HTTPException(
+                422, f"tensor shape {tuple(x.shape)} does not fit cut {cut} (expects N x {expect})"
+            )
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
+        out = await run_in_threadpool(tail, m, exit, cut, x, th)
+        out["received_bytes"] = len(body)
+        return out
+
+    return app
+
+
+def serve(models: dict[str, BranchyModel], host: str, port: int, threads: int = 2, delay_ms: float = 0.0,
+          log_level: str = "warning") -> None:  # fmt: skip
+    import uvicorn
+
+    uvicorn.run(create_app(models, threads, delay_ms), host=host, port=port, log_level=log_level)
