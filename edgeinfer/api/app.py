@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,12 +13,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edgeinfer.api.errors import APIError, error_body, install_handlers, parse_body
+from edgeinfer.api.errors import APIError, install_handlers, parse_body
 from edgeinfer.api.metrics import Metrics
+from edgeinfer.api.responses import Shape, collect_events, stream_events
 from edgeinfer.api.schemas import UNSUPPORTED, ChatCompletionRequest, CompletionRequest, _Sampling
 from edgeinfer.api.worker import Job, ModelWorker, QueueFull
 from edgeinfer.engine.chat import ChatFormatError, ChatFormatter
-from edgeinfer.engine.generate import ContextLengthExceeded, Delta, Result, check_context
+from edgeinfer.engine.generate import ContextLengthExceeded, check_context
 
 
 class ModelSet:
@@ -67,18 +67,6 @@ def _reject_unsupported(req: _Sampling) -> None:
             raise APIError(400, f"{UNSUPPORTED[key]} by this server; remove '{key}'", key, "unsupported")
     if req.n != 1:
         raise APIError(400, "only n=1 is supported; send several requests instead", "n", "unsupported")
-
-
-def _usage(result: Result) -> dict[str, int]:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
-    }
-
-
-def _sse(payload: dict[str, Any] | str) -> str:
-    return f"data: {payload if isinstance(payload, str) else json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
 def create_app(workers: list[ModelWorker], metrics: Metrics | None = None) -> FastAPI:
@@ -203,100 +191,14 @@ def create_app(workers: list[ModelWorker], metrics: Metrics | None = None) -> Fa
             ) from None
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        shape = _Shape(rid, created, worker.name, chat)
+        shape = Shape(rid, created, worker.name, chat)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
-                _stream(job, shape, include_usage),
+                stream_events(job, shape, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return await _collect(request, job, shape)
+        return await collect_events(request, job, shape)
 
     return app
-
-
-class _Shape:
-    """Builds response objects in the chat or the completion flavour."""
-
-    def __init__(self, rid: str, created: int, model: str, chat: bool):
-        self.rid, self.created, self.model, self.chat = rid, created, model, chat
-
-    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self.rid,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-
-    def chunk(self, text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
-        if self.chat:
-            delta: dict[str, Any] = {"role": "assistant"} if role else {}
-            if text is not None:
-                delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return self._envelope("chat.completion.chunk", [choice])
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        return self._envelope("text_completion", [choice])
-
-    def final(self, result: Result) -> dict[str, Any]:
-        if self.chat:
-            message = {"role": "assistant", "content": result.text}
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": result.finish_reason}
-            out = self._envelope("chat.completion", [choice])
-        else:
-            choice = {
-                "index": 0,
-                "text": result.text,
-                "logprobs": None,
-                "finish_reason": result.finish_reason,
-            }
-            out = self._envelope("text_completion", [choice])
-        out["usage"] = _usage(result)
-        return out
-
-
-async def _stream(job: Job, shape: _Shape, include_usage: bool) -> AsyncIterator[str]:
-    try:
-        if shape.chat:
-            yield _sse(shape.chunk("", None, role=True))
-        while True:
-            item = await job.events.get()
-            if isinstance(item, Delta):
-                yield _sse(shape.chunk(item.text, None))
-            elif isinstance(item, Result):
-                last = shape.chunk(None if shape.chat else "", item.finish_reason)
-                last["usage"] = _usage(item)
-                yield _sse(last)
-                if include_usage:
-                    usage_chunk = shape.chunk(None, None)
-                    usage_chunk["choices"] = []
-                    usage_chunk["usage"] = _usage(item)
-                    yield _sse(usage_chunk)
-                break
-            else:  # an exception from the worker: the stream has started, so report it in-band
-                yield _sse(error_body(500, f"generation failed: {item}", code="internal_error"))
-                break
-        yield _sse("[DONE]")
-    finally:
-        job.cancel.set()  # client gone or stream over: stop generating and free the slot
-
-
-async def _collect(request: Request, job: Job, shape: _Shape) -> JSONResponse:
-    try:
-        while True:
-            try:
-                item = await asyncio.wait_for(job.events.get(), timeout=0.5)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    job.cancel.set()
-                    return JSONResponse(error_body(499, "client closed the request"), status_code=499)
-                continue
-            if isinstance(item, Result):
-                return JSONResponse(shape.final(item))
-            if isinstance(item, Exception):
-                raise APIError(500, f"generation failed: {item}", code="internal_error")
-    finally:
-        job.cancel.set()
