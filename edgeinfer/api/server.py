@@ -35,9 +35,7 @@ def backend_loader(spec: str, cfg: ServeConfig) -> tuple[str, Callable[[], Backe
         if cfg.backend == "shard":
             from edgeinfer.engine.shard_backend import ShardBackend
 
-            backend = ShardBackend(path, threads=cfg.threads)
-            backend.info.name = name
-            return backend
+            return ShardBackend(path, threads=cfg.threads, name=name, n_ctx=cfg.n_ctx)
         from edgeinfer.engine.llamacpp import LlamaCppBackend
 
         return LlamaCppBackend(path, name=name, n_ctx=cfg.n_ctx, threads=cfg.threads)
