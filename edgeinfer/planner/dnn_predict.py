@@ -1,7 +1,7 @@
 """A Neurosurgeon-style latency predictor: one linear regression per layer type.
 
 ``ms = a + b * macs + c * in_bytes + d * out_bytes``, fitted by least squares on layers measured on the
-device (a bank of random conv/linear/pool/act/norm layers, or the model's own). ``evaluate`` reports the error on
+device (random conv/linear/pool/act/norm layers, or the model's own). ``evaluate`` reports the error on
 held-out layers, so the predictor can stand in for a device that was not profiled layer by layer.
 """
 

@@ -15,12 +15,24 @@ every (exit, split) explicitly and is the test oracle. Both break ties the same 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from itertools import accumulate
 
 from edgeinfer.planner.dnn_profile import PowerModel, Profile
 
 OBJECTIVES = ("latency", "energy")
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)?$", re.IGNORECASE)
+
+
+def parse_rate(rate: str) -> float:
+    """'20mbit' / '1gbit' / '500kbit' / '1000000' (plain bits) -> bits per second."""
+    m = _RATE.match(rate.strip())
+    if not m:
+        raise ValueError(f"bad rate {rate!r}: use e.g. 5mbit, 100mbit, 1gbit")
+    return (
+        float(m.group(1)) * {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}[(m.group(2) or "bit").lower()]
+    )
 
 
 @dataclass(frozen=True)

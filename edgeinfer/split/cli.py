@@ -1,5 +1,385 @@
 """`edgeinfer split ...`: device<->edge split computing and early exit for DNNs."""
 
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 app = typer.Typer(help="Device<->edge split computing and early exit for DNNs.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Zoo model (see `edgeinfer split train --help`).")
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        help="Device spec to emulate: 'rpi4-like' (1 thread, 8x slower; NOT a real Pi), 'edge-host', "
+        "or a JSON file."
+    ),
+]
+EdgeDevOpt = Annotated[str, typer.Option("--edge", help="Device spec of the edge server (as --device).")]
+DevProfOpt = Annotated[
+    Path | None, typer.Option(help="Device profile JSON from `edgeinfer split profile` (else profiled now).")
+]
+EdgeProfOpt = Annotated[
+    Path | None, typer.Option(help="Edge profile JSON, e.g. made on the edge server (else profiled now).")
+]
+DtypeOpt = Annotated[str, typer.Option(help="Tensor dtype on the wire: fp32, fp16 or int8.")]
+CodecOpt = Annotated[str, typer.Option(help="Lossless codec on the wire: none, lz4 or zstd.")]
+DeadlineOpt = Annotated[
+    float | None,
+    typer.Option(help="Latency deadline in ms: the most accurate exit that meets it is planned."),
+]
+ObjectiveOpt = Annotated[
+    str, typer.Option(help="What the split minimises: 'latency' or 'energy' (device joules).")
+]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _load_model(name: str, retrain: bool = False):
+    from rich.progress import Progress
+
+    from edgeinfer.models.dnn import zoo
+
+    if name not in zoo.ZOO:
+        _fail(f"unknown model {name!r}; zoo: {', '.join(zoo.ZOO)}")
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(f"loading {name} (training on first use)", total=None)
+
+        def progress(epoch: int, epochs: int, loss: float) -> None:
+            bar.update(task, total=epochs, completed=epoch, description=f"training {name}: loss {loss:.3f}")
+
+        return zoo.load(name, progress=progress, retrain=retrain)
+
+
+def _profile(model, device: str, warmup: int = 3, repeats: int = 20):
+    from rich.progress import Progress
+
+    from edgeinfer.models.dnn.data import digits
+    from edgeinfer.planner.dnn_profile import load_device, profile_model
+
+    spec = load_device(device)
+    x = digits(model.backbone.in_shape[-1])["val"].x[:16]
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(f"profiling {model.name} as {spec.name}", total=warmup + repeats)
+        return profile_model(
+            model, spec, x, warmup, repeats, progress=lambda d, t: bar.update(task, completed=d)
+        )
+
+
+def _profiles(model, device: str, edge: str, device_profile: Path | None, edge_profile: Path | None):
+    from edgeinfer.planner.dnn_profile import Profile
+
+    try:
+        dev = Profile.load(device_profile) if device_profile else _profile(model, device)
+        edg = Profile.load(edge_profile) if edge_profile else _profile(model, edge)
+        dev.check_model(model)
+        edg.check_model(model)
+    except ValueError as exc:
+        _fail(str(exc))
+    return dev, edg
+
+
+def _check_wire(dtype: str, codec: str) -> None:
+    from edgeinfer.split.compress import WireError, check
+
+    try:
+        check(dtype, codec)
+    except WireError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def train(
+    model: ModelOpt = "digitnet",
+    retrain: Annotated[bool, typer.Option(help="Train again even if a cached artifact matches.")] = False,
+) -> None:
+    """Train a zoo model on scikit-learn's digits (cached under ~/.cache/edgeinfer/dnn by config hash) and
+    print the measured test accuracy of every exit."""
+    from edgeinfer.models.dnn.zoo import ZOO
+
+    m = _load_model(model, retrain)
+    table = Table(title=f"{model}: {ZOO[model].description}")
+    for col in ("exit", "after backbone layer", "path layers", "val accuracy", "test accuracy"):
+        table.add_column(col)
+    for e in m.exits:
+        table.add_row(
+            e.name, str(e.at), str(len(m.path(e.name))), f"{e.val_accuracy:.3f}", f"{e.accuracy:.3f}"
+        )
+    out.print(table)
+    n = m.meta.get("n", {})
+    sizes = f"train {n.get('train')}, val {n.get('val')}, test {n.get('test')}"
+    out.print(f"weights: {m.meta['weights']} ({sizes}; trained in {m.meta.get('train_seconds')} s)")
+
+
+@app.command()
+def profile(
+    model: ModelOpt = "digitnet",
+    device: DeviceOpt = "rpi4-like",
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="Write the profile JSON here.")] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed passes first.", min=0)] = 5,
+    repeats: Annotated[int, typer.Option(help="Timed passes; the median per layer is kept.", min=1)] = 30,
+    predictor: Annotated[
+        bool,
+        typer.Option(help="Also fit the per-layer-type regression predictor and report its held-out error."),
+    ] = False,
+    bank: Annotated[int, typer.Option(help="Random layers measured to fit the predictor.", min=8)] = 120,
+) -> None:
+    """Measure every layer's latency (warm-up, repeats, median) and output bytes on this machine, emulating
+    --device; optionally fit and evaluate the Neurosurgeon-style latency predictor."""
+    from edgeinfer.models.dnn.data import digits
+    from edgeinfer.planner.dnn_profile import load_device, profile_model
+
+    m = _load_model(model)
+    try:
+        spec = load_device(device)
+    except ValueError as exc:
+        _fail(str(exc))
+    x = digits(m.backbone.in_shape[-1])["val"].x[:16]
+    with err.status(f"profiling {model} as {spec.name} ({warmup} + {repeats} passes) ..."):
+        prof = profile_model(m, spec, x, warmup, repeats)
+    table = Table(title=f"{model} on {spec.name}" + (" (emulated)" if spec.emulated else ""))
+    for col in ("layer", "kind", "MACs", "ms", "out bytes", "fp16+lz4", "int8+zstd"):
+        table.add_column(col, justify="right" if col not in ("layer", "kind") else "left")
+    for name, lp in prof.layers.items():
+        table.add_row(name, lp.kind, f"{lp.macs:,}", f"{lp.ms:.3f}", f"{lp.out_bytes:,}",
+                      f"{lp.wire['fp16+lz4']:,}", f"{lp.wire['int8+zstd']:,}")  # fmt: skip
+    out.print(table)
+    out.print(f"input: {prof.input_bytes:,} bytes fp32, {prof.input_wire['fp16+lz4']:,} fp16+lz4")
+    if output:
+        prof.save(output)
+        out.print(f"wrote {output}")
+    if predictor:
+        _predictor_report(spec, prof, bank)
+
+
+def _predictor_report(spec, prof, bank: int) -> None:
+    from edgeinfer.planner.dnn_predict import Predictor, from_profile, measure_bank, split_holdout
+
+    with err.status(f"measuring {bank} random layers as {spec.name} ..."):
+        samples = measure_bank(spec, n=bank)
+    fit, held = split_holdout(samples)
+    pred = Predictor(fit)
+    table = Table(title="latency predictor: absolute % error on held-out layers")
+    for col in ("held-out set", "kind", "n", "median error", "mean error"):
+        table.add_column(col)
+    for label, ev in (
+        ("random layers (25%)", pred.evaluate(held)),
+        (prof.model, pred.evaluate(from_profile(prof.layers))),
+    ):
+        for kind, st in ev.items():
+            table.add_row(
+                label, kind, str(st["n"]), f"{100 * st['median_ape']:.0f}%", f"{100 * st['mean_ape']:.0f}%"
+            )
+    out.print(table)
+
+
+@app.command()
+def plan(
+    model: ModelOpt = "digitnet",
+    bandwidth: Annotated[str, typer.Option(help="Link bandwidth, e.g. 5mbit, 100mbit, 1gbit.")] = "20mbit",
+    rtt_ms: Annotated[float, typer.Option(help="Link round-trip time in ms.", min=0.0)] = 2.0,
+    deadline_ms: DeadlineOpt = None,
+    objective: ObjectiveOpt = "latency",
+    dtype: DtypeOpt = "fp16",
+    codec: CodecOpt = "lz4",
+    device: DeviceOpt = "rpi4-like",
+    edge: EdgeDevOpt = "edge-host",
+    device_profile: DevProfOpt = None,
+    edge_profile: EdgeProfOpt = None,
+) -> None:
+    """Choose the exit and split point for a link (minimum latency or device energy; with --deadline-ms the
+    most accurate exit that meets it) and show every split of that exit."""
+    from edgeinfer.planner.split import Link, all_paths, best_split, evaluate, parse_rate
+    from edgeinfer.planner.split import plan as solve
+    from edgeinfer.split.compress import wire_key
+
+    _check_wire(dtype, codec)
+    try:
+        link = Link(parse_rate(bandwidth), rtt_ms / 1000)
+    except ValueError as exc:
+        _fail(str(exc))
+    m = _load_model(model)
+    dev, edg = _profiles(m, device, edge, device_profile, edge_profile)
+    paths = all_paths(dev, edg, wire_key(dtype, codec))
+    try:
+        best = solve(paths, link, deadline_ms, objective, dev.device.power)
+    except ValueError as exc:
+        _fail(str(exc))
+    path = next(p for p in paths if p.exit == best.exit)
+    names = dev.exits[best.exit]["path"]
+    table = Table(title=f"{model}, exit {best.exit}: every split at {link} ({dtype}+{codec})")
+    for col in (
+        "split",
+        "after layer",
+        "where",
+        "wire bytes",
+        "device ms",
+        "transfer ms",
+        "edge ms",
+        "total ms",
+        "energy mJ",
+    ):
+        table.add_column(col, justify="right")
+    for s in range(path.n + 1):
+        o = evaluate(path, s, link, dev.device.power)
+        mark = " <-" if s == best.split else ""
+        table.add_row(f"{s}{mark}", names[s - 1] if s else "(input)", o.where, f"{o.wire_bytes:,}",
+                      f"{o.device_ms:.2f}", f"{o.transfer_ms:.2f}", f"{o.edge_ms:.2f}", f"{o.total_ms:.2f}",
+                      f"{1000 * o.energy_j:.2f}")  # fmt: skip
+    out.print(table)
+    for p in paths:
+        o = best_split(p, link, objective, dev.device.power, deadline_ms)
+        acc = f"{p.accuracy:.3f}"
+        out.print(f"  exit {p.exit} (accuracy {acc}): " + (o.describe() if o else "cannot meet the deadline"))
+    status = "" if best.feasible else " [bold red](no option meets the deadline: fastest shown)[/]"
+    out.print(f"[bold]plan:[/] {best.describe()}, accuracy {best.accuracy:.3f}{status}")
+
+
+@app.command("serve-edge")
+def serve_edge(
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Zoo model to serve (repeatable). Default: digitnet."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8090,
+    threads: Annotated[int, typer.Option(help="torch threads for the tails.", min=1)] = 1,
+    delay_ms: Annotated[
+        float, typer.Option(help="Answer every request this much later (user-space RTT emulation).", min=0.0)
+    ] = 0.0,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve model tails from any cut point over HTTP (POST /v1/split/tail, /v1/split/probe, GET /health)."""
+    from edgeinfer.split.edge import serve
+
+    models = {name: _load_model(name) for name in (model or ["digitnet"])}
+    err.print(f"edge server on http://{host}:{port} serving {', '.join(models)}")
+    serve(models, host, port, threads=threads, delay_ms=delay_ms, log_level=log_level)
+
+
+@app.command()
+def run(
+    edge_url: Annotated[str, typer.Option("--edge-url", help="Edge server URL (from `serve-edge`).")],
+    model: ModelOpt = "digitnet",
+    n: Annotated[int, typer.Option("-n", help="Test-set inputs to run.", min=1)] = 50,
+    deadline_ms: DeadlineOpt = None,
+    objective: ObjectiveOpt = "latency",
+    dtype: DtypeOpt = "fp16",
+    codec: CodecOpt = "lz4",
+    early_exit: Annotated[
+        str | None,
+        typer.Option(help="Stop at a confident early exit: criterion 'entropy', 'top1' or 'margin'."),
+    ] = None,
+    target_accuracy: Annotated[
+        float | None,
+        typer.Option(help="Early-exit calibration target (default: the final exit's val accuracy)."),
+    ] = None,
+    device: DeviceOpt = "rpi4-like",
+    edge: EdgeDevOpt = "edge-host",
+    device_profile: DevProfOpt = None,
+    edge_profile: EdgeProfOpt = None,
+    jsonl: Annotated[Path | None, typer.Option(help="Write one JSON result per input here.")] = None,
+) -> None:
+    """Run test inputs as the device: head here, tail on the edge, link measured and re-planned as it goes;
+    answers from a local exit (and says so) when the edge is unreachable."""
+    from rich.progress import track
+
+    from edgeinfer.models.dnn.data import digits
+    from edgeinfer.split.device import ClientConfig, DeviceClient
+    from edgeinfer.split.exits import CRITERIA, calibrate_on_val
+
+    _check_wire(dtype, codec)
+    if early_exit and early_exit not in CRITERIA:
+        _fail(f"unknown criterion {early_exit!r}; choose one of {', '.join(CRITERIA)}")
+    m = _load_model(model)
+    dev, edg = _profiles(m, device, edge, device_profile, edge_profile)
+    th = calibrate_on_val(m, early_exit, target_accuracy) if early_exit else None
+    cfg = ClientConfig(dtype=dtype, codec=codec, deadline_ms=deadline_ms, objective=objective, thresholds=th)
+    test = digits(m.backbone.in_shape[-1])["test"]
+    results = []
+    with DeviceClient(m, dev, edg, edge_url, cfg) as client:
+        for i in track(range(min(n, len(test))), description="inferring", console=err, transient=True):
+            r = client.infer(test.x[i : i + 1])
+            results.append((r, int(test.y[i])))
+        replans = client.replans
+    if jsonl:
+        with jsonl.open("w") as fh:
+            for r, y in results:
+                fh.write(json.dumps(r.to_dict() | {"label": y}) + "\n")
+    _summary(results, replans)
+
+
+def _summary(results, replans: int) -> None:
+    import statistics
+
+    lat = [r.latency_ms for r, _ in results]
+    acc = sum(r.pred == y for r, y in results) / len(results)
+    table = Table(title=f"{len(results)} inputs")
+    for col in (
+        "accuracy",
+        "median ms",
+        "p90 ms",
+        "on device",
+        "split",
+        "edge",
+        "early exits",
+        "fallbacks",
+        "re-plans",
+    ):
+        table.add_column(col)
+    where = [r.where for r, _ in results]
+    lat_sorted = sorted(lat)
+    p90 = lat_sorted[int(0.9 * (len(lat) - 1))]
+    early, fallbacks = sum(r.early for r, _ in results), sum(r.fallback for r, _ in results)
+    counts = [str(where.count(w)) for w in ("device", "split", "edge")]
+    table.add_row(f"{acc:.3f}", f"{statistics.median(lat):.2f}", f"{p90:.2f}", *counts, str(early), str(fallbacks),
+                  str(replans))  # fmt: skip
+    out.print(table)
+    reasons = {r.reason for r, _ in results if r.reason}
+    for reason in sorted(reasons):
+        out.print(f"[yellow]fallback:[/] {reason}")
+
+
+@app.command()
+def bench(
+    output: Annotated[Path, typer.Option("--out", "-o", help="Write the results JSON here.")] = Path(
+        "split_bench.json"
+    ),
+    plots: Annotated[Path | None, typer.Option(help="Write the plots (PNG) into this directory.")] = None,
+    rates: Annotated[
+        str, typer.Option(help="Comma-separated link rates to sweep.")
+    ] = "1mbit,5mbit,20mbit,100mbit,1gbit",
+    requests: Annotated[int, typer.Option("-n", help="Requests per measured point.", min=3)] = 15,
+    model: ModelOpt = "digitnet",
+) -> None:
+    """Latency vs bandwidth (device-only, edge-only, best split, chosen split) over real test-bed links
+    (needs root: network namespaces + tbf), accuracy vs latency of the exits, bytes on the wire."""
+    from edgeinfer.planner.split import parse_rate as _parse_rate
+    from edgeinfer.split.bench import BenchConfig, run_bench
+
+    try:
+        rate_list = [r.strip() for r in rates.split(",") if r.strip()]
+        for r in rate_list:
+            _parse_rate(r)
+        result = run_bench(BenchConfig(model=model, rates=rate_list, requests=requests), log=err.print)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    output.write_text(json.dumps(result, indent=1))
+    out.print(f"wrote {output}")
+    if plots:
+        from edgeinfer.split.bench import plot
+
+        for p in plot(result, plots):
+            out.print(f"wrote {p}")

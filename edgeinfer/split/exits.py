@@ -98,3 +98,27 @@ def cascade(
                 taken.append(name)
                 break
     return preds, taken
+
+
+def exit_logits(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Logits of every exit of a ``BranchyModel`` on a batch."""
+    return {e.name: model.path(e.name).run(x) for e in model.exits}
+
+
+def calibrate_on_val(model, criterion: str, target: float | None = None) -> Thresholds:
+    """Calibrate a zoo model on its validation split; default target: the final exit's val accuracy."""
+    from edgeinfer.models.dnn.data import digits
+
+    res = model.backbone.in_shape[-1]
+    val = digits(res)["val"]
+    logits = exit_logits(model, val.x)
+    final = model.final.name
+    if target is None:
+        target = float((logits[final].argmax(-1) == val.y).float().mean())
+    th = calibrate(logits, val.y, criterion, target, final)
+    preds, taken = cascade(logits, [e.name for e in model.exits], th)
+    th.stats = {
+        "val_accuracy": float((preds == val.y).float().mean()),
+        "val_exit_rate": {e.name: taken.count(e.name) / len(taken) for e in model.exits},
+    }
+    return th

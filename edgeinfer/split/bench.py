@@ -1,0 +1,248 @@
+"""The split-computing benchmark: real transfers over a test-bed link (network namespace + tbf).
+
+The edge server runs inside a test-bed host; this process is the device (emulated by a device spec). For
+every link rate: every split of the final exit is forced and measured (so device-only, edge-only and the best
+split are *measured*, not predicted), then the adaptive client (link monitor + planner) is measured and its
+choice recorded. Also: accuracy vs latency of the exits (and of the calibrated early-exit cascade), and the
+bytes on the wire at every cut with and without compression.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+@dataclass
+class BenchConfig:
+    model: str = "digitnet"
+    rates: list[str] = field(default_factory=lambda: ["1mbit", "5mbit", "20mbit", "100mbit", "1gbit"])
+    requests: int = 15
+    warm: int = 3
+    dtype: str = "fp16"
+    codec: str = "lz4"
+    device: str = "rpi4-like"
+    edge: str = "edge-host"
+    delay_ms: float = 0.0
+    port: int = 8090
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def start_edge(tb, i: int, model: str, port: int, delay_ms: float, log: Path) -> str:
+    """`edgeinfer split serve-edge` inside test-bed host ``i``; returns its URL once healthy."""
+    argv = [
+        sys.executable,
+        "-m",
+        "edgeinfer.cli",
+        "split",
+        "serve-edge",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+    ]
+    argv += ["--model", model, "--threads", "1", "--delay-ms", str(delay_ms)]
+    fh = log.open("wb")
+    proc = tb.popen(i, argv, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://{tb.ip(i)}:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"edge server exited ({proc.returncode}); log: {log}")
+        try:
+            if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"edge server not healthy after 120 s; log: {log}")
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    import torch
+
+    from edgeinfer.models.dnn import zoo
+    from edgeinfer.models.dnn.data import digits
+    from edgeinfer.planner.dnn_profile import load_device, profile_model
+    from edgeinfer.planner.split import all_paths, evaluate
+    from edgeinfer.split.compress import wire_key
+    from edgeinfer.split.device import ClientConfig, DeviceClient
+    from edgeinfer.split.exits import CRITERIA, calibrate_on_val
+    from edgeinfer.split.linkshape import shape
+    from edgeinfer.testbed.netns import Testbed, available
+
+    reason = available()
+    if reason:
+        raise RuntimeError(f"the split benchmark needs a network test-bed: {reason}")
+    m = zoo.load(cfg.model)
+    data = digits(m.backbone.in_shape[-1])
+    test = data["test"]
+    log(f"profiling {cfg.model} as {cfg.device} and {cfg.edge}")
+    dev = profile_model(m, load_device(cfg.device), data["val"].x[:16], 5, 30)
+    edge = profile_model(m, load_device(cfg.edge), data["val"].x[:16], 5, 30)
+    final = m.final.name
+    n = len(m.path(final))
+    wire = wire_key(cfg.dtype, cfg.codec)
+    result: dict = {"config": asdict(cfg), "device": dev.device.to_dict(), "n_layers": n, "rates": []}
+    result["uptime_load"] = Path("/proc/loadavg").read_text().split()[:3]
+
+    def measure(client: DeviceClient, k: int) -> list:
+        for i in range(cfg.warm):
+            client.infer(test.x[i : i + 1])
+        return [client.infer(test.x[i : i + 1]) for i in range(cfg.warm, cfg.warm + k)]
+
+    with Testbed(1, rate=None, name="splbench") as tb:
+        url = start_edge(
+            tb, 0, cfg.model, cfg.port, cfg.delay_ms, Path("/tmp/edgeinfer-split-bench-edge.log")
+        )
+        for rate in cfg.rates:
+            shape(tb, 0, rate)
+            log(f"rate {rate}: measuring {n + 1} forced splits and the adaptive client")
+            splits = []
+            for s in range(n + 1):
+                with DeviceClient(
+                    m, dev, edge, url, ClientConfig(cfg.dtype, cfg.codec, force=(final, s))
+                ) as c:
+                    rs = measure(c, cfg.requests)
+                splits.append({"split": s, "median_ms": _median([r.latency_ms for r in rs]),
+                               "sent_bytes": _median([r.sent_bytes for r in rs]),
+                               "fallbacks": sum(r.fallback for r in rs)})  # fmt: skip
+            with DeviceClient(m, dev, edge, url, ClientConfig(cfg.dtype, cfg.codec, exits=[final])) as c:
+                c.probe()
+                rs = measure(c, cfg.requests)
+                link = c.link()
+            chosen = Counter(r.split for r in rs)
+            paths = all_paths(dev, edge, wire, [final])
+            predicted = [evaluate(paths[0], s, link).total_ms for s in range(n + 1)] if link else []
+            best = min(splits, key=lambda x: x["median_ms"])
+            entry = {
+                "rate": rate,
+                "link_estimate_mbit": link.bandwidth_bps / 1e6 if link else None,
+                "link_estimate_rtt_ms": 1000 * link.rtt_s if link else None,
+                "splits": splits,
+                "predicted_ms": predicted,
+                "device_only_ms": splits[-1]["median_ms"],
+                "edge_only_ms": splits[0]["median_ms"],
+                "best_split": best["split"],
+                "best_ms": best["median_ms"],
+                "chosen_splits": dict(chosen),
+                "chosen_ms": _median([r.latency_ms for r in rs]),
+                "chosen_fallbacks": sum(r.fallback for r in rs),
+            }
+            log(
+                f"  device-only {entry['device_only_ms']:.2f} ms, edge-only {entry['edge_only_ms']:.2f} ms, "
+                f"best split {best['split']} {best['median_ms']:.2f} ms, chosen {dict(chosen)} "
+                f"{entry['chosen_ms']:.2f} ms (link estimate {entry['link_estimate_mbit']} Mbit/s)"
+            )
+            result["rates"].append(entry)
+
+    # accuracy vs latency of every exit (device-only, measured) and of the early-exit cascades
+    log("accuracy vs latency of the exits")
+    exits = []
+    for e in m.exits:
+        ne = len(m.path(e.name))
+        with DeviceClient(m, dev, edge, "http://127.0.0.1:9", ClientConfig(force=(e.name, ne))) as c:
+            rs = measure(c, cfg.requests)
+        exits.append(
+            {"exit": e.name, "test_accuracy": e.accuracy, "device_ms": _median([r.latency_ms for r in rs])}
+        )
+    cascades = []
+    for crit in CRITERIA:
+        th = calibrate_on_val(m, crit)
+        cc = ClientConfig(force=(final, n), thresholds=th)
+        with DeviceClient(m, dev, edge, "http://127.0.0.1:9", cc) as c, torch.no_grad():
+            rs = [c.infer(test.x[i : i + 1]) for i in range(len(test))]
+        acc = sum(r.pred == int(y) for r, y in zip(rs, test.y, strict=True)) / len(rs)
+        cascades.append({"criterion": crit, "thresholds": th.values, "test_accuracy": acc,
+                         "mean_ms": statistics.fmean(r.latency_ms for r in rs),
+                         "exit_rate": dict(Counter(r.exit for r in rs))})  # fmt: skip
+    result["exits"] = exits
+    result["cascades"] = cascades
+    names = dev.exits[final]["path"]
+    result["bytes"] = [{"cut": 0, "after": "(input)", "fp32": dev.input_bytes, **dev.input_wire}] + [
+        {"cut": i + 1, "after": nm, "fp32": dev.layers[nm].out_bytes, **dev.layers[nm].wire}
+        for i, nm in enumerate(names)
+    ]
+    return result
+
+
+def plot(result: dict, outdir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    rates = result["rates"]
+    x = [r["link_estimate_mbit"] or 0 for r in rates]
+    labels = [r["rate"] for r in rates]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    lines = [
+        ("device_only_ms", "device-only", "s--"),
+        ("edge_only_ms", "edge-only", "^--"),
+        ("best_ms", "best split (measured)", "o-"),
+        ("chosen_ms", "chosen split", "x-"),
+    ]
+    for key, label, style in lines:
+        ax.plot(range(len(rates)), [r[key] for r in rates], style, label=label)
+    ax.set_xticks(range(len(rates)), labels)
+    ax.set_yscale("log")
+    ax.set_xlabel("link rate (tbf)")
+    ax.set_ylabel("median end-to-end latency (ms)")
+    ax.set_title(f"{result['config']['model']}: device {result['device']['name']} (emulated) <-> edge")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    del x
+    p = outdir / "split_latency_bandwidth.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=120)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for e in result["exits"]:
+        ax.plot(e["device_ms"], e["test_accuracy"], "o")
+        ax.annotate(
+            e["exit"], (e["device_ms"], e["test_accuracy"]), textcoords="offset points", xytext=(5, 5)
+        )
+    for c in result["cascades"]:
+        ax.plot(c["mean_ms"], c["test_accuracy"], "x")
+        xy = (c["mean_ms"], c["test_accuracy"])
+        ax.annotate(
+            f"cascade ({c['criterion']})", xy, textcoords="offset points", xytext=(5, -12), fontsize=8
+        )
+    ax.set_xlabel("device-only latency (ms, median / mean for cascades)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    p = outdir / "split_accuracy_latency.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=120)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    cuts = result["bytes"]
+    for key in ("fp32", "fp16+lz4", "int8+zstd"):
+        ax.plot([c["cut"] for c in cuts], [c[key] for c in cuts], "o-", label=key)
+    ax.set_yscale("log")
+    ax.set_xticks([c["cut"] for c in cuts], [c["after"].split(".")[-1] if c["cut"] else "in" for c in cuts])
+    ax.set_xlabel("cut (after backbone layer #)")
+    ax.set_ylabel("bytes on the wire")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    p = outdir / "split_wire_bytes.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=120)
+    paths.append(p)
+    plt.close("all")
+    return paths
