@@ -43,6 +43,10 @@ def node(
 ) -> None:
     """Host model shards and serve them over gRPC (load/unload layer ranges, forward with per-sequence KV
     cache, drop sequences, capabilities with measured layer time)."""
+    import os
+
+    # idle OpenMP threads must sleep, not spin: several nodes may share one machine's cores (set before torch)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from edgeinfer.cluster.host import ShardHost, parse_bytes
     from edgeinfer.cluster.node import serve_forever
 
