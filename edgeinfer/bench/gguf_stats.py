@@ -37,29 +37,19 @@ class ModelStats:
         return 2.0 * self.matmul_params + attn
 
 
-def _field(reader, key: str, default=None):  # type: ignore[no-untyped-def]
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    value = f.contents()
-    return value[0] if isinstance(value, list) and value and key.endswith("_count_kv") else value
-
-
 def read_stats(path: str | Path) -> ModelStats:
     """Read shapes and tensor sizes from a GGUF header (tensor data is not touched)."""
-    from gguf import GGUFReader
+    from edgeinfer.models.gguf_file import GGUFError, GGUFFile
 
     path = Path(path)
     try:
-        reader = GGUFReader(str(path))
-    except Exception as exc:
+        f = GGUFFile(path)
+    except (GGUFError, OSError) as exc:
         raise ValueError(f"{path}: not a readable GGUF file ({exc})") from exc
-    arch = _field(reader, "general.architecture")
-    if not arch:
-        raise ValueError(f"{path}: GGUF has no general.architecture")
 
-    def meta(key: str, default=None):  # type: ignore[no-untyped-def]
-        return _field(reader, f"{arch}.{key}", default)
+    def meta(key: str, default=...):  # type: ignore[no-untyped-def]
+        value = f.arch_get(key, default)
+        return value[0] if isinstance(value, list) else value  # per-layer lists: the first layer's value
 
     n_embd = int(meta("embedding_length"))
     n_head = int(meta("attention.head_count"))
@@ -67,7 +57,7 @@ def read_stats(path: str | Path) -> ModelStats:
     n_head_kv = int(n_head_kv[0] if isinstance(n_head_kv, list) else n_head_kv)
     head_k = int(meta("attention.key_length", n_embd // n_head))
     head_v = int(meta("attention.value_length", head_k))
-    tensors = {t.name: t for t in reader.tensors}
+    tensors = f.tensors
     embd = tensors.get("token_embd.weight")
     if embd is None:
         raise ValueError(f"{path}: no token_embd.weight tensor")
@@ -84,8 +74,8 @@ def read_stats(path: str | Path) -> ModelStats:
     if tied:
         matmul += int(embd.n_elements)
     return ModelStats(
-        name=str(_field(reader, "general.name", path.stem)),
-        architecture=str(arch),
+        name=str(f.get("general.name", path.stem)),
+        architecture=str(f.arch),
         n_layer=int(meta("block_count")),
         n_embd=n_embd,
         n_head=n_head,

@@ -140,7 +140,7 @@ def open_runner(backend: str, model_path: Path, threads: int, n_ctx: int) -> Run
             raise BackendUnavailable(
                 f"the shard engine backend is not available in this build ({exc}); use --backend llamacpp"
             ) from exc
-        return BackendRunner(ShardBackend(model_path, threads=threads), "shard")
+        return BackendRunner(ShardBackend(model_path, threads=threads, n_ctx=n_ctx), "shard")
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
