@@ -210,9 +210,10 @@ class ShardHost:
             caps |= self.profile(model)
         return caps
 
-    def profile(self, model: str, steps: int = 8, context: int = 32) -> dict:
-        """Measure one middle layer's decode time (median of ``steps`` tokens after ``context`` cached
-        positions), the extra time of the output head, and the weight bytes of layer/embedding/head."""
+    def profile(self, model: str, steps: int = 12, context: int = 32) -> dict:
+        """Measure, as median decode times after ``context`` cached positions: the time per middle layer and
+        the fixed cost of one shard forward (from interleaved 1-layer and k-layer shards), the extra time of
+        the output head (last-layer shard), and the weight bytes of a layer and of the head."""
         if model in self._profiles:
             return self._profiles[model]
         import torch
@@ -222,44 +223,48 @@ class ShardHost:
 
         _, path = resolve(model, progress=False)
         n = layer_count(path)
-        threads = self.threads
+        seq_len = context + steps + 2
 
-        def timed(shard) -> float:
-            seq = "__profile__"
-            times = []
+        def timed(shards: list) -> list[float]:
+            """Median decode time of each shard, steps interleaved so that load drifts hit all alike."""
+            times: list[list[float]] = [[] for _ in shards]
             with torch.inference_mode():
-                if shard.is_first:
-                    shard.forward(seq, torch.zeros(context, dtype=torch.long))
-                else:
-                    shard.forward(seq, torch.randn(context, shard.hidden_size))
-                for _ in range(steps):
-                    x = (
-                        torch.zeros(1, dtype=torch.long)
-                        if shard.is_first
-                        else torch.randn(1, shard.hidden_size)
+                for s in shards:
+                    s.forward(
+                        "p",
+                        torch.zeros(context, dtype=torch.long)
+                        if s.is_first
+                        else torch.randn(context, s.hidden_size),
                     )
-                    t0 = time.perf_counter()
-                    shard.forward(seq, x)
-                    times.append(time.perf_counter() - t0)
-            shard.drop(seq)
-            return statistics.median(times)
+                for _ in range(steps):
+                    for i, s in enumerate(shards):
+                        x = torch.zeros(1, dtype=torch.long) if s.is_first else torch.randn(1, s.hidden_size)
+                        t0 = time.perf_counter()
+                        s.forward("p", x)
+                        times[i].append(time.perf_counter() - t0)
+            return [statistics.median(t) for t in times]
 
         with self._lock:
-            mid = n // 2 if n > 2 else min(1, n - 1)
-            layer = Shard(path, mid, mid + 1, threads=threads, max_seq_len=context + steps + 1)
+            a = max(1, n // 2 - 2) if n > 2 else 0
+            k = max(1, min(4, n - 1 - a))
+            shards = [Shard(path, a, a + 1, threads=self.threads, max_seq_len=seq_len)]
+            if k > 1:
+                shards.append(Shard(path, a, a + k, threads=self.threads, max_seq_len=seq_len))
+            shards.append(Shard(path, n - 1, n, threads=self.threads, max_seq_len=seq_len))
             try:
-                layer_s, layer_b = timed(layer), int(layer.weight_bytes)
-                hidden, vocab = int(layer.hidden_size), int(layer.vocab_size)
+                t = timed(shards)
+                one, last = t[0], t[-1]
+                per_layer = (t[1] - one) / (k - 1) if k > 1 else one
+                per_layer = max(per_layer, one * 0.1)  # noise guard: a layer is never free
+                layer_b, last_b = int(shards[0].weight_bytes), int(shards[-1].weight_bytes)
+                hidden, vocab = int(shards[0].hidden_size), int(shards[0].vocab_size)
             finally:
-                layer.close()
-            last = Shard(path, n - 1, n, threads=threads, max_seq_len=context + steps + 1)
-            try:
-                last_s, last_b = timed(last), int(last.weight_bytes)
-            finally:
-                last.close()
+                for s in shards:
+                    s.close()
         prof = {
-            "layer_seconds": layer_s,
-            "head_seconds": max(0.0, last_s - layer_s),
+            "layer_seconds": per_layer,
+            "stage_seconds": max(0.0, one - per_layer),
+            "head_seconds": max(0.0, last - one),
             "layer_bytes": layer_b,
             "head_bytes": max(0, last_b - layer_b),
             "embed_bytes": 0,  # the shard engine reads embedding rows from the memory-mapped file

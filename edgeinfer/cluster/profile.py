@@ -103,6 +103,7 @@ def build_problem(profile: ClusterProfile, wire_bytes: int = 2, output_bytes: fl
             float(p.caps["layer_seconds"]),
             memory=p.memory,
             head_time=float(p.caps["head_seconds"]),
+            stage_time=float(p.caps.get("stage_seconds", 0.0)),
             local=p.local,
         )
         for p in profile.nodes

@@ -9,7 +9,8 @@ Plain Python, no transport. Inputs are measured costs:
 
 Cost model of one decoded token (seconds), for stages ``s_0 .. s_k`` (node, layer range):
 
-  compute(s) = sum(layer_time[node][l] for l in range) (+ embed_time if first) (+ head_time if last)
+  compute(s) = stage_time[node] + sum(layer_time[node][l] for l in range)
+               (+ embed_time if first) (+ head_time if last)
   topology "star"  (the gateway calls every stage in turn; what the gRPC gateway does):
       hop(s) = rtt(gw, node) + (bytes in + bytes out) / bandwidth(gw, node)
   topology "chain" (each stage calls the next, replies travel back):
@@ -62,6 +63,7 @@ class NodeCost:
     memory: float = math.inf  # bytes available for weights
     embed_time: float = 0.0
     head_time: float = 0.0
+    stage_time: float = 0.0  # fixed cost of every stage on this node (per-forward overhead)
     local: bool = False  # the gateway's own device
 
 
@@ -181,7 +183,7 @@ class Problem:
 
     def compute(self, j: int, start: int, end: int) -> float:
         n = self.nodes[j]
-        t = self._time[j][end] - self._time[j][start]
+        t = n.stage_time + self._time[j][end] - self._time[j][start]
         return (
             t + (n.embed_time if start == 0 else 0.0) + (n.head_time if end == self.model.n_layers else 0.0)
         )
@@ -216,9 +218,17 @@ class Problem:
             h, transfer = self.hop(prev, j, s.start, s.end)
             mem = self.stage_memory(j, s.start, s.end)
             rows.append(
-                {"node": s.node, "start": s.start, "end": s.end, "compute": c, "hop": h, "memory": mem,
-                 "fits": mem <= self.nodes[j].memory, "local": self.nodes[j].local}
-            )  # fmt: skip
+                {
+                    "node": s.node,
+                    "start": s.start,
+                    "end": s.end,
+                    "compute": c,
+                    "hop": h,
+                    "memory": mem,
+                    "fits": mem <= self.nodes[j].memory,
+                    "local": self.nodes[j].local,
+                }
+            )
             latency += c + h
             bottleneck = max(bottleneck, c + transfer)
             pos, prev = s.end, j
@@ -320,8 +330,10 @@ def _why_excluded(problem: Problem, finals: dict, stages: list[Stage], allowed: 
     used = {s.node for s in stages}
     best_cost = min(v[0] for v in finals.values())
     reasons = {}
-    one_layer = min(problem.stage_memory(0, k, k + 1) - (problem.model.embed_bytes if k == 0 else 0)
-                    for k in range(problem.model.n_layers))  # fmt: skip
+    one_layer = min(
+        problem.stage_memory(0, k, k + 1) - (problem.model.embed_bytes if k == 0 else 0)
+        for k in range(problem.model.n_layers)
+    )
     for j, node in enumerate(problem.nodes):
         if node.name in used:
             continue

@@ -104,8 +104,10 @@ def _tbf(dev: str, rate: str | None, ns: str | None = None) -> None:
         return
     bits = rate_bits(rate)
     burst = max(128 * 1024, int(bits / 8 / 100))  # >= 10 ms of traffic, and never below a GSO packet
-    _run([*pre, "tc", "qdisc", "replace", "dev", dev, "root", "tbf"]
-         + ["rate", f"{int(bits)}bit", "burst", str(burst), "latency", "100ms"])  # fmt: skip
+    _run(
+        [*pre, "tc", "qdisc", "replace", "dev", dev, "root", "tbf"]
+        + ["rate", f"{int(bits)}bit", "burst", str(burst), "latency", "100ms"]
+    )
 
 
 @contextlib.contextmanager

@@ -47,6 +47,7 @@ def random_problem(rng: random.Random, topology: str, local: bool) -> Problem:
                 memory=rng.choice([math.inf, total * rng.uniform(0.2, 1.2)]),
                 embed_time=rng.uniform(0, 1e-3),
                 head_time=rng.uniform(0, 5e-3),
+                stage_time=rng.uniform(0, 2e-3),
                 local=local and i == 0,
             )
         )
@@ -94,10 +95,14 @@ def test_dp_equals_brute_force(topology, objective, strategy):
 
 
 def _cluster(fast_link: bool) -> Problem:
-    model = ModelCost(n_layers=24, layer_bytes=10 * MB, embed_bytes=100 * MB, head_bytes=100 * MB,
-                      activation_bytes=1792)  # fmt: skip
-    nodes = [NodeCost("a", 2e-3, memory=300 * MB, head_time=5e-3), NodeCost("b", 2e-3, memory=300 * MB),
-             NodeCost("slow", 20e-3, memory=10_000 * MB)]  # fmt: skip
+    model = ModelCost(
+        n_layers=24, layer_bytes=10 * MB, embed_bytes=100 * MB, head_bytes=100 * MB, activation_bytes=1792
+    )
+    nodes = [
+        NodeCost("a", 2e-3, memory=300 * MB, head_time=5e-3),
+        NodeCost("b", 2e-3, memory=300 * MB),
+        NodeCost("slow", 20e-3, memory=10_000 * MB),
+    ]
     link = Link(2e-4, 125e6) if fast_link else Link(50e-3, 1.25e6)
     links = {(GATEWAY, "a"): link, (GATEWAY, "b"): link, (GATEWAY, "slow"): link}
     return Problem(nodes, model, links)
