@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 import httpx
@@ -53,6 +55,22 @@ class Result:
         return d
 
 
+class ScaleTracker:
+    """Median ratio of measured to profiled compute time over the last few runs (1.0 until measured)."""
+
+    def __init__(self, window: int = 7, min_ms: float = 0.3):
+        self.ratios: deque[float] = deque(maxlen=window)
+        self.min_ms = min_ms
+
+    def observe(self, measured_ms: float, profiled_ms: float) -> None:
+        if profiled_ms >= self.min_ms and measured_ms > 0:
+            self.ratios.append(measured_ms / profiled_ms)
+
+    @property
+    def value(self) -> float:
+        return statistics.median(self.ratios) if self.ratios else 1.0
+
+
 @dataclass
 class ClientConfig:
     dtype: str = "fp16"
@@ -74,7 +92,12 @@ class DeviceClient:
         device.check_model(model)
         edge.check_model(model)
         self.model, self.device, self.cfg = model, device, cfg
-        self.paths = all_paths(device, edge, wire_key(cfg.dtype, cfg.codec), cfg.exits)
+        self.base_paths = all_paths(device, edge, wire_key(cfg.dtype, cfg.codec), cfg.exits)
+        self.paths = self.base_paths
+        # measured / profiled compute time per side: profiles are corrected online (shared CPUs, heat, ...)
+        self.scale = {"device": ScaleTracker(), "edge": ScaleTracker()}
+        self.plan_scale = (1.0, 1.0)
+        torch.set_num_threads(device.device.threads)  # once: switching thread pools per call is costly
         self.http = httpx.Client(base_url=edge_url.rstrip("/"), timeout=cfg.timeout_s)
         self.monitor = LinkMonitor()
         self.edge_down_until = 0.0
@@ -138,7 +161,18 @@ class DeviceClient:
         link = self.link()
         if link is None:
             return self._local_plan()
-        if self.plan is None or self.plan_link is None or changed(self.plan_link, link):
+        scale = (self.scale["device"].value, self.scale["edge"].value)
+        moved = any(abs(a / b - 1) > 0.25 for a, b in zip(scale, self.plan_scale, strict=True))
+        if self.plan is None or self.plan_link is None or changed(self.plan_link, link) or moved:
+            self.paths = [
+                replace(
+                    p,
+                    device_ms=tuple(scale[0] * v for v in p.device_ms),
+                    edge_ms=tuple(scale[1] * v for v in p.edge_ms),
+                )
+                for p in self.base_paths
+            ]
+            self.plan_scale = scale
             new = plan(self.paths, link, self.cfg.deadline_ms, self.cfg.objective, self.device.device.power)
             if self.plan is not None and (new.exit, new.split) != (self.plan.exit, self.plan.split):
                 self.replans += 1
@@ -158,6 +192,8 @@ class DeviceClient:
         with torch_threads(self.device.device.threads):
             seg = run_segment(self.model, chosen.exit, x, 0, chosen.split, slow, self.cfg.thresholds)
         base = {"split": chosen.split, "n": chosen.n, "planned": chosen, "link": self.link()}
+        if not seg.early_exit:
+            self.scale["device"].observe(1000 * seg.compute_s, self._base_ms(chosen, "device"))
         if seg.early_exit or chosen.split == chosen.n:
             ex = seg.early_exit or chosen.exit
             return self._done(t0, seg.out, ex, "device", seg.compute_s, early=bool(seg.early_exit), **base)
@@ -185,6 +221,8 @@ class DeviceClient:
             self._mark_down()
             return self._fallback(t0, seg, f"edge unreachable ({type(exc).__name__})", base)
         wall = time.perf_counter() - t1
+        if not data["early"]:
+            self.scale["edge"].observe(data["edge_ms"], self._base_ms(chosen, "edge"))
         net = max(wall - data["edge_ms"] / 1000, 1e-6)
         if self.cfg.link is None:
             self.monitor.observe(len(payload) + len(r.content), net)
@@ -192,6 +230,11 @@ class DeviceClient:
         where = "edge" if chosen.split == 0 else "split"
         kw = {"transfer_ms": 1000 * net, "edge_ms": data["edge_ms"], "sent_bytes": len(payload)}
         return self._done(t0, logits, data["exit"], where, device_s, early=data["early"], **kw, **base)
+
+    def _base_ms(self, o: Option, side: str) -> float:
+        """Profiled (unscaled) compute time of ``o``'s device or edge part."""
+        p = next(p for p in self.base_paths if p.exit == o.exit)
+        return sum(p.device_ms[: o.split]) if side == "device" else sum(p.edge_ms[o.split :])
 
     def _edge_timeout(self, t0: float, taps: dict[int, torch.Tensor]) -> float:
         if self.cfg.deadline_ms is None:

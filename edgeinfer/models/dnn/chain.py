@@ -138,11 +138,14 @@ def from_fx(model: nn.Module, example: torch.Tensor, prefix: str = "") -> Chain:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many kinds of errors on untraceable code
         raise ChainError(f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
-    ShapeProp(gm).propagate(example)
     nodes = list(gm.graph.nodes)
     inputs = [n for n in nodes if n.op == "placeholder"]
     if len(inputs) != 1:
         raise ChainError(f"the model must take exactly one tensor input, it takes {len(inputs)}")
+    try:
+        ShapeProp(gm).propagate(example)
+    except Exception as exc:
+        raise ChainError(f"running {type(model).__name__} on the example input failed: {exc}") from exc
     output = next(n for n in nodes if n.op == "output")
     if not isinstance(output.args[0], fx.Node):
         raise ChainError("the model must return exactly one tensor")

@@ -1,0 +1,39 @@
+"""Link estimation from transfer samples (pure logic: the real-network behaviour is in test_testbed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeinfer.planner.split import Link
+from edgeinfer.split.monitor import LinkMonitor, changed
+
+
+def _send_over(link: Link):
+    return lambda n: link.transfer_s(n)
+
+
+def test_probe_recovers_rtt_and_bandwidth():
+    mon = LinkMonitor()
+    est = mon.probe(_send_over(Link(20e6, 0.004)), rounds=3)
+    assert est.rtt_s == pytest.approx(0.004, rel=0.01)
+    assert est.bandwidth_bps == pytest.approx(20e6, rel=0.02)
+
+
+def test_estimate_follows_a_changed_link_within_a_window():
+    mon = LinkMonitor(window=5)
+    mon.probe(_send_over(Link(100e6, 0.001)))
+    before = mon.estimate()
+    slow = Link(2e6, 0.001)
+    for _ in range(3):
+        mon.probe(_send_over(slow), rounds=1)
+    after = mon.estimate()
+    assert after.bandwidth_bps == pytest.approx(2e6, rel=0.05)
+    assert changed(before, after) and not changed(after, Link(2.1e6, 0.001))
+    assert mon.probe_size() < 16 * 1024 * 2  # probes shrink on a slow link
+
+
+def test_rtt_dominated_samples_do_not_pollute_bandwidth():
+    mon = LinkMonitor()
+    mon.observe(1, 0.010)
+    mon.observe(4096, 0.0101)  # 4 KB in 0.1 ms over a 10 ms RTT: says nothing about bandwidth
+    assert mon.bandwidth_bps is None and mon.estimate() is None
