@@ -344,8 +344,8 @@ def _summary(results, replans: int) -> None:
     p90 = lat_sorted[int(0.9 * (len(lat) - 1))]
     early, fallbacks = sum(r.early for r, _ in results), sum(r.fallback for r, _ in results)
     counts = [str(where.count(w)) for w in ("device", "split", "edge")]
-    table.add_row(f"{acc:.3f}", f"{statistics.median(lat):.2f}", f"{p90:.2f}", *counts, str(early), str(fallbacks),
-                  str(replans))  # fmt: skip
+    cells = [f"{acc:.3f}", f"{statistics.median(lat):.2f}", f"{p90:.2f}", *counts]
+    table.add_row(*cells, str(early), str(fallbacks), str(replans))
     out.print(table)
     reasons = {r.reason for r, _ in results if r.reason}
     for reason in sorted(reasons):

@@ -196,7 +196,13 @@ class DeviceClient:
             self.scale["device"].observe(1000 * seg.compute_s, self._base_ms(chosen, "device"))
         if seg.early_exit or chosen.split == chosen.n:
             ex = seg.early_exit or chosen.exit
-            return self._done(t0, seg.out, ex, "device", seg.compute_s, early=bool(seg.early_exit), **base)
+            kw = {}
+            if not self._edge_up():  # planned on the device because the edge did not answer last time
+                why = "edge unreachable at the last contact: planned on the device"
+                kw = {"fallback": True, "reason": f"{why}, exit {ex} (the best local exit for the deadline)"}
+            return self._done(
+                t0, seg.out, ex, "device", seg.compute_s, early=bool(seg.early_exit), **base, **kw
+            )
         payload, enc_s = emulated_call(lambda: encode(seg.out, self.cfg.dtype, self.cfg.codec), slow)
         device_s = seg.compute_s + enc_s
         params = {"model": self.model.name, "exit": chosen.exit, "cut": chosen.split}

@@ -2,7 +2,8 @@
 
 Every transfer is a sample ``(bytes, seconds)`` of network time (wall time minus the edge's compute time).
 Small transfers (<= ``small_bytes``) measure the round trip; larger ones the bandwidth, after subtracting the
-RTT estimate. Both estimates are medians over a short window, so a changed link shows within a few samples.
+RTT estimate (a transfer that is nearly all RTT gives a lower bound). Both estimates are medians over a
+short window, and a probe that disagrees with the whole window restarts it, so a changed link shows at once.
 Transport-free: the caller does the sending (``probe`` takes a ``send(nbytes) -> seconds`` function).
 """
 
@@ -42,9 +43,10 @@ class LinkMonitor:
             self.rtts.append(seconds)
             return
         rtt = self.rtt_s or 0.0
-        net = seconds - rtt
-        if net > 0.1 * seconds:  # otherwise the transfer is all RTT and says little about bandwidth
-            self.bws.append(8.0 * nbytes / net)
+        # a transfer that is nearly all RTT only bounds the bandwidth from below: record that bound, under
+        # which moving these bytes costs at most a tenth of the time (and the next probe will be larger)
+        net = max(seconds - rtt, 0.1 * seconds)
+        self.bws.append(8.0 * nbytes / net)
 
     @property
     def rtt_s(self) -> float | None:
@@ -65,17 +67,42 @@ class LinkMonitor:
         return int(min(self.max_probe, max(self.min_probe, bw * self.probe_seconds / 8)))
 
     def probe(self, send: Callable[[int], float], rounds: int = 2) -> Link | None:
-        """Measure with ``rounds`` small and large transfers; ``send(n)`` moves n bytes, returns seconds."""
-        for _ in range(rounds):
-            self.observe(1, send(1))
+        """Measure with ``rounds`` small and large transfers; ``send(n)`` moves n bytes, returns seconds.
+
+        When every sample of a probe disagrees with the estimate by more than 2x in the same direction,
+        the link has changed: older samples are dropped so the estimate jumps at once.
+        """
+        rtts = [send(1) for _ in range(rounds)]
+        _restart(self.rtts, rtts)
+        for t in rtts:
+            self.observe(1, t)
+        old_bw = self.bandwidth_bps
+        sizes, bws = [], []
         for _ in range(rounds):
             n = self.probe_size()
-            self.observe(n, send(n))
+            t = send(n)
+            sizes.append((n, t))
+            net = t - (self.rtt_s or 0.0)
+            bws.append(8.0 * n / net if net > 0 else float("inf"))
+        if old_bw is not None:
+            _restart(self.bws, bws, old_bw)
+        for n, t in sizes:
+            self.observe(n, t)
         self.last_probe = time.monotonic()
         return self.estimate()
 
     def due(self, every_s: float) -> bool:
         return time.monotonic() - self.last_probe >= every_s
+
+
+def _restart(
+    window: deque[float], fresh: list[float], current: float | None = None, factor: float = 2.0
+) -> None:
+    if not window or not fresh:
+        return
+    cur = current if current is not None else statistics.median(window)
+    if all(v > factor * cur for v in fresh) or all(v < cur / factor for v in fresh):
+        window.clear()
 
 
 def changed(old: Link | None, new: Link | None, factor: float = 1.25, rtt_floor_s: float = 0.002) -> bool:

@@ -14,7 +14,7 @@ def test_confidence_orders_sure_above_unsure():
     logits = torch.tensor([[10.0, 0.0, 0.0], [1.0, 0.9, 0.8]])
     for c in CRITERIA:
         conf = confidence(logits, c)
-        assert 0.0 <= float(conf.min()) and float(conf.max()) <= 1.0
+        assert float(conf.min()) >= 0.0 and float(conf.max()) <= 1.0
         assert conf[0] > conf[1], c
     with pytest.raises(ValueError, match="criterion"):
         confidence(logits, "vibes")

@@ -32,8 +32,20 @@ def test_estimate_follows_a_changed_link_within_a_window():
     assert mon.probe_size() < 16 * 1024 * 2  # probes shrink on a slow link
 
 
-def test_rtt_dominated_samples_do_not_pollute_bandwidth():
+def test_rtt_dominated_samples_only_bound_the_bandwidth():
     mon = LinkMonitor()
     mon.observe(1, 0.010)
-    mon.observe(4096, 0.0101)  # 4 KB in 0.1 ms over a 10 ms RTT: says nothing about bandwidth
-    assert mon.bandwidth_bps is None and mon.estimate() is None
+    assert mon.estimate() is None  # no bandwidth sample yet
+    mon.observe(4096, 0.0101)  # 4 KB in 0.1 ms over a 10 ms RTT: only a lower bound
+    est = mon.estimate()
+    assert est.transfer_s(4096) - est.rtt_s <= 0.1 * 0.0101 + 1e-9
+    size = mon.probe_size()
+    assert size > 4096  # so the next probe is big enough to measure
+
+
+def test_a_probe_that_disagrees_with_the_window_restarts_it():
+    mon = LinkMonitor(window=9)
+    for _ in range(4):
+        mon.probe(_send_over(Link(1e6, 0.002)))
+    mon.probe(_send_over(Link(1e9, 0.002)), rounds=2)  # one probe on a 1000x faster link
+    assert mon.bandwidth_bps > 1e8

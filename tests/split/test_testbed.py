@@ -1,0 +1,66 @@
+"""On the network test-bed (namespaces + tbf): the split follows the link rate, a cut link falls back to a
+local exit, and every input gets an answer."""
+
+from __future__ import annotations
+
+import os
+import statistics
+
+import pytest
+
+from edgeinfer.testbed.netns import Testbed, available
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_netns():
+    reason = available()
+    if reason:
+        pytest.skip(f"needs network namespaces: {reason}")
+
+
+def test_split_follows_the_link_and_survives_a_cut(tmp_path):
+    from edgeinfer.models.dnn import zoo
+    from edgeinfer.models.dnn.data import digits
+    from edgeinfer.planner.dnn_profile import load_device, profile_model
+    from edgeinfer.split.bench import start_edge
+    from edgeinfer.split.device import ClientConfig, DeviceClient
+    from edgeinfer.split.linkshape import shape
+
+    m = zoo.load("digitnet")
+    data = digits(64)
+    dev = profile_model(m, load_device("rpi4-like"), data["val"].x[:8], warmup=2, repeats=10)
+    edge = profile_model(m, load_device("edge-host"), data["val"].x[:8], warmup=2, repeats=10)
+    test = data["test"]
+    n = len(m.path("final"))
+    phases: dict[str, list] = {}
+    with Testbed(1, rate=None, name=f"spt{os.getpid() % 10000}") as tb:
+        url = start_edge(tb, 0, "digitnet", 8090, 0.0, tmp_path / "edge.log")
+        cfg = ClientConfig(deadline_ms=250, probe_every_s=0.2, retry_after_s=30, exits=["final"])
+        with DeviceClient(m, dev, edge, url, cfg) as client:
+            i = 0
+
+            def run(k: int) -> list:
+                nonlocal i
+                out = []
+                for _ in range(k):
+                    out.append(client.infer(test.x[i % len(test) : i % len(test) + 1]))
+                    i += 1
+                return out
+
+            for name, rate in (("fast", "1gbit"), ("slow", "1mbit"), ("fast again", "1gbit")):
+                shape(tb, 0, rate)
+                phases[name] = run(25)
+            tb.cut(0)
+            phases["cut"] = run(6)
+            replans = client.replans
+    results = [r for rs in phases.values() for r in rs]
+    assert len(results) == 81 and all(0 <= r.pred <= 9 for r in results)  # every input got an answer
+    split = {k: statistics.median(r.split for r in rs[-10:]) for k, rs in phases.items() if k != "cut"}
+    assert split["fast"] < n, "a 1 Gbit/s link should offload at least the tail"
+    assert split["slow"] > split["fast"] and split["slow"] > split["fast again"], split
+    assert replans >= 2
+    assert not any(r.fallback for k in ("fast", "slow", "fast again") for r in phases[k])
+    cut = phases["cut"]
+    assert all(r.where == "device" and r.fallback and "unreachable" in r.reason for r in cut)
