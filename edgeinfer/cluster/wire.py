@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from edgeinfer.cluster.proto import node_pb2
 
 WIRE_DTYPES = ("f16", "bf16", "f32")
+F16_SAFE = 32768.0  # largest magnitude sent unscaled as f16 (max finite is 65504)
 
 
 def _torch_dtypes():
@@ -20,9 +23,18 @@ def encode(x, dtype: str) -> node_pb2.Tensor:
     types = _torch_dtypes()
     if dtype not in types:
         raise ValueError(f"unknown wire dtype {dtype!r}; use one of {', '.join(types)}")
-    t = x.detach().to(types[dtype]).contiguous().cpu()
+    x = x.detach()
+    scale = 1.0
+    if dtype == "f16" and x.numel():
+        # f16 overflows above 65504 (Gemma's residual stream reaches ~1e5): divide by a power of two, which
+        # keeps every mantissa exact
+        peak = float(x.abs().max())
+        if peak > F16_SAFE:
+            scale = 2.0 ** math.ceil(math.log2(peak / F16_SAFE))
+            x = x / scale
+    t = x.to(types[dtype]).contiguous().cpu()
     raw = t.view(torch.int16) if dtype == "bf16" else t  # numpy has no bfloat16
-    return node_pb2.Tensor(data=raw.numpy().tobytes(), shape=list(t.shape), dtype=dtype)
+    return node_pb2.Tensor(data=raw.numpy().tobytes(), shape=list(t.shape), dtype=dtype, scale=scale)
 
 
 def decode(msg: node_pb2.Tensor, as_float32: bool = True):
@@ -47,6 +59,8 @@ def decode(msg: node_pb2.Tensor, as_float32: bool = True):
         t = t.view(torch.bfloat16)
     if as_float32 and msg.dtype in ("f16", "bf16"):
         t = t.float()
+    if msg.scale not in (0.0, 1.0):
+        t = t.float() * msg.scale
     return t
 
 

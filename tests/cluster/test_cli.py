@@ -21,6 +21,7 @@ def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 @pytest.mark.netns
 @pytest.mark.skipif(REASON is not None, reason=f"test-bed: {REASON}")
 def test_testbed_up_plan_down(tmp_path: Path):

@@ -34,3 +34,11 @@ def test_bad_payloads_are_refused():
         wire.decode(msg)
     with pytest.raises(ValueError, match="unknown wire dtype"):
         wire.encode(torch.zeros(1), "f8")
+
+
+def test_f16_never_overflows():
+    x = torch.tensor([[1.0, -98381.75, 0.5, 70000.0]])  # Gemma's residual stream exceeds the f16 range
+    y = wire.decode(wire.encode(x, "f16"))
+    assert torch.isfinite(y).all()
+    assert torch.allclose(x, y, rtol=1e-3)
+    assert wire.encode(torch.ones(2), "f16").scale == 1.0

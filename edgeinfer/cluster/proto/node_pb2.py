@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"edgeinfer/cluster/proto/node.proto\x12\x0e\x65\x64geinfer.node\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\"j\n\x0bLoadRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bstart_layer\x18\x02 \x01(\x05\x12\x11\n\tend_layer\x18\x03 \x01(\x05\x12\x0f\n\x07threads\x18\x04 \x01(\x05\x12\x13\n\x0bmax_seq_len\x18\x05 \x01(\x05\"\x84\x01\n\tLoadReply\x12\x10\n\x08shard_id\x18\x01 \x01(\t\x12\x14\n\x0cweight_bytes\x18\x02 \x01(\x03\x12\x14\n\x0cload_seconds\x18\x03 \x01(\x01\x12\x10\n\x08n_layers\x18\x04 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x05 \x01(\x05\x12\x12\n\nvocab_size\x18\x06 \x01(\x05\"\x1c\n\x08ShardRef\x12\x10\n\x08shard_id\x18\x01 \x01(\t\"\x90\x01\n\x0e\x46orwardRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\t\x12\x0e\n\x06seq_id\x18\x02 \x01(\t\x12%\n\x05input\x18\x03 \x01(\x0b\x32\x16.edgeinfer.node.Tensor\x12\x11\n\tstart_pos\x18\x04 \x01(\x05\x12\x0e\n\x06output\x18\x05 \x01(\t\x12\x12\n\nwire_dtype\x18\x06 \x01(\t\"`\n\x0c\x46orwardReply\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x16.edgeinfer.node.Tensor\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x12\x0f\n\x07seq_len\x18\x03 \x01(\x05\"/\n\x0b\x44ropRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\t\x12\x0e\n\x06seq_id\x18\x02 \x01(\t\"5\n\x13\x43\x61pabilitiesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07measure\x18\x02 \x01(\x08\"\x7f\n\x0bShardStatus\x12\x10\n\x08shard_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bstart_layer\x18\x03 \x01(\x05\x12\x11\n\tend_layer\x18\x04 \x01(\x05\x12\x14\n\x0cweight_bytes\x18\x05 \x01(\x03\x12\x11\n\tsequences\x18\x06 \x01(\x05\"\x8c\x03\n\x0c\x43\x61pabilities\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x66ree_ram\x18\x02 \x01(\x03\x12\x11\n\ttotal_ram\x18\x03 \x01(\x03\x12\r\n\x05\x63ores\x18\x04 \x01(\x05\x12\x15\n\rlayer_seconds\x18\x05 \x01(\x01\x12\x14\n\x0chead_seconds\x18\x06 \x01(\x01\x12\x13\n\x0blayer_bytes\x18\x07 \x01(\x03\x12\x12\n\nhead_bytes\x18\x08 \x01(\x03\x12\x13\n\x0b\x65mbed_bytes\x18\t \x01(\x03\x12\x10\n\x08n_layers\x18\n \x01(\x05\x12\x13\n\x0bhidden_size\x18\x0b \x01(\x05\x12\x12\n\nvocab_size\x18\x0c \x01(\x05\x12\r\n\x05load1\x18\r \x01(\x01\x12\x17\n\x0f\x61\x63tive_requests\x18\x0e \x01(\x05\x12+\n\x06shards\x18\x0f \x03(\x0b\x32\x1b.edgeinfer.node.ShardStatus\x12\x0f\n\x07version\x18\x10 \x01(\t\x12\x14\n\x0cmemory_limit\x18\x11 \x01(\x03\x12\x15\n\rstage_seconds\x18\x12 \x01(\x01\"3\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x13\n\x0breply_bytes\x18\x02 \x01(\x05\"\x1c\n\tPingReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x07\n\x05\x45mpty2\x9c\x03\n\x04Node\x12>\n\x04Load\x12\x1b.edgeinfer.node.LoadRequest\x1a\x19.edgeinfer.node.LoadReply\x12\x39\n\x06Unload\x12\x18.edgeinfer.node.ShardRef\x1a\x15.edgeinfer.node.Empty\x12G\n\x07\x46orward\x12\x1e.edgeinfer.node.ForwardRequest\x1a\x1c.edgeinfer.node.ForwardReply\x12:\n\x04\x44rop\x12\x1b.edgeinfer.node.DropRequest\x1a\x15.edgeinfer.node.Empty\x12T\n\x0fGetCapabilities\x12#.edgeinfer.node.CapabilitiesRequest\x1a\x1c.edgeinfer.node.Capabilities\x12>\n\x04Ping\x12\x1b.edgeinfer.node.PingRequest\x1a\x19.edgeinfer.node.PingReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"edgeinfer/cluster/proto/node.proto\x12\x0e\x65\x64geinfer.node\"C\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\r\n\x05scale\x18\x04 \x01(\x02\"j\n\x0bLoadRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bstart_layer\x18\x02 \x01(\x05\x12\x11\n\tend_layer\x18\x03 \x01(\x05\x12\x0f\n\x07threads\x18\x04 \x01(\x05\x12\x13\n\x0bmax_seq_len\x18\x05 \x01(\x05\"\x84\x01\n\tLoadReply\x12\x10\n\x08shard_id\x18\x01 \x01(\t\x12\x14\n\x0cweight_bytes\x18\x02 \x01(\x03\x12\x14\n\x0cload_seconds\x18\x03 \x01(\x01\x12\x10\n\x08n_layers\x18\x04 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x05 \x01(\x05\x12\x12\n\nvocab_size\x18\x06 \x01(\x05\"\x1c\n\x08ShardRef\x12\x10\n\x08shard_id\x18\x01 \x01(\t\"\x90\x01\n\x0e\x46orwardRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\t\x12\x0e\n\x06seq_id\x18\x02 \x01(\t\x12%\n\x05input\x18\x03 \x01(\x0b\x32\x16.edgeinfer.node.Tensor\x12\x11\n\tstart_pos\x18\x04 \x01(\x05\x12\x0e\n\x06output\x18\x05 \x01(\t\x12\x12\n\nwire_dtype\x18\x06 \x01(\t\"`\n\x0c\x46orwardReply\x12&\n\x06output\x18\x01 \x01(\x0b\x32\x16.edgeinfer.node.Tensor\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x12\x0f\n\x07seq_len\x18\x03 \x01(\x05\"/\n\x0b\x44ropRequest\x12\x10\n\x08shard_id\x18\x01 \x01(\t\x12\x0e\n\x06seq_id\x18\x02 \x01(\t\"5\n\x13\x43\x61pabilitiesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07measure\x18\x02 \x01(\x08\"\x7f\n\x0bShardStatus\x12\x10\n\x08shard_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bstart_layer\x18\x03 \x01(\x05\x12\x11\n\tend_layer\x18\x04 \x01(\x05\x12\x14\n\x0cweight_bytes\x18\x05 \x01(\x03\x12\x11\n\tsequences\x18\x06 \x01(\x05\"\x8c\x03\n\x0c\x43\x61pabilities\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x66ree_ram\x18\x02 \x01(\x03\x12\x11\n\ttotal_ram\x18\x03 \x01(\x03\x12\r\n\x05\x63ores\x18\x04 \x01(\x05\x12\x15\n\rlayer_seconds\x18\x05 \x01(\x01\x12\x14\n\x0chead_seconds\x18\x06 \x01(\x01\x12\x13\n\x0blayer_bytes\x18\x07 \x01(\x03\x12\x12\n\nhead_bytes\x18\x08 \x01(\x03\x12\x13\n\x0b\x65mbed_bytes\x18\t \x01(\x03\x12\x10\n\x08n_layers\x18\n \x01(\x05\x12\x13\n\x0bhidden_size\x18\x0b \x01(\x05\x12\x12\n\nvocab_size\x18\x0c \x01(\x05\x12\r\n\x05load1\x18\r \x01(\x01\x12\x17\n\x0f\x61\x63tive_requests\x18\x0e \x01(\x05\x12+\n\x06shards\x18\x0f \x03(\x0b\x32\x1b.edgeinfer.node.ShardStatus\x12\x0f\n\x07version\x18\x10 \x01(\t\x12\x14\n\x0cmemory_limit\x18\x11 \x01(\x03\x12\x15\n\rstage_seconds\x18\x12 \x01(\x01\"3\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x13\n\x0breply_bytes\x18\x02 \x01(\x05\"\x1c\n\tPingReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x07\n\x05\x45mpty2\x9c\x03\n\x04Node\x12>\n\x04Load\x12\x1b.edgeinfer.node.LoadRequest\x1a\x19.edgeinfer.node.LoadReply\x12\x39\n\x06Unload\x12\x18.edgeinfer.node.ShardRef\x1a\x15.edgeinfer.node.Empty\x12G\n\x07\x46orward\x12\x1e.edgeinfer.node.ForwardRequest\x1a\x1c.edgeinfer.node.ForwardReply\x12:\n\x04\x44rop\x12\x1b.edgeinfer.node.DropRequest\x1a\x15.edgeinfer.node.Empty\x12T\n\x0fGetCapabilities\x12#.edgeinfer.node.CapabilitiesRequest\x1a\x1c.edgeinfer.node.Capabilities\x12>\n\x04Ping\x12\x1b.edgeinfer.node.PingRequest\x1a\x19.edgeinfer.node.PingReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,31 +32,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgeinfer.cluster.proto.nod
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENSOR']._serialized_start=54
-  _globals['_TENSOR']._serialized_end=106
-  _globals['_LOADREQUEST']._serialized_start=108
-  _globals['_LOADREQUEST']._serialized_end=214
-  _globals['_LOADREPLY']._serialized_start=217
-  _globals['_LOADREPLY']._serialized_end=349
-  _globals['_SHARDREF']._serialized_start=351
-  _globals['_SHARDREF']._serialized_end=379
-  _globals['_FORWARDREQUEST']._serialized_start=382
-  _globals['_FORWARDREQUEST']._serialized_end=526
-  _globals['_FORWARDREPLY']._serialized_start=528
-  _globals['_FORWARDREPLY']._serialized_end=624
-  _globals['_DROPREQUEST']._serialized_start=626
-  _globals['_DROPREQUEST']._serialized_end=673
-  _globals['_CAPABILITIESREQUEST']._serialized_start=675
-  _globals['_CAPABILITIESREQUEST']._serialized_end=728
-  _globals['_SHARDSTATUS']._serialized_start=730
-  _globals['_SHARDSTATUS']._serialized_end=857
-  _globals['_CAPABILITIES']._serialized_start=860
-  _globals['_CAPABILITIES']._serialized_end=1256
-  _globals['_PINGREQUEST']._serialized_start=1258
-  _globals['_PINGREQUEST']._serialized_end=1309
-  _globals['_PINGREPLY']._serialized_start=1311
-  _globals['_PINGREPLY']._serialized_end=1339
-  _globals['_EMPTY']._serialized_start=1341
-  _globals['_EMPTY']._serialized_end=1348
-  _globals['_NODE']._serialized_start=1351
-  _globals['_NODE']._serialized_end=1763
+  _globals['_TENSOR']._serialized_end=121
+  _globals['_LOADREQUEST']._serialized_start=123
+  _globals['_LOADREQUEST']._serialized_end=229
+  _globals['_LOADREPLY']._serialized_start=232
+  _globals['_LOADREPLY']._serialized_end=364
+  _globals['_SHARDREF']._serialized_start=366
+  _globals['_SHARDREF']._serialized_end=394
+  _globals['_FORWARDREQUEST']._serialized_start=397
+  _globals['_FORWARDREQUEST']._serialized_end=541
+  _globals['_FORWARDREPLY']._serialized_start=543
+  _globals['_FORWARDREPLY']._serialized_end=639
+  _globals['_DROPREQUEST']._serialized_start=641
+  _globals['_DROPREQUEST']._serialized_end=688
+  _globals['_CAPABILITIESREQUEST']._serialized_start=690
+  _globals['_CAPABILITIESREQUEST']._serialized_end=743
+  _globals['_SHARDSTATUS']._serialized_start=745
+  _globals['_SHARDSTATUS']._serialized_end=872
+  _globals['_CAPABILITIES']._serialized_start=875
+  _globals['_CAPABILITIES']._serialized_end=1271
+  _globals['_PINGREQUEST']._serialized_start=1273
+  _globals['_PINGREQUEST']._serialized_end=1324
+  _globals['_PINGREPLY']._serialized_start=1326
+  _globals['_PINGREPLY']._serialized_end=1354
+  _globals['_EMPTY']._serialized_start=1356
+  _globals['_EMPTY']._serialized_end=1363
+  _globals['_NODE']._serialized_start=1366
+  _globals['_NODE']._serialized_end=1778
 # @@protoc_insertion_point(module_scope)
