@@ -52,7 +52,7 @@ def test_fx_dag_cuts_only_where_one_tensor_crosses():
     model = Residual().eval()
     x = torch.randn(2, 1, 6, 6)
     chain = to_chain(model, x)
-    # stem+relu are 2 cuts; a, relu, b, add live with the skip tensor -> one layer; then relu, pool, flatten, fc
+    # stem, relu: 2 layers; a, relu, b, add (the skip tensor is live): 1 layer; relu, pool, flatten, fc: 4
     assert len(chain) == 7
     residual = chain.layers[2]
     assert residual.kind == "conv" and residual.out_shape == (4, 6, 6)
