@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=1, help="threads per node")
     ap.add_argument("--partition-rate", default="1gbit", help="link rate of the partition sweep ('' to skip)")
+    ap.add_argument("--sweep-step", type=int, default=4, help="layers between the split points of the sweep")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     _, path = resolve(args.model)
@@ -105,7 +106,9 @@ def main() -> None:
             two = specs[:2]
             sweep = []
             layouts = [[("n0", 0, n_layers)], [("n1", 0, n_layers)]]
-            layouts += [[("n0", 0, c), ("n1", c, n_layers)] for c in range(2, n_layers - 1, 2)]
+            layouts += [
+                [("n0", 0, c), ("n1", c, n_layers)] for c in range(args.sweep_step, n_layers, args.sweep_step)
+            ]
             for stages in layouts:
                 cfg = write_cfg(work / "sweep.yaml", str(path), two, stages)
                 r = measure(cfg, args.tokens)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeinfer.bench.cli import app as bench_app
+from edgeinfer.cluster.cli import node, plan, testbed_app
 from edgeinfer.models.registry import DEFAULT_MODEL
 from edgeinfer.split.cli import app as split_app
 
@@ -190,6 +191,12 @@ def models() -> None:
         table.add_row(name, ", ".join(m.aliases), kind, "yes" if path.is_file() else "no", m.description)
     Console().print(table)
     Console().print("Any other GGUF file can be served with [bold]--model PATH[/].")
+
+
+# cluster commands (edgeinfer/cluster/cli.py), listed after the single-device ones
+app.command("node")(node)
+app.command("plan")(plan)
+app.add_typer(testbed_app, name="testbed")
 
 
 def main() -> None:

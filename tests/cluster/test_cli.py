@@ -1,4 +1,4 @@
-"""`testbed up` -> `plan` -> `testbed down` as a user runs them (python -m edgeinfer.cluster.cli)."""
+"""`testbed up` -> `plan` -> `testbed down` as a user runs them, through the `edgeinfer` command."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from edgeinfer.models.synthetic import write_tiny_gguf
 from edgeinfer.testbed import netns
 
 REASON = netns.available()
-CLI = [sys.executable, "-m", "edgeinfer.cluster.cli"]
+CLI = [sys.executable, "-m", "edgeinfer.cli"]
 
 
 def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
