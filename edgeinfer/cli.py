@@ -18,7 +18,7 @@ app = typer.Typer(
     help="Run quantized LLMs and DNNs on edge devices you own: serve, shard, split, benchmark.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(split_app, name="split")
