@@ -97,7 +97,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     result: dict = {"config": asdict(cfg), "device": dev.device.to_dict(), "n_layers": n, "rates": []}
     result["uptime_load"] = Path("/proc/loadavg").read_text().split()[:3]
 
-    def measure(client: DeviceClient, k: int) -> list:
+    def measure(client: DeviceClient, k: int) -> list:  # one client at a time (no network involved)
         for i in range(cfg.warm):
             client.infer(test.x[i : i + 1])
         return [client.infer(test.x[i : i + 1]) for i in range(cfg.warm, cfg.warm + k)]
@@ -108,30 +108,52 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         )
         for rate in cfg.rates:
             shape(tb, 0, rate)
-            log(f"rate {rate}: measuring {n + 1} forced splits and the adaptive client")
-            splits = []
-            for s in range(n + 1):
-                with DeviceClient(
-                    m, dev, edge, url, ClientConfig(cfg.dtype, cfg.codec, force=(final, s))
-                ) as c:
-                    rs = measure(c, cfg.requests)
-                splits.append({"split": s, "median_ms": _median([r.latency_ms for r in rs]),
-                               "sent_bytes": _median([r.sent_bytes for r in rs]),
-                               "fallbacks": sum(r.fallback for r in rs)})  # fmt: skip
-            with DeviceClient(m, dev, edge, url, ClientConfig(cfg.dtype, cfg.codec, exits=[final])) as c:
-                c.probe()
-                rs = measure(c, cfg.requests)
-                link = c.link()
+            log(f"rate {rate}: measuring {n + 1} forced splits and the adaptive client, interleaved")
+            forced = [DeviceClient(m, dev, edge, url, ClientConfig(cfg.dtype, cfg.codec, force=(final, s)))
+                      for s in range(n + 1)]  # fmt: skip
+            adaptive = DeviceClient(m, dev, edge, url, ClientConfig(cfg.dtype, cfg.codec, exits=[final]))
+            clients = [*forced, adaptive]
+            got: list[list] = [[] for _ in clients]
+            try:
+                adaptive.probe()
+                # round-robin, so that every split sees the same load on the shared CPUs
+                for k in range(cfg.warm + cfg.requests):
+                    x = test.x[k % len(test) : k % len(test) + 1]
+                    for j, c in enumerate(clients):
+                        r = c.infer(x)
+                        if k >= cfg.warm:
+                            got[j].append(r)
+                link = adaptive.link()
+                replans = adaptive.replans
+                probe_ms = adaptive.probe_ms  # link probing, outside the per-request latencies
+                scaled = adaptive.paths[0]
+                scale = dict(zip(("device", "edge"), adaptive.plan_scale, strict=True))
+            finally:
+                for c in clients:
+                    c.close()
+            splits = [
+                {
+                    "split": s,
+                    "median_ms": _median([r.latency_ms for r in got[s]]),
+                    "sent_bytes": _median([r.sent_bytes for r in got[s]]),
+                    "fallbacks": sum(r.fallback for r in got[s]),
+                }
+                for s in range(n + 1)
+            ]
+            rs = got[-1]
             chosen = Counter(r.split for r in rs)
             paths = all_paths(dev, edge, wire, [final])
             predicted = [evaluate(paths[0], s, link).total_ms for s in range(n + 1)] if link else []
+            corrected = [evaluate(scaled, s, link).total_ms for s in range(n + 1)] if link else []
             best = min(splits, key=lambda x: x["median_ms"])
             entry = {
                 "rate": rate,
                 "link_estimate_mbit": link.bandwidth_bps / 1e6 if link else None,
                 "link_estimate_rtt_ms": 1000 * link.rtt_s if link else None,
                 "splits": splits,
-                "predicted_ms": predicted,
+                "predicted_ms": predicted,  # from the profiles as measured
+                "predicted_corrected_ms": corrected,  # with the client's online compute-scale correction
+                "compute_scale": scale,
                 "device_only_ms": splits[-1]["median_ms"],
                 "edge_only_ms": splits[0]["median_ms"],
                 "best_split": best["split"],
@@ -139,6 +161,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 "chosen_splits": dict(chosen),
                 "chosen_ms": _median([r.latency_ms for r in rs]),
                 "chosen_fallbacks": sum(r.fallback for r in rs),
+                "chosen_replans": replans,
+                "chosen_probe_ms_total": probe_ms,
+                "chosen_split_measured_ms": splits[chosen.most_common(1)[0][0]]["median_ms"],
             }
             log(
                 f"  device-only {entry['device_only_ms']:.2f} ms, edge-only {entry['edge_only_ms']:.2f} ms, "

@@ -1,14 +1,18 @@
 """On the network test-bed (namespaces + tbf): the split follows the link rate, a cut link falls back to a
-local exit, and every input gets an answer."""
+local exit, and every input gets an answer. The test-bed is always torn down (also on SIGTERM), and the
+teardown is checked."""
 
 from __future__ import annotations
 
 import os
+import signal
 import statistics
+import time
+from collections.abc import Iterator
 
 import pytest
 
-from edgeinfer.testbed.netns import Testbed, available
+from edgeinfer.testbed.netns import Testbed, available, list_namespaces, teardown
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -20,7 +24,30 @@ def _needs_netns():
         pytest.skip(f"needs network namespaces: {reason}")
 
 
-def test_split_follows_the_link_and_survives_a_cut(tmp_path):
+class _Terminated(Exception):
+    pass
+
+
+@pytest.fixture
+def testbed() -> Iterator[Testbed]:
+    """A one-host test-bed, removed afterwards whatever happens: SIGTERM (e.g. `timeout pytest ...`) is turned
+    into an exception so the ``with`` block unwinds, and the namespaces are checked to be gone."""
+
+    def _raise(signum, frame):
+        raise _Terminated(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, _raise)
+    name = f"spt{os.getpid() % 10000}"
+    try:
+        with Testbed(1, rate=None, name=name) as tb:
+            yield tb
+    finally:
+        teardown(name)  # idempotent; covers a failure inside Testbed.down itself
+        signal.signal(signal.SIGTERM, old)
+    assert list_namespaces(name) == [], "the test-bed's namespaces were not removed"
+
+
+def test_split_follows_the_link_and_survives_a_cut(tmp_path, testbed):
     from edgeinfer.models.dnn import zoo
     from edgeinfer.models.dnn.data import digits
     from edgeinfer.planner.dnn_profile import load_device, profile_model
@@ -35,28 +62,32 @@ def test_split_follows_the_link_and_survives_a_cut(tmp_path):
     test = data["test"]
     n = len(m.path("final"))
     phases: dict[str, list] = {}
-    with Testbed(1, rate=None, name=f"spt{os.getpid() % 10000}") as tb:
-        url = start_edge(tb, 0, "digitnet", 8090, 0.0, tmp_path / "edge.log")
-        cfg = ClientConfig(deadline_ms=250, probe_every_s=0.2, retry_after_s=30, exits=["final"])
-        with DeviceClient(m, dev, edge, url, cfg) as client:
-            i = 0
+    tb = testbed
+    url = start_edge(tb, 0, "digitnet", 8090, 0.0, tmp_path / "edge.log")
+    probe_every_s = 0.2
+    cfg = ClientConfig(deadline_ms=250, probe_every_s=probe_every_s, retry_after_s=30, exits=["final"])
+    with DeviceClient(m, dev, edge, url, cfg) as client:
+        i = 0
 
-            def run(k: int) -> list:
-                nonlocal i
-                out = []
-                for _ in range(k):
-                    out.append(client.infer(test.x[i % len(test) : i % len(test) + 1]))
-                    i += 1
-                return out
+        def run(k: int, min_s: float = 0.0) -> list:
+            """At least ``k`` inputs and at least ``min_s`` seconds (so that several probes happen whatever
+            the speed of this machine: a device-only plan learns about the link from probes only)."""
+            nonlocal i
+            out = []
+            t0 = time.monotonic()
+            while len(out) < k or time.monotonic() - t0 < min_s:
+                out.append(client.infer(test.x[i % len(test) : i % len(test) + 1]))
+                i += 1
+            return out
 
-            for name, rate in (("fast", "1gbit"), ("slow", "1mbit"), ("fast again", "1gbit")):
-                shape(tb, 0, rate)
-                phases[name] = run(25)
-            tb.cut(0)
-            phases["cut"] = run(6)
-            replans = client.replans
+        for name, rate in (("fast", "1gbit"), ("slow", "1mbit"), ("fast again", "1gbit")):
+            shape(tb, 0, rate)
+            phases[name] = run(25, min_s=8 * probe_every_s)
+        tb.cut(0)
+        phases["cut"] = run(6)
+        replans = client.replans
     results = [r for rs in phases.values() for r in rs]
-    assert len(results) == 81 and all(0 <= r.pred <= 9 for r in results)  # every input got an answer
+    assert len(results) >= 81 and all(0 <= r.pred <= 9 for r in results)  # every input got an answer
     split = {k: statistics.median(r.split for r in rs[-10:]) for k, rs in phases.items() if k != "cut"}
     assert split["fast"] < n, "a 1 Gbit/s link should offload at least the tail"
     assert split["slow"] > split["fast"] and split["slow"] > split["fast again"], split
