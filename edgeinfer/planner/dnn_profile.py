@@ -84,12 +84,15 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def emulated_call(fn: Callable[[], object], slowdown: float = 1.0) -> tuple[object, float]:
+def emulated_call(
+    fn: Callable[[], object], slowdown: float = 1.0, sleep: bool = True
+) -> tuple[object, float]:
     """Run ``fn`` as the device would: returns (result, seconds).
 
     With ``slowdown == 1`` the time is plain wall time. Otherwise it is this thread's CPU time x slowdown
     (immune to other processes taking the shared cores), and the call sleeps until that much wall time has
-    passed, so that end-to-end latencies measured around it include the emulated device's speed.
+    passed, so that end-to-end latencies measured around it include the emulated device's speed. With
+    ``sleep=False`` the caller sleeps later, once for several calls (``settle``).
     """
     w0, c0 = time.perf_counter(), time.thread_time()
     out = fn()
@@ -97,9 +100,21 @@ def emulated_call(fn: Callable[[], object], slowdown: float = 1.0) -> tuple[obje
     if slowdown <= 1.0:
         return out, wall
     target = (time.thread_time() - c0) * slowdown
-    if target > wall:
+    if sleep and target > wall:
         time.sleep(target - wall)
     return out, max(target, wall)
+
+
+def settle(start: float, emulated_s: float) -> None:
+    """Sleep until ``emulated_s`` seconds of wall time have passed since ``start`` (``time.perf_counter``).
+
+    One sleep for a run of deferred ``emulated_call(..., sleep=False)``: on a loaded machine every sleep
+    wakes up late (scheduler latency), so one sleep per request instead of one per layer group keeps the
+    emulated device from getting slower than its profile by a per-call overhead the profile never sees.
+    """
+    left = emulated_s - (time.perf_counter() - start)
+    if left > 0:
+        time.sleep(left)
 
 
 def median_ms(fn: Callable[[], object], warmup: int, repeats: int, slowdown: float = 1.0) -> float:

@@ -20,7 +20,7 @@ import httpx
 import torch
 
 from edgeinfer.models.dnn.zoo import BranchyModel
-from edgeinfer.planner.dnn_profile import Profile, emulated_call, torch_threads
+from edgeinfer.planner.dnn_profile import Profile, emulated_call, settle, torch_threads
 from edgeinfer.planner.split import Link, Option, all_paths, evaluate, plan
 from edgeinfer.split.compress import encode, wire_key
 from edgeinfer.split.exits import Thresholds
@@ -190,11 +190,14 @@ class DeviceClient:
         slow = self.device.device.slowdown
         t0 = time.perf_counter()
         with torch_threads(self.device.device.threads):
-            seg = run_segment(self.model, chosen.exit, x, 0, chosen.split, slow, self.cfg.thresholds)
+            seg = run_segment(
+                self.model, chosen.exit, x, 0, chosen.split, slow, self.cfg.thresholds, sleep=False
+            )
         base = {"split": chosen.split, "n": chosen.n, "planned": chosen, "link": self.link()}
         if not seg.early_exit:
             self.scale["device"].observe(1000 * seg.compute_s, self._base_ms(chosen, "device"))
         if seg.early_exit or chosen.split == chosen.n:
+            settle(t0, seg.compute_s)
             ex = seg.early_exit or chosen.exit
             kw = {}
             if not self._edge_up():  # planned on the device because the edge did not answer last time
@@ -203,8 +206,11 @@ class DeviceClient:
             return self._done(
                 t0, seg.out, ex, "device", seg.compute_s, early=bool(seg.early_exit), **base, **kw
             )
-        payload, enc_s = emulated_call(lambda: encode(seg.out, self.cfg.dtype, self.cfg.codec), slow)
+        payload, enc_s = emulated_call(
+            lambda: encode(seg.out, self.cfg.dtype, self.cfg.codec), slow, sleep=False
+        )
         device_s = seg.compute_s + enc_s
+        settle(t0, device_s)  # one sleep for the whole emulated head (see dnn_profile.settle)
         params = {"model": self.model.name, "exit": chosen.exit, "cut": chosen.split}
         th = self.cfg.thresholds
         if th is not None:

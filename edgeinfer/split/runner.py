@@ -5,12 +5,13 @@ device can still answer from a local exit when the edge is gone.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
 
 from edgeinfer.models.dnn.zoo import BranchyModel
-from edgeinfer.planner.dnn_profile import emulated_call
+from edgeinfer.planner.dnn_profile import emulated_call, settle
 from edgeinfer.split.exits import Thresholds
 
 
@@ -32,12 +33,31 @@ def run_segment(
     end: int,
     slowdown: float = 1.0,
     thresholds: Thresholds | None = None,
+    sleep: bool = True,
 ) -> Segment:
     """Layers ``[start, end)`` of exit ``exit_name``'s path on ``x``.
 
     With ``thresholds``, every other exit whose head attaches at a backbone position in ``(start, end]``
     (``[start, end]`` when ``start == 0``) is evaluated there and the run stops if it is confident.
+    With ``slowdown > 1`` the emulated time is slept once at the end (``sleep``; else by the caller, e.g.
+    after encoding the tensor: ``settle(t0, seg.compute_s + encode_s)``).
     """
+    w0 = time.perf_counter()
+    seg = _segment(model, exit_name, x, start, end, slowdown, thresholds)
+    if sleep and slowdown > 1.0:
+        settle(w0, seg.compute_s)
+    return seg
+
+
+def _segment(
+    model: BranchyModel,
+    exit_name: str,
+    x: torch.Tensor,
+    start: int,
+    end: int,
+    slowdown: float,
+    thresholds: Thresholds | None,
+) -> Segment:
     target = model.exit(exit_name)
     path = model.path(exit_name)
     if not 0 <= start <= end <= len(path):
@@ -70,7 +90,7 @@ def run_segment(
 
 
 def _timed(fn, slowdown: float):
-    return emulated_call(fn, slowdown)
+    return emulated_call(fn, slowdown, sleep=False)  # run_segment / local_answer sleep once at the end
 
 
 @torch.no_grad()
@@ -83,4 +103,4 @@ def local_answer(
     if not usable:
         raise ValueError(f"no activation before exit {exit_name}")
     p = max(usable)
-    return _timed(lambda: e.head.run(model.backbone.run(taps[p], p, e.at)), slowdown)
+    return emulated_call(lambda: e.head.run(model.backbone.run(taps[p], p, e.at)), slowdown)
