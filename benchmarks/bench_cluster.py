@@ -3,10 +3,13 @@
 1. decode tok/s of 1, 2 and 3 nodes (equal contiguous split) at several link rates, and the N-node / 1-node
    ratio. All nodes share this machine's cores (one thread each by default), so a pipeline cannot be faster
    than one node here: the ratio shows what the network and the RPC hops cost.
-2. planner choice vs. the best measured partition of two nodes (every split point, and each node alone).
+2. planner choice vs. the best measured partition of two nodes (every split point, and each node alone);
+   with --sweep-memory-limit each node may hold only that much, so the planner has to split the model.
 3. predicted vs. measured per-token latency for every configuration.
 
     sudo .venv/bin/python benchmarks/bench_cluster.py --model qwen --rates 1gbit,100mbit,10mbit --out run.json
+
+Everything runs inside a test-bed that is removed on exit (also on Ctrl-C or SIGTERM, e.g. from `timeout`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
 
-from edgeinfer.cluster.gateway import load_cluster
+from edgeinfer.cluster.gateway import ClusterError, load_cluster
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.generate import complete
 from edgeinfer.engine.shard import layer_count
@@ -33,6 +37,7 @@ PROMPT = "Write a short story about a robot who learns to paint."
 
 
 def measure(cfg_path: Path, tokens: int) -> dict:
+    t0 = time.monotonic()
     backend = load_cluster(cfg_path)
     try:
         params = SamplingParams(temperature=0.0, max_tokens=tokens)
@@ -45,13 +50,18 @@ def measure(cfg_path: Path, tokens: int) -> dict:
             "measured_ms": ms,
             "tok_s": 1e3 / ms,
             "tokens": r.completion_tokens,
+            "load1": os.getloadavg()[0],
+            "seconds": time.monotonic() - t0,
         }
     finally:
         backend.close()
 
 
-def write_cfg(path: Path, model: str, specs, stages=None, **planner) -> Path:
-    doc = {"model": model, "nodes": [{"name": s.name, "address": s.address} for s in specs]}
+def write_cfg(path: Path, model: str, specs, stages=None, memory_limit=None, **planner) -> Path:
+    nodes = [{"name": s.name, "address": s.address} for s in specs]
+    if memory_limit:
+        nodes = [n | {"memory_limit": memory_limit} for n in nodes]
+    doc = {"model": model, "nodes": nodes}
     if stages is not None:
         planner["stages"] = [{"node": n, "layers": [a, b]} for n, a, b in stages]
     if planner:
@@ -75,6 +85,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="threads per node")
     ap.add_argument("--partition-rate", default="1gbit", help="link rate of the partition sweep ('' to skip)")
     ap.add_argument("--sweep-step", type=int, default=4, help="layers between the split points of the sweep")
+    ap.add_argument(
+        "--sweep-memory-limit",
+        default=None,
+        help="per-node memory limit of the partition sweep, e.g. 300MB (layouts that do not fit are skipped)",
+    )
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     _, path = resolve(args.model)
@@ -109,16 +124,22 @@ def main() -> None:
             layouts += [
                 [("n0", 0, c), ("n1", c, n_layers)] for c in range(args.sweep_step, n_layers, args.sweep_step)
             ]
+            limit = args.sweep_memory_limit
             for stages in layouts:
-                cfg = write_cfg(work / "sweep.yaml", str(path), two, stages)
-                r = measure(cfg, args.tokens)
+                cfg = write_cfg(work / "sweep.yaml", str(path), two, stages, memory_limit=limit)
+                try:
+                    r = measure(cfg, args.tokens)
+                except ClusterError as exc:  # a fixed layout beyond the memory limit
+                    print(f"skipped {stages}: {exc}", file=sys.stderr)
+                    continue
                 sweep.append(r)
                 print(json.dumps(r), file=sys.stderr)
-            cfg = write_cfg(work / "auto.yaml", str(path), two)
+            cfg = write_cfg(work / "auto.yaml", str(path), two, memory_limit=limit)
             chosen = measure(cfg, args.tokens)
             best = min(sweep, key=lambda r: r["measured_ms"])
             results["partition"] = {
                 "rate": args.partition_rate,
+                "memory_limit": limit,
                 "sweep": sweep,
                 "planner": chosen,
                 "best": best,
@@ -141,7 +162,8 @@ def print_tables(res: dict) -> None:
               f"{r['predicted_ms']:.1f} | {r['measured_ms']:.1f} |")  # fmt: skip
     if "partition" in res:
         p = res["partition"]
-        print(f"\npartition sweep at {p['rate']} (two nodes):\n")
+        limit = f", memory limit {p['memory_limit']} per node" if p.get("memory_limit") else ""
+        print(f"\npartition sweep at {p['rate']} (two nodes{limit}):\n")
         print("| partition | predicted ms/token | measured ms/token |")
         print("|---|---|---|")
         for r in p["sweep"]:

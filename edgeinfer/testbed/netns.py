@@ -14,11 +14,14 @@ both directions of every host's link are limited and host<->host traffic crosses
 
 The subnet X is chosen under a file lock among those not in use; a state file per test-bed (in
 ``state_dir()``) lets ``down`` by name and ``cleanup_leftovers`` find and remove everything again, also
-after a crash. ``down`` is idempotent.
+after a crash. ``down`` is idempotent. A test-bed that is up is also removed when its process exits without
+calling ``down`` (atexit) or is stopped by SIGTERM (e.g. ``timeout``): the first ``up`` in a process installs
+a SIGTERM handler that raises ``SystemExit`` if the signal still has its default action.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import ipaddress
@@ -29,7 +32,9 @@ import secrets
 import shutil
 import signal
 import subprocess
+import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +51,33 @@ _UNITS |= {"mbps": 8e6, "gbps": 8e9}
 
 class TestbedError(RuntimeError):
     __test__ = False  # not a pytest class
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # test-beds of this process that are up and not detached
+_GUARD_INSTALLED = False
+
+
+def _down_live() -> None:
+    for tb in list(_LIVE):
+        with contextlib.suppress(Exception):
+            tb.down()
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds `with Testbed(...)` blocks; atexit removes the rest
+
+
+def _install_guard() -> None:
+    """Remove this process's test-beds on exit and on SIGTERM (only if SIGTERM has its default action)."""
+    global _GUARD_INSTALLED
+    if _GUARD_INSTALLED:
+        return
+    _GUARD_INSTALLED = True
+    atexit.register(_down_live)
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def state_dir() -> Path:
@@ -182,6 +214,8 @@ class Testbed:
         reason = available()
         if reason:
             raise TestbedError(f"cannot build a test-bed: {reason}")
+        _install_guard()
+        _LIVE.add(self)
         try:
             with _lock():
                 if self.state_file.exists():
@@ -229,6 +263,7 @@ class Testbed:
             teardown(self.name, self.n_hosts)
         self._claimed = False
         self.hosts = []
+        _LIVE.discard(self)
 
     def detach(self) -> None:
         """Leave the test-bed (and the processes started in it) running after this process exits;
@@ -236,6 +271,7 @@ class Testbed:
         self._procs.clear()
         self.detached = True
         self._save()
+        _LIVE.discard(self)
 
     def _save(self) -> None:
         state = {
