@@ -22,7 +22,7 @@ BUNDLED_BOTH = ["qwen2.5-coder-0.5b-instruct", "gemma-3-270m"]
 
 OutputOpt = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="Where to write the run's JSON. Default: runs/<kind>-<time>.json."),
+    typer.Option("--output", "-o", help="Where to write the run's JSON. Default: runs/KIND-TIME.json."),
 ]
 LabelOpt = Annotated[str | None, typer.Option(help="Name of this run in reports (default: the kind).")]
 
@@ -44,8 +44,11 @@ def _progress() -> Progress:
 
 
 def _save(run: dict[str, Any], output: Path | None) -> None:
+    import os
+
     from edgeinfer.bench.runs import default_path, save
 
+    run["host"]["loadavg_1m_end"] = os.getloadavg()[0]  # with loadavg_1m: did other work share the CPU?
     path = save(run, output or default_path(run["kind"]))
     err.print(f"[dim]wrote {path}[/]")
 
@@ -509,7 +512,7 @@ def fit(
         typer.Option(
             "--model",
             "-m",
-            help="Model size (7B, 270M) or reference id (see docs/benchmarks.md); repeatable.",
+            help="Model size (7B, 270M) or reference id (see docs/bench.md); repeatable.",
         ),
     ] = None,
     quant: Annotated[
