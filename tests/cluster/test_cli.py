@@ -17,17 +17,19 @@ REASON = netns.available()
 CLI = [sys.executable, "-m", "edgeinfer.cli"]
 
 
-def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
 @pytest.mark.netns
+@pytest.mark.timeout(600)
 @pytest.mark.skipif(REASON is not None, reason=f"test-bed: {REASON}")
 def test_testbed_up_plan_down(tmp_path: Path):
     model = write_tiny_gguf(tmp_path / "tiny.gguf", n_layers=4)
     name = f"c{os.getpid() % 100000}"
     out = tmp_path / "cluster.yaml"
+    netns.teardown(name)  # a leftover of an earlier killed run with this pid
     try:
         up = _run("testbed", "up", "--nodes", "2", "--rate", "100mbit", "--model", str(model), "--name", name,
                   "--threads", "1", "--out", str(out), "--log-dir", str(tmp_path))  # fmt: skip

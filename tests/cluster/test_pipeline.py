@@ -37,6 +37,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.netns,
     pytest.mark.skipif(REASON is not None, reason=f"test-bed: {REASON}"),
+    pytest.mark.timeout(300),  # per test, incl. building the test-bed; fixtures tear it down on timeout
 ]
 PROMPT = "the ship sails"
 N_TOKENS = 24

@@ -57,6 +57,7 @@ def test_rate_parsing():
 
 
 @pytest.mark.netns
+@pytest.mark.timeout(120)
 @pytest.mark.skipif(REASON is not None, reason=f"test-bed: {REASON}")
 def test_up_reach_rate_cut_restore_down():
     with Testbed(2, rate="10mbit") as tb:
@@ -92,6 +93,7 @@ def test_up_reach_rate_cut_restore_down():
 
 
 @pytest.mark.netns
+@pytest.mark.timeout(120)
 @pytest.mark.skipif(REASON is not None, reason=f"test-bed: {REASON}")
 def test_cleanup_on_failure_and_leftovers():
     with pytest.raises(RuntimeError, match="boom"), Testbed(1, rate=None) as tb:
@@ -109,6 +111,7 @@ def test_cleanup_on_failure_and_leftovers():
 
 
 @pytest.mark.netns
+@pytest.mark.timeout(120)
 @pytest.mark.skipif(REASON is not None, reason=f"test-bed: {REASON}")
 def test_duplicate_name_refused():
     with Testbed(1, rate=None) as tb:
