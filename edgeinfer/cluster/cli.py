@@ -94,7 +94,7 @@ def plan(
     profile.close()
     nodes = Table(title="nodes (measured)")
     for col in ("node", "address", "layer ms", "head ms", "memory MiB", "rtt ms", "bandwidth Mbit/s"):
-        nodes.add_column(col)
+        nodes.add_column(col, overflow="fold")  # never cut an address short on a narrow terminal
     for p in profile.nodes:
         bw = "local" if p.local else f"{p.bandwidth * 8 / 1e6:.0f}"
         nodes.add_row(
