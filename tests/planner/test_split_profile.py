@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from edgeinfer.models.dnn import zoo
 from edgeinfer.models.dnn.data import digits
 from edgeinfer.planner.dnn_predict import Predictor, Sample, from_profile, measure_bank, split_holdout
-from edgeinfer.planner.dnn_profile import DeviceSpec, Profile, builtin_devices, load_device, profile_model
+from edgeinfer.planner.dnn_profile import (
+    DeviceSpec,
+    Profile,
+    builtin_devices,
+    emulated_call,
+    load_device,
+    profile_model,
+    settle,
+)
 from edgeinfer.planner.split import Link, all_paths, plan
 
 
@@ -24,6 +33,18 @@ def profiles(model):
     dev = profile_model(model, load_device("rpi4-like"), x, warmup=1, repeats=5)
     edge = profile_model(model, load_device("edge-host"), x, warmup=1, repeats=5)
     return dev, edge
+
+
+def test_deferred_emulation_settles_once_for_the_whole_run():
+    """emulated_call(sleep=False) only accounts; settle then waits out the sum (a sleep never ends early)."""
+    t0 = time.perf_counter()
+    total = 0.0
+    for _ in range(3):
+        out, s = emulated_call(lambda: sum(range(20_000)), slowdown=40.0, sleep=False)
+        assert out == sum(range(20_000)) and s > 0
+        total += s
+    settle(t0, total)
+    assert time.perf_counter() - t0 >= total
 
 
 def test_builtin_devices_are_labelled():
