@@ -5,7 +5,11 @@
    than one node here: the ratio shows what the network and the RPC hops cost.
 2. planner choice vs. the best measured partition of two nodes (every split point, and each node alone);
    with --sweep-memory-limit each node may hold only that much, so the planner has to split the model.
-3. predicted vs. measured per-token latency for every configuration.
+3. predicted vs. measured per-token latency for every configuration, and where the time goes: per decode
+   step, the node's compute, the rest of each stage's RPC (gRPC, wire codec, link) and the gateway's own work.
+
+Every configuration is measured --repeat times in interleaved rounds (load drifts hit all alike); the tables
+show medians.
 
     sudo .venv/bin/python benchmarks/bench_cluster.py --model qwen --rates 1gbit,100mbit,10mbit --out run.json
 
@@ -34,6 +38,7 @@ from edgeinfer.testbed.cluster import start_nodes
 from edgeinfer.testbed.netns import Testbed
 
 PROMPT = "Write a short story about a robot who learns to paint."
+med = statistics.median
 
 
 def measure(cfg_path: Path, tokens: int) -> dict:
@@ -42,12 +47,30 @@ def measure(cfg_path: Path, tokens: int) -> dict:
     try:
         params = SamplingParams(temperature=0.0, max_tokens=tokens)
         complete(backend, backend.tokenize("Hello"), SamplingParams(temperature=0.0, max_tokens=4))  # warm-up
+        for st in backend.stages:
+            st.timings.clear()
         r = complete(backend, backend.tokenize(PROMPT), params)
-        ms = statistics.median(r.token_times) * 1e3
+        ms = med(r.token_times) * 1e3
+        stages = []
+        for st in backend.stages:
+            decode = [t for t in st.timings if t[0] == 1]
+            stages.append(
+                {
+                    "node": st.name,
+                    "rpc_ms": med(t[1] for t in decode) * 1e3,
+                    "compute_ms": med(t[2] for t in decode) * 1e3,
+                }
+            )
+        rows = backend.plan.breakdown
         return {
             "plan": backend.plan.describe(),
             "predicted_ms": backend.plan.latency * 1e3,
+            "predicted_compute_ms": sum(x["compute"] for x in rows) * 1e3,
+            "predicted_hop_ms": sum(x["hop"] for x in rows) * 1e3,
             "measured_ms": ms,
+            "compute_ms": sum(s["compute_ms"] for s in stages),
+            "rpc_ms": sum(s["rpc_ms"] for s in stages),
+            "stages": stages,
             "tok_s": 1e3 / ms,
             "tokens": r.completion_tokens,
             "load1": os.getloadavg()[0],
@@ -76,12 +99,30 @@ def equal_stages(names: list[str], n_layers: int) -> list[tuple[str, int, int]]:
     return [(names[i], cuts[i], cuts[i + 1]) for i in range(k)]
 
 
+def summarize(runs: list[dict]) -> dict:
+    """Median over the repeats of one configuration (plus the spread of the measured latency)."""
+    keys = ("predicted_ms", "predicted_compute_ms", "predicted_hop_ms", "measured_ms", "compute_ms", "rpc_ms")
+    out = {k: med(r[k] for r in runs) for k in keys}
+    out["tok_s"] = 1e3 / out["measured_ms"]
+    out["measured_min_ms"] = min(r["measured_ms"] for r in runs)
+    out["measured_max_ms"] = max(r["measured_ms"] for r in runs)
+    out["plans"] = sorted({r["plan"] for r in runs})
+    out["plan"] = out["plans"][0] if len(out["plans"]) == 1 else " | ".join(out["plans"])
+    out["runs"] = runs
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
-    ap.add_argument("--rates", default="1gbit,100mbit,10mbit")
+    ap.add_argument(
+        "--rates", default="1gbit,100mbit,10mbit", help="link rates of the scaling runs ('' to skip)"
+    )
     ap.add_argument("--nodes", default="1,2,3")
     ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="rounds; every configuration is measured once per round"
+    )
     ap.add_argument("--threads", type=int, default=1, help="threads per node")
     ap.add_argument("--partition-rate", default="1gbit", help="link rate of the partition sweep ('' to skip)")
     ap.add_argument("--sweep-step", type=int, default=4, help="layers between the split points of the sweep")
@@ -95,56 +136,69 @@ def main() -> None:
     _, path = resolve(args.model)
     n_layers = layer_count(path)
     counts = [int(x) for x in args.nodes.split(",")]
+    rates = [r for r in args.rates.split(",") if r]
+    n_hosts = max(counts) if rates else 2
     results: dict = {
         "model": args.model,
         "threads": args.threads,
+        "tokens": args.tokens,
+        "repeat": args.repeat,
         "load_before": os.getloadavg(),
         "scaling": [],
     }
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    with Testbed(max(counts), rate="1gbit") as tb:
+    scaling: dict[tuple[str, int], list[dict]] = {}
+    sweep: dict[str, list[dict]] = {}
+    auto: list[dict] = []
+    limit = args.sweep_memory_limit
+    with Testbed(n_hosts, rate="1gbit") as tb:
         specs = start_nodes(tb, threads=args.threads, log_dir=work)
         names = [s.name for s in specs]
-        for rate in args.rates.split(","):
-            for i in range(len(specs)):
-                tb.set_rate(i, rate)
-            for n in counts:
-                cfg = write_cfg(
-                    work / f"{rate}-{n}.yaml", str(path), specs, equal_stages(names[:n], n_layers)
-                )
-                r = measure(cfg, args.tokens) | {"rate": rate, "nodes": n}
-                results["scaling"].append(r)
+        two = specs[:2]
+        layouts = [[("n0", 0, n_layers)], [("n1", 0, n_layers)]]
+        layouts += [
+            [("n0", 0, c), ("n1", c, n_layers)] for c in range(args.sweep_step, n_layers, args.sweep_step)
+        ]
+        for rnd in range(args.repeat):
+            for rate in rates:
+                for i in range(len(specs)):
+                    tb.set_rate(i, rate)
+                for n in counts:
+                    stages = equal_stages(names[:n], n_layers)
+                    cfg = write_cfg(work / f"{rate}-{n}.yaml", str(path), specs, stages)
+                    r = measure(cfg, args.tokens) | {"rate": rate, "nodes": n, "round": rnd}
+                    scaling.setdefault((rate, n), []).append(r)
+                    print(json.dumps(r), file=sys.stderr)
+            if args.partition_rate:
+                for i in range(len(specs)):
+                    tb.set_rate(i, args.partition_rate)
+                for stages in layouts:
+                    cfg = write_cfg(work / "sweep.yaml", str(path), two, stages, memory_limit=limit)
+                    try:
+                        r = measure(cfg, args.tokens) | {"round": rnd}
+                    except ClusterError as exc:  # a fixed layout beyond the memory limit
+                        print(f"skipped {stages}: {exc}", file=sys.stderr)
+                        continue
+                    sweep.setdefault(r["plan"], []).append(r)
+                    print(json.dumps(r), file=sys.stderr)
+                cfg = write_cfg(work / "auto.yaml", str(path), two, memory_limit=limit)
+                r = measure(cfg, args.tokens) | {"round": rnd, "auto": True}
+                auto.append(r)
                 print(json.dumps(r), file=sys.stderr)
-        if args.partition_rate:
-            for i in range(len(specs)):
-                tb.set_rate(i, args.partition_rate)
-            two = specs[:2]
-            sweep = []
-            layouts = [[("n0", 0, n_layers)], [("n1", 0, n_layers)]]
-            layouts += [
-                [("n0", 0, c), ("n1", c, n_layers)] for c in range(args.sweep_step, n_layers, args.sweep_step)
-            ]
-            limit = args.sweep_memory_limit
-            for stages in layouts:
-                cfg = write_cfg(work / "sweep.yaml", str(path), two, stages, memory_limit=limit)
-                try:
-                    r = measure(cfg, args.tokens)
-                except ClusterError as exc:  # a fixed layout beyond the memory limit
-                    print(f"skipped {stages}: {exc}", file=sys.stderr)
-                    continue
-                sweep.append(r)
-                print(json.dumps(r), file=sys.stderr)
-            cfg = write_cfg(work / "auto.yaml", str(path), two, memory_limit=limit)
-            chosen = measure(cfg, args.tokens)
-            best = min(sweep, key=lambda r: r["measured_ms"])
-            results["partition"] = {
-                "rate": args.partition_rate,
-                "memory_limit": limit,
-                "sweep": sweep,
-                "planner": chosen,
-                "best": best,
-                "ratio": chosen["measured_ms"] / best["measured_ms"],
-            }
+    for (rate, n), runs in scaling.items():
+        results["scaling"].append(summarize(runs) | {"rate": rate, "nodes": n})
+    if auto:
+        rows = [summarize(runs) for runs in sweep.values()]
+        chosen = summarize(auto)
+        best = min(rows, key=lambda r: r["measured_ms"])
+        results["partition"] = {
+            "rate": args.partition_rate,
+            "memory_limit": limit,
+            "sweep": rows,
+            "planner": chosen,
+            "best": best,
+            "ratio": chosen["measured_ms"] / best["measured_ms"],
+        }
     results["load_after"] = os.getloadavg()
     print_tables(results)
     if args.out:
@@ -152,22 +206,37 @@ def main() -> None:
 
 
 def print_tables(res: dict) -> None:
-    print(f"\nmodel {res['model']}, {res['threads']} thread(s) per node, load {res['load_before'][0]:.1f}")
-    print("\n| link | nodes | plan | tok/s | vs 1 node | predicted ms/token | measured ms/token |")
-    print("|---|---|---|---|---|---|---|")
-    base = {r["rate"]: r["tok_s"] for r in res["scaling"] if r["nodes"] == 1}
-    for r in res["scaling"]:
-        ratio = r["tok_s"] / base[r["rate"]] if r["rate"] in base else float("nan")
-        print(f"| {r['rate']} | {r['nodes']} | {r['plan']} | {r['tok_s']:.1f} | {ratio:.2f} | "
-              f"{r['predicted_ms']:.1f} | {r['measured_ms']:.1f} |")  # fmt: skip
+    print(
+        f"\nmodel {res['model']}, {res['threads']} thread(s) per node, {res['tokens']} tokens, "
+        f"median of {res['repeat']} round(s), load {res['load_before'][0]:.1f} -> {res['load_after'][0]:.1f}"
+    )
+    if res["scaling"]:
+        print(
+            "\n| link | nodes | plan | tok/s | vs 1 node | predicted ms/token | measured ms/token (min-max) "
+            "| node compute ms | RPC overhead ms | gateway ms |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        base = {r["rate"]: r["tok_s"] for r in res["scaling"] if r["nodes"] == 1}
+        for r in res["scaling"]:
+            ratio = r["tok_s"] / base[r["rate"]] if r["rate"] in base else float("nan")
+            print(
+                f"| {r['rate']} | {r['nodes']} | {r['plan']} | {r['tok_s']:.1f} | {ratio:.2f} | "
+                f"{r['predicted_ms']:.1f} | {r['measured_ms']:.1f} ({r['measured_min_ms']:.1f}-"
+                f"{r['measured_max_ms']:.1f}) | {r['compute_ms']:.1f} | "
+                f"{r['rpc_ms'] - r['compute_ms']:.1f} | {r['measured_ms'] - r['rpc_ms']:.1f} |"
+            )
     if "partition" in res:
         p = res["partition"]
         limit = f", memory limit {p['memory_limit']} per node" if p.get("memory_limit") else ""
         print(f"\npartition sweep at {p['rate']} (two nodes{limit}):\n")
-        print("| partition | predicted ms/token | measured ms/token |")
+        print("| partition | predicted ms/token | measured ms/token (min-max) |")
         print("|---|---|---|")
-        for r in p["sweep"]:
-            print(f"| {r['plan']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} |")
+        for r in [*p["sweep"], p["planner"]]:
+            label = f"planner: {r['plan']}" if r is p["planner"] else r["plan"]
+            print(
+                f"| {label} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} "
+                f"({r['measured_min_ms']:.1f}-{r['measured_max_ms']:.1f}) |"
+            )
         chosen, best = p["planner"], p["best"]
         print(f"\nplanner chose {chosen['plan']}: {chosen['measured_ms']:.1f} ms measured; best measured")
         print(f"{best['plan']}: {best['measured_ms']:.1f} ms; ratio {p['ratio']:.3f}")

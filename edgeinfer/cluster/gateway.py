@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,13 +33,20 @@ class ClusterError(RuntimeError):
     pass
 
 
+TIMINGS_KEPT = 1024
+
+
 class RemoteStage:
     def __init__(self, client: NodeClient, shard_id: str, stage: Stage, wire_dtype: str):
         self.client, self.shard_id, self.stage, self.wire_dtype = client, shard_id, stage, wire_dtype
         self.name = client.name
+        # recent forwards: (positions, seconds of the whole RPC, seconds the node computed)
+        self.timings: deque[tuple[int, float, float]] = deque(maxlen=TIMINGS_KEPT)
 
     def forward(self, seq_id: str, x, start_pos: int, output: str):
-        out, _ = self.client.forward(self.shard_id, seq_id, x, start_pos, output, self.wire_dtype)
+        t0 = time.perf_counter()
+        out, reply = self.client.forward(self.shard_id, seq_id, x, start_pos, output, self.wire_dtype)
+        self.timings.append((int(x.shape[0]), time.perf_counter() - t0, reply.compute_seconds))
         return out
 
     def drop(self, seq_id: str) -> None:
@@ -52,9 +61,12 @@ class LocalStage:
 
     def __init__(self, host: ShardHost, shard_id: str, stage: Stage):
         self.host, self.shard_id, self.stage, self.name = host, shard_id, stage, LOCAL
+        self.timings: deque[tuple[int, float, float]] = deque(maxlen=TIMINGS_KEPT)
 
     def forward(self, seq_id: str, x, start_pos: int, output: str):
-        out, _, _ = self.host.forward(self.shard_id, seq_id, x, start_pos, output)
+        t0 = time.perf_counter()
+        out, seconds, _ = self.host.forward(self.shard_id, seq_id, x, start_pos, output)
+        self.timings.append((int(x.shape[0]), time.perf_counter() - t0, seconds))
         return out
 
     def drop(self, seq_id: str) -> None:
@@ -189,9 +201,14 @@ def plan_cluster(
         if cfg.stages:
             stages = [Stage(s.node, s.start, s.end) for s in cfg.stages]
             latency, bottleneck, rows = problem.evaluate(stages)
-            over = [r for r in rows if not r["fits"]]
+            over = [
+                f"{r['node']} (layers {r['start']}-{r['end'] - 1}) needs {r['memory'] / 2**20:.0f} MiB of "
+                f"{problem.nodes[[n.name for n in problem.nodes].index(r['node'])].memory / 2**20:.0f} MiB"
+                for r in rows
+                if not r["fits"]
+            ]
             if over:
-                raise ClusterError(f"fixed stages do not fit in memory: {over}")
+                raise ClusterError(f"fixed stages do not fit in memory: {'; '.join(over)}")
             chosen = Plan(stages, latency, bottleneck, cfg.objective, "fixed", breakdown=rows)
         else:
             chosen = plan(problem, objective or cfg.objective, strategy or cfg.strategy)
