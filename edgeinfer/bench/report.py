@@ -74,6 +74,9 @@ def plot_model(runs: list[dict[str, Any]], path: Path) -> Path:
                     capsize=3,
                     label=f"{run['label']} {model} {backend} {test}",
                 )
+        threads = sorted({r["threads"] for run in runs for r in run["results"]})
+        if threads:
+            ax.set_xticks(threads)  # whole thread counts, not 1.2, 1.4, ...
         ax.set_xlabel("threads")
         ax.set_ylabel("tokens / s")
         ax.set_title(f"{title} throughput vs threads")
@@ -145,6 +148,9 @@ def plot_serve(runs: list[dict[str, Any]], path: Path) -> Path:
                 ax.plot(
                     xs, [r[key][q] for r in res], ls, marker="o", color=f"C{i}", label=f"{run['label']} {q}"
                 )
+        levels = sorted({r["concurrency"] for run in runs for r in run["results"]})
+        if levels:
+            ax.set_xticks(levels)
         ax.set_xlabel("concurrent requests")
         ax.set_ylabel("ms")
         ax.set_title(f"{title} percentiles vs concurrency")
@@ -359,9 +365,12 @@ def build_report(
     lines = [f"# {title}", "", "Runs:", ""]
     for run in runs:
         h = run.get("host", {})
+        load = f"{h.get('loadavg_1m', float('nan')):.2f}"
+        if "loadavg_1m_end" in h:
+            load += f" → {h['loadavg_1m_end']:.2f}"
         lines.append(
             f"- `{run.get('path', run['label'])}` ({run['kind']}, {run.get('created', '?')}, "
-            f"{h.get('cpu', '?')}, load {h.get('loadavg_1m', float('nan')):.2f})"
+            f"{h.get('cpu', '?')}, {h.get('logical_cpus', '?')} CPUs, load {load})"
         )
     lines.append("")
     for kind, (md, plot, png) in _SECTIONS.items():

@@ -1,0 +1,88 @@
+"""The bench commands end to end through the CLI: each writes its run file, `bench report` reads them all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgeinfer.bench.cli import app
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _invoke(args: list[str]) -> str:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (args, result.output, result.exception)
+    return result.output
+
+
+def _png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000, path
+
+
+def test_report_rejects_a_file_that_is_not_a_run(tmp_path: Path) -> None:
+    bogus = tmp_path / "x.json"
+    bogus.write_text(json.dumps({"hello": 1}))
+    result = CliRunner().invoke(app, ["report", str(bogus), "--out-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "not an edgeinfer bench run" in " ".join(result.output.split())
+    assert not (tmp_path / "r" / "report.md").exists()
+
+
+def test_fit_run_reports_a_7b_int4_model_on_the_pi5(tmp_path: Path) -> None:
+    out = tmp_path / "fit.json"
+    _invoke(
+        ["fit", "-m", "7B", "-q", "int4", "-d", "rpi5-4gb", "-d", "rpi5-8gb", "--no-measure", "-o", str(out)]
+    )
+    run = json.loads(out.read_text())
+    fits = {r["device"]: r["fits"] for r in run["results"]}
+    assert fits == {"rpi5-4gb": False, "rpi5-8gb": True}  # ~4.5 GB of weights + KV cache + overhead
+    assert run["host"]["loadavg_1m_end"] >= 0
+    _invoke(["report", str(out), "--out-dir", str(tmp_path / "r")])
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "## Fit" in text and "rpi5-8gb" in text and "| yes |" in text and "| no |" in text
+
+
+@pytest.mark.slow
+def test_every_bench_command_feeds_the_report(tmp_path: Path, slow_server) -> None:
+    model = tmp_path / "model.json"
+    _invoke(
+        ["model", "-m", "gemma-3-270m", "-t", "1", "--pp", "16", "--tg", "4", "-r", "1", "-o", str(model)]
+    )
+    roof = tmp_path / "roofline.json"
+    _invoke(["roofline", "-m", "gemma-3-270m", "-t", "1", "--model-run", str(model), "--array-mib", "16",
+             "-o", str(roof)])  # fmt: skip
+    srv = slow_server(ttft=0.05, token=0.01)
+    serve = tmp_path / "serve.json"
+    _invoke(["serve", "--url", srv.url, "-c", "1", "-c", "2", "--num-requests", "2", "--max-tokens", "4",
+             "--no-warmup", "--label", "slow server", "-o", str(serve)])  # fmt: skip
+    acc = tmp_path / "accuracy.json"
+    _invoke(["accuracy", "-m", "gemma-3-270m", "-t", "1", "--template", "few-shot", "--limit", "2",
+             "--max-tokens", "8", "-o", str(acc)])  # fmt: skip
+    fit = tmp_path / "fit.json"
+    _invoke(["fit", "-m", "270M", "-q", "q8_0", "--no-measure", "-o", str(fit)])
+
+    # the roofline took its achieved decode rate from the model run, not from a measurement of its own
+    tg = next(r for r in json.loads(model.read_text())["results"] if r["kind"] == "tg")
+    (roof_row,) = json.loads(roof.read_text())["results"]
+    assert roof_row["decode"]["achieved_tps"] == tg["tps_mean"]
+    d = roof_row["decode"]
+    assert d["achieved_over_bound"] == pytest.approx(d["achieved_tps"] / d["bound_tps"])
+    assert d["bound_by"] == ("memory" if d["memory_bound_tps"] <= d["compute_bound_tps"] else "compute")
+
+    out_dir = tmp_path / "report"
+    _invoke(["report", str(model), str(roof), str(serve), str(acc), str(fit), "--out-dir", str(out_dir)])
+    text = (out_dir / "report.md").read_text()
+    for heading in ("## Model throughput", "## Roofline", "## Fit", "slow server"):
+        assert heading in text, heading
+    for png in (
+        "bench_model_threads.png",
+        "bench_serve_latency.png",
+        "bench_roofline.png",
+        "bench_accuracy.png",
+    ):
+        _png(out_dir / png)
+        assert f"]({png})" in text
