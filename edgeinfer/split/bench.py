@@ -9,6 +9,9 @@ bytes on the wire at every cut with and without compression.
 
 from __future__ import annotations
 
+import os
+import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -70,17 +73,12 @@ def start_edge(tb, i: int, model: str, port: int, delay_ms: float, log: Path) ->
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
-    import torch
-
     from edgeinfer.models.dnn import zoo
     from edgeinfer.models.dnn.data import digits
     from edgeinfer.planner.dnn_profile import load_device, profile_model
-    from edgeinfer.planner.split import all_paths, evaluate
     from edgeinfer.split.compress import wire_key
-    from edgeinfer.split.device import ClientConfig, DeviceClient
-    from edgeinfer.split.exits import CRITERIA, calibrate_on_val
-    from edgeinfer.split.linkshape import shape
-    from edgeinfer.testbed.netns import Testbed, available
+    from edgeinfer.split.device import DeviceClient
+    from edgeinfer.testbed.netns import available
 
     reason = available()
     if reason:
@@ -97,12 +95,41 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     result: dict = {"config": asdict(cfg), "device": dev.device.to_dict(), "n_layers": n, "rates": []}
     result["uptime_load"] = Path("/proc/loadavg").read_text().split()[:3]
 
-    def measure(client: DeviceClient, k: int) -> list:  # one client at a time (no network involved)
-        for i in range(cfg.warm):
-            client.infer(test.x[i : i + 1])
-        return [client.infer(test.x[i : i + 1]) for i in range(cfg.warm, cfg.warm + k)]
+    rng = random.Random(0)
 
-    with Testbed(1, rate=None, name="splbench") as tb:
+    def interleaved(clients: list[DeviceClient], k: int) -> list[list]:
+        """``k`` requests per client after ``cfg.warm``, round-robin in a random order every round."""
+        got: list[list] = [[] for _ in clients]
+        for i in range(cfg.warm + k):
+            x = test.x[i % len(test) : i % len(test) + 1]
+            order = list(range(len(clients)))
+            rng.shuffle(order)
+            for j in order:
+                r = clients[j].infer(x)
+                if i >= cfg.warm:
+                    got[j].append(r)
+        return got
+
+    def _terminated(signum, frame):  # `timeout` / kill: unwind so the test-bed is torn down
+        raise RuntimeError(f"terminated by signal {signum}")
+
+    old_term = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _run(cfg, log, m, dev, edge, test, n, final, wire, result, interleaved)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _run(cfg, log, m, dev, edge, test, n, final, wire, result, interleaved) -> dict:
+    import torch
+
+    from edgeinfer.planner.split import all_paths, evaluate
+    from edgeinfer.split.device import ClientConfig, DeviceClient
+    from edgeinfer.split.exits import CRITERIA, calibrate_on_val
+    from edgeinfer.split.linkshape import shape
+    from edgeinfer.testbed.netns import Testbed
+
+    with Testbed(1, rate=None, name=f"spb{os.getpid() % 100000}") as tb:
         url = start_edge(
             tb, 0, cfg.model, cfg.port, cfg.delay_ms, Path("/tmp/edgeinfer-split-bench-edge.log")
         )
@@ -113,16 +140,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                       for s in range(n + 1)]  # fmt: skip
             adaptive = DeviceClient(m, dev, edge, url, ClientConfig(cfg.dtype, cfg.codec, exits=[final]))
             clients = [*forced, adaptive]
-            got: list[list] = [[] for _ in clients]
             try:
                 adaptive.probe()
-                # round-robin, so that every split sees the same load on the shared CPUs
-                for k in range(cfg.warm + cfg.requests):
-                    x = test.x[k % len(test) : k % len(test) + 1]
-                    for j, c in enumerate(clients):
-                        r = c.infer(x)
-                        if k >= cfg.warm:
-                            got[j].append(r)
+                got = interleaved(clients, cfg.requests)
                 link = adaptive.link()
                 replans = adaptive.replans
                 probe_ms = adaptive.probe_ms  # link probing, outside the per-request latencies
@@ -174,14 +194,24 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
     # accuracy vs latency of every exit (device-only, measured) and of the early-exit cascades
     log("accuracy vs latency of the exits")
-    exits = []
-    for e in m.exits:
-        ne = len(m.path(e.name))
-        with DeviceClient(m, dev, edge, "http://127.0.0.1:9", ClientConfig(force=(e.name, ne))) as c:
-            rs = measure(c, cfg.requests)
-        exits.append(
-            {"exit": e.name, "test_accuracy": e.accuracy, "device_ms": _median([r.latency_ms for r in rs])}
-        )
+    local = [
+        DeviceClient(m, dev, edge, "http://127.0.0.1:9", ClientConfig(force=(e.name, len(m.path(e.name)))))
+        for e in m.exits
+    ]
+    try:
+        got_exits = interleaved(local, 2 * cfg.requests)
+    finally:
+        for c in local:
+            c.close()
+    exits = [
+        {
+            "exit": e.name,
+            "test_accuracy": e.accuracy,
+            "device_ms": _median([r.latency_ms for r in rs]),
+            "profiled_ms": sum(dev.path_ms(e.name)),
+        }
+        for e, rs in zip(m.exits, got_exits, strict=True)
+    ]
     cascades = []
     for crit in CRITERIA:
         th = calibrate_on_val(m, crit)
