@@ -93,7 +93,16 @@ def plan(
         _fail(str(exc))
     profile.close()
     nodes = Table(title="nodes (measured)")
-    for col in ("node", "address", "layer ms", "head ms", "memory MiB", "rtt ms", "bandwidth Mbit/s"):
+    for col in (
+        "node",
+        "address",
+        "layer ms",
+        "head ms",
+        "memory MiB",
+        "rtt ms",
+        "call ms",
+        "bandwidth Mbit/s",
+    ):
         nodes.add_column(col, overflow="fold")  # never cut an address short on a narrow terminal
     for p in profile.nodes:
         bw = "local" if p.local else f"{p.bandwidth * 8 / 1e6:.0f}"
@@ -104,6 +113,7 @@ def plan(
             f"{p.caps['head_seconds'] * 1e3:.2f}",
             f"{p.memory / 2**20:.0f}",
             f"{p.rtt * 1e3:.2f}",
+            f"{p.call * 1e3:.2f}" if p.call else "-",
             bw,
         )
     out.print(nodes)

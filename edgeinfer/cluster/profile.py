@@ -1,12 +1,15 @@
 """Measure a cluster for the planner: per-node layer time and memory (the node's capabilities call), per-link
-RTT and bandwidth (ping probes), then build the planner's ``Problem``."""
+RTT and bandwidth (ping probes) and the latency a real ``Forward`` call adds to the node's compute, then
+build the planner's ``Problem``."""
 
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from dataclasses import dataclass, field
 
-from edgeinfer.cluster.client import NodeClient
+from edgeinfer.cluster.client import NodeClient, NodeError
 from edgeinfer.cluster.config import ClusterConfig, discover
 from edgeinfer.cluster.host import ShardHost
 from edgeinfer.planner.pipeline import GATEWAY, Link, ModelCost, NodeCost, Problem
@@ -24,6 +27,7 @@ class NodeProfile:
     bandwidth: float = float("inf")
     memory: float = float("inf")  # what the planner may use: free RAM capped by limits
     local: bool = False
+    call: float = 0.0  # seconds a Forward RPC adds to the node's compute (gRPC, codec, link); 0 = unknown
 
 
 @dataclass
@@ -43,6 +47,38 @@ def _caps_dict(msg) -> dict:
     return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
+def probe_forward(
+    client: NodeClient, model: str, caps: dict, threads: int = 0, wire_dtype: str = "f16", steps: int = 8
+) -> float:
+    """Median seconds one decode-step ``Forward`` RPC takes beyond the node's own compute time: gRPC on both
+    sides, the wire codec, the node's bookkeeping and the link's latency — what a pipeline hop really costs,
+    which an empty ``Ping`` underestimates. Loads one middle layer for the probe and unloads it; 0.0 when the
+    model is too shallow for a middle layer or the node cannot load one (the planner then uses the ping RTT).
+    """
+    import torch
+
+    n, hidden = int(caps["n_layers"]), int(caps["hidden_size"])
+    if n < 3:
+        return 0.0
+    layer = n // 2
+    try:
+        shard = client.load(model, layer, layer + 1, threads, steps + 2).shard_id
+    except NodeError as exc:
+        log.info("forward probe on %s skipped: %s", client.name, exc)
+        return 0.0
+    try:
+        extra = []
+        x = torch.zeros(1, hidden)
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            _, reply = client.forward(shard, "probe", x, i, "logits", wire_dtype)
+            if i:  # the first call warms up
+                extra.append(time.perf_counter() - t0 - reply.compute_seconds)
+    finally:
+        client.unload(shard)
+    return max(0.0, statistics.median(extra))
+
+
 def profile_cluster(cfg: ClusterConfig, progress=None) -> ClusterProfile:
     """Connect to every node, measure it and its link. ``progress(message)`` is called between steps."""
     say = progress or (lambda m: log.info(m))
@@ -59,10 +95,11 @@ def profile_cluster(cfg: ClusterConfig, progress=None) -> ClusterProfile:
                 caps[k] = int(caps.get(k, 0))
             say(f"profiling {spec.name}: link ...")
             rtt, bw = client.probe_link()
+            call = probe_forward(client, cfg.model, caps, cfg.threads, cfg.wire_dtype)
             memory = float(caps["free_ram"])
             if spec.memory_limit is not None:
                 memory = min(memory, spec.memory_limit)
-            out.nodes.append(NodeProfile(spec.name, spec.address, caps, rtt, bw, memory))
+            out.nodes.append(NodeProfile(spec.name, spec.address, caps, rtt, bw, memory, call=call))
         if cfg.local or any(s.node == LOCAL for s in cfg.stages):
             say("profiling the local device ...")
             host = ShardHost(LOCAL, threads=cfg.local_threads, memory_limit=cfg.local_memory_limit)
@@ -108,5 +145,6 @@ def build_problem(profile: ClusterProfile, wire_bytes: int = 2, output_bytes: fl
         )
         for p in profile.nodes
     ]
-    links = {(GATEWAY, p.name): Link(p.rtt, p.bandwidth) for p in profile.nodes if not p.local}
+    # a hop's fixed latency: what a real Forward call adds to the compute (it includes the RTT), else the RTT
+    links = {(GATEWAY, p.name): Link(max(p.rtt, p.call), p.bandwidth) for p in profile.nodes if not p.local}
     return Problem(nodes, model, links, topology="star")
