@@ -119,3 +119,40 @@ def test_duplicate_name_refused():
             Testbed(1, rate=None, name=tb.name).up()
         assert list_namespaces(tb.name) == [tb.hosts[0].ns]  # the failed twin did not remove the first
     assert list_namespaces(tb.name) == []
+
+
+# builds a test-bed with a process inside, prints its name, then waits to be killed or exits without down()
+OWNER = """
+import sys, time
+from edgeinfer.testbed.netns import Testbed
+tb = Testbed(2, rate="10mbit").up()
+tb.popen(0, [sys.executable, "-c", "import time; time.sleep(600)"])
+print(tb.name, flush=True)
+if sys.argv[1] == "exit":
+    sys.exit(0)
+time.sleep(600)
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(REASON is not None, reason=f"test-bed: {REASON}")
+@pytest.mark.parametrize("how", ["sigterm", "exit"])
+def test_owner_sigterm_or_exit_removes_the_testbed(how):
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", OWNER, how], stdout=subprocess.PIPE, text=True)
+    name = proc.stdout.readline().strip()
+    try:
+        assert name and len(list_namespaces(name)) == 2
+        if how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == (128 + signal.SIGTERM if how == "sigterm" else 0)
+        left = list_namespaces(name), (netns.state_dir() / f"{name}.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if name:
+            netns.teardown(name)  # nothing stays behind, even when the check below fails
+    assert left == ([], False)
