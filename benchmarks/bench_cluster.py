@@ -7,6 +7,8 @@
    with --sweep-memory-limit each node may hold only that much, so the planner has to split the model.
 3. predicted vs. measured per-token latency for every configuration, and where the time goes: per decode
    step, the node's compute, the rest of each stage's RPC (gRPC, wire codec, link) and the gateway's own work.
+4. the same 1, 2, 3 shards chained in this one process (``ShardBackend``, no RPC, no other processes):
+   what the compute of an N-stage split costs without the test-bed (--no-in-process to skip).
 
 Every configuration is measured --repeat times in interleaved rounds (load drifts hit all alike); the tables
 show medians.
@@ -33,6 +35,7 @@ from edgeinfer.cluster.gateway import ClusterError, load_cluster
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.generate import complete
 from edgeinfer.engine.shard import layer_count
+from edgeinfer.engine.shard_backend import ShardBackend
 from edgeinfer.models.registry import resolve
 from edgeinfer.testbed.cluster import start_nodes
 from edgeinfer.testbed.netns import Testbed
@@ -76,6 +79,17 @@ def measure(cfg_path: Path, tokens: int) -> dict:
             "load1": os.getloadavg()[0],
             "seconds": time.monotonic() - t0,
         }
+    finally:
+        backend.close()
+
+
+def measure_in_process(path: Path, n_stages: int, n_layers: int, tokens: int, threads: int) -> dict:
+    cuts = [b for _, _, b in equal_stages([str(i) for i in range(n_stages)], n_layers)][:-1]
+    backend = ShardBackend(path, splits=cuts, threads=threads)
+    try:
+        complete(backend, backend.tokenize("Hello"), SamplingParams(temperature=0.0, max_tokens=4))  # warm-up
+        r = complete(backend, backend.tokenize(PROMPT), SamplingParams(temperature=0.0, max_tokens=tokens))
+        return {"nodes": n_stages, "measured_ms": med(r.token_times) * 1e3, "load1": os.getloadavg()[0]}
     finally:
         backend.close()
 
@@ -131,6 +145,12 @@ def main() -> None:
         default=None,
         help="per-node memory limit of the partition sweep, e.g. 300MB (layouts that do not fit are skipped)",
     )
+    ap.add_argument(
+        "--in-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the same shard chains inside this process (no RPC)",
+    )
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     _, path = resolve(args.model)
@@ -150,6 +170,7 @@ def main() -> None:
     scaling: dict[tuple[str, int], list[dict]] = {}
     sweep: dict[str, list[dict]] = {}
     auto: list[dict] = []
+    in_process: dict[int, list[dict]] = {}
     limit = args.sweep_memory_limit
     with Testbed(n_hosts, rate="1gbit") as tb:
         specs = start_nodes(tb, threads=args.threads, log_dir=work)
@@ -160,6 +181,10 @@ def main() -> None:
             [("n0", 0, c), ("n1", c, n_layers)] for c in range(args.sweep_step, n_layers, args.sweep_step)
         ]
         for rnd in range(args.repeat):
+            for n in counts if args.in_process else []:
+                r = measure_in_process(path, n, n_layers, args.tokens, args.threads) | {"round": rnd}
+                in_process.setdefault(n, []).append(r)
+                print(json.dumps(r), file=sys.stderr)
             for rate in rates:
                 for i in range(len(specs)):
                     tb.set_rate(i, rate)
@@ -187,6 +212,16 @@ def main() -> None:
                 print(json.dumps(r), file=sys.stderr)
     for (rate, n), runs in scaling.items():
         results["scaling"].append(summarize(runs) | {"rate": rate, "nodes": n})
+    results["in_process"] = [
+        {
+            "nodes": n,
+            "measured_ms": med(r["measured_ms"] for r in runs),
+            "measured_min_ms": min(r["measured_ms"] for r in runs),
+            "measured_max_ms": max(r["measured_ms"] for r in runs),
+            "runs": runs,
+        }
+        for n, runs in in_process.items()
+    ]
     if auto:
         rows = [summarize(runs) for runs in sweep.values()]
         chosen = summarize(auto)
@@ -224,6 +259,14 @@ def print_tables(res: dict) -> None:
                 f"{r['predicted_ms']:.1f} | {r['measured_ms']:.1f} ({r['measured_min_ms']:.1f}-"
                 f"{r['measured_max_ms']:.1f}) | {r['compute_ms']:.1f} | "
                 f"{r['rpc_ms'] - r['compute_ms']:.1f} | {r['measured_ms'] - r['rpc_ms']:.1f} |"
+            )
+    if res.get("in_process"):
+        print("\n| stages in one process (no RPC) | ms/token (min-max) |")
+        print("|---|---|")
+        for r in res["in_process"]:
+            print(
+                f"| {r['nodes']} | {r['measured_ms']:.1f} "
+                f"({r['measured_min_ms']:.1f}-{r['measured_max_ms']:.1f}) |"
             )
     if "partition" in res:
         p = res["partition"]
