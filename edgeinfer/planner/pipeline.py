@@ -239,28 +239,32 @@ class Problem:
         return latency, bottleneck, rows
 
 
-def _allowed(problem: Problem, strategy: str) -> tuple[list[int], int, bool]:
-    """(usable node indices, most stages, must the first stage be local)."""
+def _allowed(problem: Problem, strategy: str) -> tuple[list[int], int, bool, int]:
+    """(usable node indices, most stages, must the first stage be local, fewest stages)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     everyone = list(range(len(problem.nodes)))
     remote = [j for j in everyone if not problem.nodes[j].local]
     if strategy == "single":
-        return everyone, 1, False
-    if strategy == "pipeline":
-        return remote, len(remote), False
+        return everyone, 1, False, 1
+    if strategy == "pipeline":  # edge<->edge: the layers split over at least two edge nodes
+        if len(remote) < 2:
+            raise ValueError(
+                f"strategy pipeline needs at least two edge nodes, the cluster has {len(remote)}"
+            )
+        return remote, len(remote), False, 2
     if strategy == "device-edge":
         if len(remote) == len(everyone):
             raise ValueError("strategy device-edge needs a local node (the requesting device)")
-        return everyone, len(everyone), True
-    return everyone, len(everyone), False
+        return everyone, len(everyone), True, 2
+    return everyone, len(everyone), False, 1
 
 
 def plan(problem: Problem, objective: str = "latency", strategy: str = "auto") -> Plan:
     """The exact optimum over ordered node subsets and contiguous layer ranges (see module docstring)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    allowed, max_stages, local_first = _allowed(problem, strategy)
+    allowed, max_stages, local_first, min_stages = _allowed(problem, strategy)
     L = problem.model.n_layers
     combine = (lambda a, b: a + b) if objective == "latency" else max
     # best[(k, mask, last)] = (cost, parent key, stage)
@@ -297,7 +301,7 @@ def plan(problem: Problem, objective: str = "latency", strategy: str = "auto") -
             if nkey not in best or val[0] < best[nkey][0]:
                 best[nkey] = val
         frontier = nxt
-    finals = {key: val for key, val in best.items() if key[0] == L}
+    finals = {key: val for key, val in best.items() if key[0] == L and bin(key[1]).count("1") >= min_stages}
     if not finals:
         raise InfeasiblePlan(_infeasible_reason(problem, allowed, strategy))
     key = min(finals, key=lambda kk: (finals[kk][0], bin(kk[1]).count("1")))
@@ -350,7 +354,7 @@ def _why_excluded(problem: Problem, finals: dict, stages: list[Stage], allowed: 
         delta = min(with_j) - best_cost
         what = "per-token latency" if objective == "latency" else "bottleneck stage time"
         try:
-            rtt = f"; link rtt {problem.link(GATEWAY, node.name).rtt * 1e3:.2f} ms"
+            rtt = f"; hop latency {problem.link(GATEWAY, node.name).rtt * 1e3:.2f} ms"
         except ValueError:
             rtt = ""
         reasons[node.name] = f"using it would add {delta * 1e3:.2f} ms to the {what}{rtt}"
@@ -414,10 +418,10 @@ def _compositions(n: int, k: int):
 
 def brute_force(problem: Problem, objective: str = "latency", strategy: str = "auto") -> Plan:
     """Enumerate every ordered node subset and every contiguous split (test oracle; tiny instances only)."""
-    allowed, max_stages, local_first = _allowed(problem, strategy)
+    allowed, max_stages, local_first, min_stages = _allowed(problem, strategy)
     L = problem.model.n_layers
     best: tuple[float, list[Stage]] | None = None
-    for k in range(1, min(max_stages, L) + 1):
+    for k in range(min_stages, min(max_stages, L) + 1):
         for order in itertools.permutations(allowed, k):
             if local_first and (not problem.nodes[order[0]].local or k < 2):
                 continue

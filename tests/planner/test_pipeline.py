@@ -88,8 +88,8 @@ def test_dp_equals_brute_force(topology, objective, strategy):
             assert len(got.stages) == 1
         if strategy == "device-edge":
             assert problem.nodes[0].local and got.stages[0].node == "n0" and len(got.stages) >= 2
-        if strategy == "pipeline":
-            assert not any(r["local"] for r in rows)
+        if strategy == "pipeline":  # edge<->edge: at least two edge nodes
+            assert not any(r["local"] for r in rows) and len(got.stages) >= 2
         checked += 1
     assert checked >= 20
 
@@ -143,6 +143,19 @@ def test_single_vs_pipeline_tradeoff_follows_the_link():
     slow = Problem(nodes, model, {(GATEWAY, "a"): Link(1e-3, 1e8), (GATEWAY, "b"): Link(1e-3, 1e8)})
     assert [s.node for s in plan(slow).stages] == ["b"]
     assert plan(slow, objective="throughput").throughput >= plan(slow).throughput - 1e-9
+
+
+def test_pipeline_strategy_splits_even_when_one_node_is_faster():
+    model = ModelCost(n_layers=8, layer_bytes=MB, activation_bytes=4096)
+    nodes = [NodeCost("a", 1e-3), NodeCost("b", 1e-3)]
+    problem = Problem(nodes, model, {(GATEWAY, "a"): Link(1e-3, 1e8), (GATEWAY, "b"): Link(1e-3, 1e8)})
+    assert len(plan(problem).stages) == 1  # auto: a second hop only costs
+    forced = plan(problem, strategy="pipeline")
+    assert sorted(s.node for s in forced.stages) == ["a", "b"]
+    assert forced.latency > plan(problem).latency
+    lonely = Problem(nodes[:1], model, {(GATEWAY, "a"): Link(1e-3, 1e8)})
+    with pytest.raises(ValueError, match="at least two edge nodes"):
+        plan(lonely, strategy="pipeline")
 
 
 def test_bad_input():
