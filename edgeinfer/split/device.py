@@ -56,11 +56,15 @@ class Result:
 
 
 class ScaleTracker:
-    """Median ratio of measured to profiled compute time over the last few runs (1.0 until measured)."""
+    """Median ratio of measured to profiled compute time over the last few runs (1.0 until measured).
 
-    def __init__(self, window: int = 7, min_ms: float = 0.3):
+    Until ``min_samples`` ratios are in, the missing ones count as 1.0 (the profile), so one slow moment on
+    the shared CPUs cannot move the plan on its own."""
+
+    def __init__(self, window: int = 7, min_ms: float = 0.3, min_samples: int = 3):
         self.ratios: deque[float] = deque(maxlen=window)
         self.min_ms = min_ms
+        self.min_samples = min_samples
 
     def observe(self, measured_ms: float, profiled_ms: float) -> None:
         if profiled_ms >= self.min_ms and measured_ms > 0:
@@ -68,7 +72,8 @@ class ScaleTracker:
 
     @property
     def value(self) -> float:
-        return statistics.median(self.ratios) if self.ratios else 1.0
+        pad = [1.0] * max(0, self.min_samples - len(self.ratios))
+        return statistics.median([*self.ratios, *pad]) if self.ratios else 1.0
 
 
 @dataclass
@@ -186,6 +191,7 @@ class DeviceClient:
         stale = self.suspect or self.monitor.estimate() is None or self.monitor.due(self.cfg.probe_every_s)
         if measured and self._edge_up() and stale:
             self.probe()
+            self._forget_unmeasured()
         chosen = self.current_plan()
         slow = self.device.device.slowdown
         t0 = time.perf_counter()
@@ -237,11 +243,35 @@ class DeviceClient:
             self.scale["edge"].observe(data["edge_ms"], self._base_ms(chosen, "edge"))
         net = max(wall - data["edge_ms"] / 1000, 1e-6)
         if self.cfg.link is None:
-            self.monitor.observe(len(payload) + len(r.content), net)
+            self._observe_transfer(len(payload) + len(r.content), net)
         logits = torch.tensor([data["logits"]])
         where = "edge" if chosen.split == 0 else "split"
         kw = {"transfer_ms": 1000 * net, "edge_ms": data["edge_ms"], "sent_bytes": len(payload)}
         return self._done(t0, logits, data["exit"], where, device_s, early=data["early"], **kw, **base)
+
+    def _observe_transfer(self, nbytes: int, net_s: float) -> None:
+        """A real upload is a bandwidth sample only if moving its bytes should take at least an RTT at the
+        current estimate; smaller ones are mostly RTT + HTTP + scheduling jitter (which would drag the
+        estimate down on a fast link). One far slower than expected restarts the bandwidth estimate from
+        itself (so the next probe is sized for the slow link, not the old fast one) and asks for a probe."""
+        est = self.monitor.estimate()
+        if est is None or 8.0 * nbytes / est.bandwidth_bps >= est.rtt_s:
+            self.monitor.observe(nbytes, net_s)
+        elif net_s > 4 * est.transfer_s(nbytes) + 0.005:
+            self.monitor.bws.clear()
+            self.monitor.observe(nbytes, net_s)
+            self.monitor.last_probe = 0.0  # probe before the next request
+
+    def _forget_unmeasured(self) -> None:
+        """A side that the current plan does not use is never measured again: drop its compute-scale
+        samples at every probe, so a slow moment (shared CPUs) cannot lock the plan out of that side for
+        good. The next plan uses the profile for it; one request there measures it again."""
+        if self.plan is None:
+            return
+        if self.plan.split == self.plan.n:  # device-only: the edge's compute is not seen
+            self.scale["edge"].ratios.clear()
+        if self.plan.split == 0:  # edge-only: the device's head is empty
+            self.scale["device"].ratios.clear()
 
     def _base_ms(self, o: Option, side: str) -> float:
         """Profiled (unscaled) compute time of ``o``'s device or edge part."""

@@ -61,16 +61,19 @@ class LinkMonitor:
             return None
         return Link(self.bandwidth_bps, self.rtt_s)
 
-    def probe_size(self) -> int:
-        """About ``probe_seconds`` of traffic at the current bandwidth estimate."""
-        bw = self.bandwidth_bps or 8.0 * self.min_probe / self.probe_seconds
+    def probe_size(self, bandwidth_bps: float | None = None) -> int:
+        """About ``probe_seconds`` of traffic at ``bandwidth_bps`` (default: the current estimate)."""
+        bw = bandwidth_bps or self.bandwidth_bps or 8.0 * self.min_probe / self.probe_seconds
         return int(min(self.max_probe, max(self.min_probe, bw * self.probe_seconds / 8)))
 
     def probe(self, send: Callable[[int], float], rounds: int = 2) -> Link | None:
         """Measure with ``rounds`` small and large transfers; ``send(n)`` moves n bytes, returns seconds.
 
-        When every sample of a probe disagrees with the estimate by more than 2x in the same direction,
-        the link has changed: older samples are dropped so the estimate jumps at once.
+        The first large transfer is ``min_probe`` bytes (safe however much slower the link became since the
+        last estimate: sizing it from a stale fast estimate could take seconds); each next one is sized
+        from the previous one's result. When every sample of a probe disagrees with the estimate by more
+        than 2x in the same direction, the link has changed: older samples are dropped so the estimate jumps
+        at once.
         """
         rtts = [send(1) for _ in range(rounds)]
         _restart(self.rtts, rtts)
@@ -78,12 +81,13 @@ class LinkMonitor:
             self.observe(1, t)
         old_bw = self.bandwidth_bps
         sizes, bws = [], []
+        n = self.min_probe
         for _ in range(rounds):
-            n = self.probe_size()
             t = send(n)
             sizes.append((n, t))
             net = t - (self.rtt_s or 0.0)
             bws.append(8.0 * n / net if net > 0 else float("inf"))
+            n = self.max_probe if bws[-1] == float("inf") else self.probe_size(bws[-1])
         if old_bw is not None:
             _restart(self.bws, bws, old_bw)
         for n, t in sizes:

@@ -84,7 +84,7 @@ def test_split_follows_the_link_and_survives_a_cut(tmp_path, testbed):
             shape(tb, 0, rate)
             phases[name] = run(25, min_s=8 * probe_every_s)
         tb.cut(0)
-        phases["cut"] = run(6)
+        phases["cut"] = run(6, min_s=4 * probe_every_s)  # a device-only plan learns of the cut at a probe
         replans = client.replans
     results = [r for rs in phases.values() for r in rs]
     assert len(results) >= 81 and all(0 <= r.pred <= 9 for r in results)  # every input got an answer
@@ -94,4 +94,6 @@ def test_split_follows_the_link_and_survives_a_cut(tmp_path, testbed):
     assert replans >= 2
     assert not any(r.fallback for k in ("fast", "slow", "fast again") for r in phases[k])
     cut = phases["cut"]
-    assert all(r.where == "device" and r.fallback and "unreachable" in r.reason for r in cut)
+    assert all(r.where == "device" for r in cut)  # answered on the device
+    first = next(i for i, r in enumerate(cut) if r.fallback)  # StopIteration: the cut was never noticed
+    assert all(r.fallback and "unreachable" in r.reason for r in cut[first:])
