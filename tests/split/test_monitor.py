@@ -49,3 +49,30 @@ def test_a_probe_that_disagrees_with_the_window_restarts_it():
         mon.probe(_send_over(Link(1e6, 0.002)))
     mon.probe(_send_over(Link(1e9, 0.002)), rounds=2)  # one probe on a 1000x faster link
     assert mon.bandwidth_bps > 1e8
+
+
+def test_probe_starts_small_on_a_link_that_became_slow():
+    mon = LinkMonitor()
+    mon.probe(_send_over(Link(1e9, 0.001)))
+    assert mon.probe_size() == mon.max_probe  # a fast link: big probes
+    sent = []
+
+    def slow(n: int) -> float:
+        sent.append(n)
+        return Link(1e6, 0.001).transfer_s(n)
+
+    mon.probe(slow)
+    assert max(sent) <= mon.min_probe  # not 2 MB at 1 Mbit/s (16 s)
+    assert mon.bandwidth_bps == pytest.approx(1e6, rel=0.05)
+
+
+def test_compute_scale_needs_more_than_one_sample():
+    from edgeinfer.split.device import ScaleTracker
+
+    sc = ScaleTracker()
+    sc.observe(10.0, 1.0)
+    assert sc.value == 1.0  # one slow moment on the shared CPUs does not move the plan
+    sc.observe(10.0, 1.0)
+    assert sc.value == 10.0
+    sc.observe(1.0, 0.1)  # below min_ms: not a sample
+    assert len(sc.ratios) == 2
