@@ -33,6 +33,11 @@ def create_app(models: dict[str, BranchyModel], threads: int = 2, delay_ms: floa
     app = FastAPI(title="edgeinfer split edge")
     lock = threading.Lock()
     torch.set_num_threads(threads)
+    with torch.no_grad():  # warm up: the first pass is slow (lazy init) and would blow a tight deadline
+        for m in models.values():
+            x = torch.zeros(1, *m.backbone.in_shape)
+            for e in m.exits:
+                m.path(e.name).run(x)
 
     def tail(model: BranchyModel, exit_name: str, cut: int, x: torch.Tensor, th: Thresholds | None) -> dict:
         with lock:
