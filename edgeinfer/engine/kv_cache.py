@@ -3,7 +3,7 @@
 Storage grows by doubling (no context-length-sized allocation up front). A forward pass of T new tokens
 calls ``update`` once per layer (which writes positions [length, length+T) and returns the keys/values of
 positions [0, length+T)), then ``advance(T)``. ``truncate`` rolls the sequence back, e.g. after a rejected
-speculative draft or for a retried request.
+speculative draft or for a retried request. Entries are fp16, as in llama.cpp's default cache.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 
 class KVCache:
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, dtype=torch.float32):
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, dtype=torch.float16):
         self.n_layers = n_layers
         self.n_kv_heads = n_kv_heads
         self.head_dim = head_dim

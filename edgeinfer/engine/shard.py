@@ -19,7 +19,7 @@ from edgeinfer.engine.base import ModelInfo
 from edgeinfer.engine.kv_cache import KVCache
 from edgeinfer.engine.threads import default_threads
 from edgeinfer.models import gemma3, llama
-from edgeinfer.models.common import WEIGHT_FORMATS, Linear, rms_norm, rope_tables
+from edgeinfer.models.common import WEIGHT_FORMATS, linear, rms_norm, rope_tables
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
 
 ARCH_MODULES: dict[str, ModuleType] = {a: m for m in (llama, gemma3) for a in m.ARCHS}
@@ -96,7 +96,7 @@ class Shard:
             if self.outputs_logits:
                 self.output_norm = torch.from_numpy(f.load("output_norm.weight"))
                 head_name = "output.weight" if f.has("output.weight") else "token_embd.weight"  # tied
-                self.head = Linear(f.load(head_name), None, fmt)
+                self.head = linear(f, head_name, fmt)
         self._rope_keys = sorted({b.rope_key for b in self.blocks})
         self.weight_bytes = sum(b.nbytes for b in self.blocks)
         if self.head is not None:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeinfer.models.gguf_file import GGUFFile
+
 WEIGHT_FORMATS = ("int8", "bf16", "f32")
 
 
@@ -74,9 +76,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool
     return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
 
 
-# ---- weights ---------------------------------------------------------------------------------------------
+# ---- weights ----------------------------------------------------------------------------------------------
 class Linear:
-    """y = x W^T (+ b) with W held as per-row symmetric int8, bf16 or float32. Input/output are float32."""
+    """y = x W^T (+ b) with W held as per-row symmetric int8, bf16 or float32. Input/output are float32.
+
+    Activations are not rounded to 8 bits the way llama.cpp does for quantized weights: measured against
+    llama.cpp on the bundled models, mimicking that rounding did not bring the logits closer (the rounding
+    amplifies summation-order noise either way) and costs decode time; see docs/shard-engine.md."""
 
     def __init__(self, weight: np.ndarray | torch.Tensor, bias: np.ndarray | None, fmt: str):
         if fmt not in WEIGHT_FORMATS:
@@ -84,7 +90,7 @@ class Linear:
         w = torch.as_tensor(weight, dtype=torch.float32)
         self.fmt = fmt
         self.out_features, self.in_features = w.shape
-        self.bias = None if bias is None else torch.as_tensor(bias, dtype=torch.float32).clone()
+        self.bias = None if bias is None else torch.as_tensor(bias, dtype=torch.float32)
         if fmt == "int8":
             scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
             self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
@@ -92,7 +98,7 @@ class Linear:
         elif fmt == "bf16":
             self.weight = w.to(torch.bfloat16)
         else:
-            self.weight = w.clone() if isinstance(weight, torch.Tensor) else w
+            self.weight = w
 
     @property
     def nbytes(self) -> int:
@@ -111,35 +117,46 @@ class Linear:
         return y if self.bias is None else y + self.bias
 
 
-# ---- attention -------------------------------------------------------------------------------------------
+def linear(f: GGUFFile, name: str, fmt: str, bias: str | None = None) -> Linear:
+    """Load matrix ``name`` (and an optional bias tensor, if the file has it) as a ``Linear``."""
+    b = f.load(bias) if bias is not None and f.has(bias) else None
+    return Linear(f.load(name), b, fmt)
+
+
+def vector(f: GGUFFile, name: str) -> torch.Tensor:
+    return torch.from_numpy(f.load(name))
+
+
+# ---- attention --------------------------------------------------------------------------------------------
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int, scale: float, window: int = 0
 ) -> torch.Tensor:
     """Causal (optionally sliding-window) attention of new queries over the cached keys.
 
     q: [n_heads, T, d] at absolute positions q_start..q_start+T-1; k, v: [n_kv, L, d] for positions 0..L-1
-    (L = q_start + T). A query at position p sees keys p0 with p0 <= p and, with a window, p - p0 < window.
-    Returns [T, n_heads * d].
+    (L = q_start + T), fp16 as in llama.cpp's cache. A query at position p sees keys p0 with p0 <= p and,
+    with a window, p - p0 < window. Like llama.cpp, q and the probabilities are rounded to fp16 for the two
+    products. Returns [T, n_heads * d].
     """
-    n_heads, t, _ = q.shape
-    length = k.shape[1]
+    n_heads, t, d = q.shape
+    n_kv, length, _ = k.shape
     first = 0
     if window and length > window:  # keys no query of this batch can see are skipped entirely
         first = max(0, q_start - window + 1)
         k, v = k[:, first:], v[:, first:]
-    mask = None
+    groups = n_heads // n_kv
+    qg = q.half().float().reshape(n_kv, groups * t, d)  # heads sharing a kv head are stacked
+    scores = (qg @ k.float().transpose(1, 2)).view(n_kv, groups, t, -1) * scale
     if t > 1 or (window and q_start - first >= window):
         qpos = torch.arange(q_start, q_start + t)[:, None]
         kpos = torch.arange(first, length)[None, :]
-        mask = kpos <= qpos
+        visible = kpos <= qpos
         if window:
-            mask &= (qpos - kpos) < window
-    groups = n_heads // k.shape[0]
-    if groups > 1:
-        k = k.repeat_interleave(groups, dim=0)
-        v = v.repeat_interleave(groups, dim=0)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    return out.transpose(0, 1).reshape(t, -1)
+            visible &= (qpos - kpos) < window
+        scores = scores.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).half().float().view(n_kv, groups * t, -1)
+    out = (probs @ v.float()).view(n_heads, t, d)
+    return out.transpose(0, 1).reshape(t, n_heads * d)
 
 
 def default_attn_scale(cfg: ModelConfig) -> float:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeinfer.engine.kv_cache import KVCache
-from edgeinfer.models.common import Linear, ModelConfig, apply_rope, attention, rms_norm
+from edgeinfer.models.common import ModelConfig, apply_rope, attention, linear, rms_norm, vector
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
 
 ARCHS = ("gemma3",)
@@ -64,10 +64,6 @@ def config_from_gguf(f: GGUFFile) -> ModelConfig:
     )
 
 
-def _vec(f: GGUFFile, name: str) -> torch.Tensor:
-    return torch.from_numpy(f.load(name))
-
-
 class Block:
     def __init__(self, f: GGUFFile, cfg: ModelConfig, layer: int, fmt: str):
         p = f"blk.{layer}."
@@ -75,19 +71,19 @@ class Block:
         sliding = cfg.is_sliding(layer)
         self.window = cfg.sliding_window if sliding else 0
         self.rope_key = (cfg.rope_base_local, 1.0) if sliding else (cfg.rope_base, cfg.rope_scale)
-        self.attn_norm = _vec(f, p + "attn_norm.weight")
-        self.q_norm = _vec(f, p + "attn_q_norm.weight")
-        self.k_norm = _vec(f, p + "attn_k_norm.weight")
-        self.post_attn_norm = _vec(f, p + "post_attention_norm.weight")
-        self.ffn_norm = _vec(f, p + "ffn_norm.weight")
-        self.post_ffn_norm = _vec(f, p + "post_ffw_norm.weight")
-        self.wq = Linear(f.load(p + "attn_q.weight"), None, fmt)
-        self.wk = Linear(f.load(p + "attn_k.weight"), None, fmt)
-        self.wv = Linear(f.load(p + "attn_v.weight"), None, fmt)
-        self.wo = Linear(f.load(p + "attn_output.weight"), None, fmt)
-        self.gate = Linear(f.load(p + "ffn_gate.weight"), None, fmt)
-        self.up = Linear(f.load(p + "ffn_up.weight"), None, fmt)
-        self.down = Linear(f.load(p + "ffn_down.weight"), None, fmt)
+        self.attn_norm = vector(f, p + "attn_norm.weight")
+        self.q_norm = vector(f, p + "attn_q_norm.weight")
+        self.k_norm = vector(f, p + "attn_k_norm.weight")
+        self.post_attn_norm = vector(f, p + "post_attention_norm.weight")
+        self.ffn_norm = vector(f, p + "ffn_norm.weight")
+        self.post_ffn_norm = vector(f, p + "post_ffw_norm.weight")
+        self.wq = linear(f, p + "attn_q.weight", fmt)
+        self.wk = linear(f, p + "attn_k.weight", fmt)
+        self.wv = linear(f, p + "attn_v.weight", fmt)
+        self.wo = linear(f, p + "attn_output.weight", fmt)
+        self.gate = linear(f, p + "ffn_gate.weight", fmt)
+        self.up = linear(f, p + "ffn_up.weight", fmt)
+        self.down = linear(f, p + "ffn_down.weight", fmt)
 
     @property
     def nbytes(self) -> int:

@@ -108,6 +108,10 @@ class GGUFFile:
         """Row-major (PyTorch) shape: GGUF lists dimensions fastest-first, so this is the reverse."""
         return tuple(int(d) for d in reversed(self._tensor(name).shape))
 
+    def type_name(self, name: str) -> str:
+        """Storage type, e.g. ``"Q4_K"``."""
+        return self._tensor(name).tensor_type.name
+
     def nbytes(self, name: str) -> int:
         return int(self._tensor(name).n_bytes)
 

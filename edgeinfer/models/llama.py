@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from edgeinfer.engine.kv_cache import KVCache
-from edgeinfer.models.common import Linear, ModelConfig, apply_rope, attention, default_attn_scale, rms_norm
+from edgeinfer.models.common import (
+    ModelConfig,
+    apply_rope,
+    attention,
+    default_attn_scale,
+    linear,
+    rms_norm,
+    vector,
+)
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
 
 ARCHS = ("llama", "qwen2", "qwen3")
@@ -53,29 +61,24 @@ def config_from_gguf(f: GGUFFile) -> ModelConfig:
     )
 
 
-def _vec(f: GGUFFile, name: str) -> torch.Tensor:
-    return torch.from_numpy(f.load(name))
-
-
 class Block:
     def __init__(self, f: GGUFFile, cfg: ModelConfig, layer: int, fmt: str):
         p = f"blk.{layer}."
-        opt = lambda name: f.load(p + name) if f.has(p + name) else None  # noqa: E731
         self.cfg = cfg
         self.rope_key = (cfg.rope_base, cfg.rope_scale)  # which RoPE table this layer uses
         self.window = 0
         self.scale = default_attn_scale(cfg)
-        self.attn_norm = _vec(f, p + "attn_norm.weight")
-        self.wq = Linear(f.load(p + "attn_q.weight"), opt("attn_q.bias"), fmt)
-        self.wk = Linear(f.load(p + "attn_k.weight"), opt("attn_k.bias"), fmt)
-        self.wv = Linear(f.load(p + "attn_v.weight"), opt("attn_v.bias"), fmt)
-        self.wo = Linear(f.load(p + "attn_output.weight"), None, fmt)
-        self.q_norm = _vec(f, p + "attn_q_norm.weight") if f.has(p + "attn_q_norm.weight") else None
-        self.k_norm = _vec(f, p + "attn_k_norm.weight") if f.has(p + "attn_k_norm.weight") else None
-        self.ffn_norm = _vec(f, p + "ffn_norm.weight")
-        self.gate = Linear(f.load(p + "ffn_gate.weight"), None, fmt)
-        self.up = Linear(f.load(p + "ffn_up.weight"), None, fmt)
-        self.down = Linear(f.load(p + "ffn_down.weight"), None, fmt)
+        self.attn_norm = vector(f, p + "attn_norm.weight")
+        self.wq = linear(f, p + "attn_q.weight", fmt, bias=p + "attn_q.bias")
+        self.wk = linear(f, p + "attn_k.weight", fmt, bias=p + "attn_k.bias")
+        self.wv = linear(f, p + "attn_v.weight", fmt, bias=p + "attn_v.bias")
+        self.wo = linear(f, p + "attn_output.weight", fmt)
+        self.q_norm = vector(f, p + "attn_q_norm.weight") if f.has(p + "attn_q_norm.weight") else None
+        self.k_norm = vector(f, p + "attn_k_norm.weight") if f.has(p + "attn_k_norm.weight") else None
+        self.ffn_norm = vector(f, p + "ffn_norm.weight")
+        self.gate = linear(f, p + "ffn_gate.weight", fmt)
+        self.up = linear(f, p + "ffn_up.weight", fmt)
+        self.down = linear(f, p + "ffn_down.weight", fmt)
 
     @property
     def nbytes(self) -> int:

@@ -40,8 +40,12 @@ def _vocab(vocab_size: int) -> tuple[list[str], list[float], list[int]]:
     types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL]
     tokens += [f"<0x{b:02X}>" for b in range(256)]
     types += [TokenType.BYTE] * 256
-    tokens += list(WORDS)
-    types += [TokenType.NORMAL] * len(WORDS)
+    # SentencePiece merges adjacent pieces only into pieces in the vocabulary: add letters and word prefixes
+    pieces = ["▁", *"abcdefghijklmnopqrstuvwxyz.,"]
+    for word in WORDS:
+        pieces += [word[:i] for i in range(2, len(word) + 1) if word[:i] not in pieces]
+    tokens += pieces
+    types += [TokenType.NORMAL] * len(pieces)
     if vocab_size < len(tokens):
         raise ValueError(f"vocab_size must be >= {len(tokens)} (specials + 256 bytes + words)")
     extra = vocab_size - len(tokens)
@@ -63,8 +67,13 @@ def write_tiny_gguf(
     ctx_len: int = 1024,
     seed: int = 0,
     tied: bool = False,
+    matrix_types: tuple[str, ...] = MATRIX_TYPES,
+    output_type: str = "Q8_0",
 ) -> Path:
-    """Write a random model and return its path. ``hidden``, ``ffn`` must be multiples of 32 (block size)."""
+    """Write a random model and return its path. ``hidden``, ``ffn`` must be multiples of 32 (block size).
+
+    ``matrix_types`` (cycled over the layers) and ``output_type`` pick the storage of the layer matrices and
+    the LM head; all ``"F32"`` gives a model that llama.cpp evaluates without quantizing activations."""
     import gguf
 
     if arch not in ARCHS:
@@ -102,7 +111,9 @@ def write_tiny_gguf(
     def mat(name: str, out_f: int, in_f: int, qtype: str, gain: float = 1.0) -> None:
         data = (rng.standard_normal((out_f, in_f)) * gain / np.sqrt(in_f)).astype(np.float32)
         kind = gguf.GGMLQuantizationType[qtype]
-        if kind == gguf.GGMLQuantizationType.F16:
+        if kind == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, data)
+        elif kind == gguf.GGMLQuantizationType.F16:
             w.add_tensor(name, data.astype(np.float16))
         else:
             w.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
@@ -113,13 +124,13 @@ def write_tiny_gguf(
     mat("token_embd.weight", vocab_size, hidden, "Q8_0", gain=np.sqrt(hidden))
     vec("output_norm.weight", hidden, 1.0, 0.1)
     if not tied:
-        mat("output.weight", vocab_size, hidden, "Q8_0", gain=4.0)
+        mat("output.weight", vocab_size, hidden, output_type, gain=16.0)
     kv = n_kv_heads * head_dim
     for i in range(n_layers):
-        p, q = f"blk.{i}.", MATRIX_TYPES[i % len(MATRIX_TYPES)]
+        p, q = f"blk.{i}.", matrix_types[i % len(matrix_types)]
         vec(p + "attn_norm.weight", hidden, 1.0, 0.1)
-        mat(p + "attn_q.weight", hidden, hidden, q, gain=2.0)
-        mat(p + "attn_k.weight", kv, hidden, q, gain=2.0)
+        mat(p + "attn_q.weight", hidden, hidden, q)
+        mat(p + "attn_k.weight", kv, hidden, q)
         mat(p + "attn_v.weight", kv, hidden, q)
         if arch == "qwen2":
             vec(p + "attn_q.bias", hidden, 0.0, 0.5)
