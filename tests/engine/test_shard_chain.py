@@ -41,7 +41,9 @@ def chains(path: Path, cuts: list[list[int]], **kw) -> list[list[Shard]]:
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
 def tiny(request, tmp_path_factory) -> Path:
-    return write_tiny_gguf(tmp_path_factory.mktemp("chain") / f"{request.param}.gguf", request.param, n_layers=6)
+    return write_tiny_gguf(
+        tmp_path_factory.mktemp("chain") / f"{request.param}.gguf", request.param, n_layers=6
+    )
 
 
 @pytest.mark.parametrize("fmt", ["int8", "bf16", "f32"])
