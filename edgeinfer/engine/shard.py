@@ -8,6 +8,8 @@ Chaining shards gives exactly the whole model's computation, so the chain can be
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -43,6 +45,13 @@ def layer_count(model_path: str | Path) -> int:
         return int(f.arch_get("block_count"))
     finally:
         f.close()
+
+
+def _release_freed_heap() -> None:
+    """Hand the dequantization temporaries back to the OS (glibc keeps freed memory otherwise: about 1 GB
+    of resident set for Qwen2.5 0.5B)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class Shard:
@@ -122,6 +131,7 @@ class Shard:
             f.close()
         self._caches: dict[str, KVCache] = {}
         self._lock = threading.Lock()
+        _release_freed_heap()
 
     # ---- sequences ----------------------------------------------------------------------------------------
     def _cache(self, seq_id: str) -> KVCache:

@@ -91,9 +91,13 @@ class Linear:
         self.fmt = fmt
         self.out_features, self.in_features = w.shape
         self.bias = None if bias is None else torch.as_tensor(bias, dtype=torch.float32)
-        if fmt == "int8":
-            scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-            self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        if fmt == "int8":  # in row blocks, so that converting a large head needs no full-size temporaries
+            self.weight = torch.empty(w.shape, dtype=torch.int8)
+            scale = torch.empty(self.out_features)
+            for i in range(0, self.out_features, 4096):
+                rows = w[i : i + 4096]
+                scale[i : i + 4096] = rows.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+                self.weight[i : i + 4096] = torch.round(rows / scale[i : i + 4096, None]).clamp(-127, 127)
             self.scale = scale.to(torch.bfloat16)
         elif fmt == "bf16":
             self.weight = w.to(torch.bfloat16)
