@@ -127,6 +127,22 @@ def linear(f: GGUFFile, name: str, fmt: str, bias: str | None = None) -> Linear:
     return Linear(f.load(name), b, fmt)
 
 
+def fused_linear(f: GGUFFile, names: list[str], fmt: str, biases: list[str] | None = None) -> Linear:
+    """Matrices that read the same input (q/k/v; gate/up) stacked into one ``Linear``: one matrix product
+    per step instead of several (the per-row int8 scales and bf16 values are the same as unfused). Biases
+    the file lacks count as zero."""
+    mats = [f.load(n) for n in names]
+    bias = None
+    if biases is not None and any(f.has(b) for b in biases):
+        bias = np.concatenate(
+            [
+                f.load(b) if f.has(b) else np.zeros(m.shape[0], np.float32)
+                for b, m in zip(biases, mats, strict=True)
+            ]
+        )
+    return Linear(np.concatenate(mats), bias, fmt)
+
+
 def vector(f: GGUFFile, name: str) -> torch.Tensor:
     return torch.from_numpy(f.load(name))
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeinfer.engine.kv_cache import KVCache
-from edgeinfer.models.common import ModelConfig, apply_rope, attention, linear, rms_norm, vector
+from edgeinfer.models.common import ModelConfig, apply_rope, attention, fused_linear, linear, rms_norm, vector
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
 
 ARCHS = ("gemma3",)
@@ -77,17 +77,19 @@ class Block:
         self.post_attn_norm = vector(f, p + "post_attention_norm.weight")
         self.ffn_norm = vector(f, p + "ffn_norm.weight")
         self.post_ffn_norm = vector(f, p + "post_ffw_norm.weight")
-        self.wq = linear(f, p + "attn_q.weight", fmt)
-        self.wk = linear(f, p + "attn_k.weight", fmt)
-        self.wv = linear(f, p + "attn_v.weight", fmt)
+        self.wqkv = fused_linear(f, [p + f"attn_{m}.weight" for m in "qkv"], fmt)
+        self.qkv_split = (
+            cfg.n_heads * cfg.head_dim,
+            cfg.n_kv_heads * cfg.head_dim,
+            cfg.n_kv_heads * cfg.head_dim,
+        )
         self.wo = linear(f, p + "attn_output.weight", fmt)
-        self.gate = linear(f, p + "ffn_gate.weight", fmt)
-        self.up = linear(f, p + "ffn_up.weight", fmt)
+        self.gate_up = fused_linear(f, [p + "ffn_gate.weight", p + "ffn_up.weight"], fmt)
         self.down = linear(f, p + "ffn_down.weight", fmt)
 
     @property
     def nbytes(self) -> int:
-        mats = (self.wq, self.wk, self.wv, self.wo, self.gate, self.up, self.down)
+        mats = (self.wqkv, self.wo, self.gate_up, self.down)
         vecs = (
             self.attn_norm,
             self.q_norm,
@@ -101,9 +103,10 @@ class Block:
     def __call__(self, x: torch.Tensor, cache: KVCache, li: int, rope: tuple[torch.Tensor, torch.Tensor]):
         cfg, t = self.cfg, x.shape[0]
         h = rms_norm(x, self.attn_norm, cfg.eps)
-        q = rms_norm(self.wq(h).view(t, cfg.n_heads, cfg.head_dim).transpose(0, 1), self.q_norm, cfg.eps)
-        k = rms_norm(self.wk(h).view(t, cfg.n_kv_heads, cfg.head_dim).transpose(0, 1), self.k_norm, cfg.eps)
-        v = self.wv(h).view(t, cfg.n_kv_heads, cfg.head_dim).transpose(0, 1)
+        q, k, v = self.wqkv(h).split(self.qkv_split, dim=-1)
+        q = rms_norm(q.view(t, cfg.n_heads, cfg.head_dim).transpose(0, 1), self.q_norm, cfg.eps)
+        k = rms_norm(k.view(t, cfg.n_kv_heads, cfg.head_dim).transpose(0, 1), self.k_norm, cfg.eps)
+        v = v.view(t, cfg.n_kv_heads, cfg.head_dim).transpose(0, 1)
         cos, sin = rope
         q = apply_rope(q, cos, sin, neox=True)
         k = apply_rope(k, cos, sin, neox=True)
@@ -111,5 +114,6 @@ class Block:
         a = attention(q, keys, values, cache.length, cfg.attn_scale, self.window)
         x = x + rms_norm(self.wo(a), self.post_attn_norm, cfg.eps)
         h = rms_norm(x, self.ffn_norm, cfg.eps)
-        ffn = self.down(F.gelu(self.gate(h), approximate="tanh") * self.up(h))
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        ffn = self.down(F.gelu(gate, approximate="tanh") * up)
         return x + rms_norm(ffn, self.post_ffn_norm, cfg.eps)

@@ -18,6 +18,7 @@ from edgeinfer.models.common import (
     apply_rope,
     attention,
     default_attn_scale,
+    fused_linear,
     linear,
     rms_norm,
     vector,
@@ -69,29 +70,33 @@ class Block:
         self.window = 0
         self.scale = default_attn_scale(cfg)
         self.attn_norm = vector(f, p + "attn_norm.weight")
-        self.wq = linear(f, p + "attn_q.weight", fmt, bias=p + "attn_q.bias")
-        self.wk = linear(f, p + "attn_k.weight", fmt, bias=p + "attn_k.bias")
-        self.wv = linear(f, p + "attn_v.weight", fmt, bias=p + "attn_v.bias")
+        qkv = [p + f"attn_{m}.weight" for m in "qkv"]
+        self.wqkv = fused_linear(f, qkv, fmt, biases=[p + f"attn_{m}.bias" for m in "qkv"])
+        self.qkv_split = (
+            cfg.n_heads * cfg.head_dim,
+            cfg.n_kv_heads * cfg.head_dim,
+            cfg.n_kv_heads * cfg.head_dim,
+        )
         self.wo = linear(f, p + "attn_output.weight", fmt)
         self.q_norm = vector(f, p + "attn_q_norm.weight") if f.has(p + "attn_q_norm.weight") else None
         self.k_norm = vector(f, p + "attn_k_norm.weight") if f.has(p + "attn_k_norm.weight") else None
         self.ffn_norm = vector(f, p + "ffn_norm.weight")
-        self.gate = linear(f, p + "ffn_gate.weight", fmt)
-        self.up = linear(f, p + "ffn_up.weight", fmt)
+        self.gate_up = fused_linear(f, [p + "ffn_gate.weight", p + "ffn_up.weight"], fmt)
         self.down = linear(f, p + "ffn_down.weight", fmt)
 
     @property
     def nbytes(self) -> int:
-        mats = (self.wq, self.wk, self.wv, self.wo, self.gate, self.up, self.down)
+        mats = (self.wqkv, self.wo, self.gate_up, self.down)
         vecs = [v for v in (self.attn_norm, self.ffn_norm, self.q_norm, self.k_norm) if v is not None]
         return sum(m.nbytes for m in mats) + sum(v.numel() * 4 for v in vecs)
 
     def __call__(self, x: torch.Tensor, cache: KVCache, li: int, rope: tuple[torch.Tensor, torch.Tensor]):
         cfg, t = self.cfg, x.shape[0]
         h = rms_norm(x, self.attn_norm, cfg.eps)
-        q = self.wq(h).view(t, cfg.n_heads, cfg.head_dim).transpose(0, 1)
-        k = self.wk(h).view(t, cfg.n_kv_heads, cfg.head_dim).transpose(0, 1)
-        v = self.wv(h).view(t, cfg.n_kv_heads, cfg.head_dim).transpose(0, 1)
+        q, k, v = self.wqkv(h).split(self.qkv_split, dim=-1)
+        q = q.view(t, cfg.n_heads, cfg.head_dim).transpose(0, 1)
+        k = k.view(t, cfg.n_kv_heads, cfg.head_dim).transpose(0, 1)
+        v = v.view(t, cfg.n_kv_heads, cfg.head_dim).transpose(0, 1)
         if self.q_norm is not None:
             q = rms_norm(q, self.q_norm, cfg.eps)
             k = rms_norm(k, self.k_norm, cfg.eps)
@@ -102,4 +107,5 @@ class Block:
         a = attention(q, keys, values, cache.length, self.scale, self.window)
         x = x + self.wo(a)
         h = rms_norm(x, self.ffn_norm, cfg.eps)
-        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
