@@ -22,6 +22,7 @@ class ModelStats:
     file_tensor_bytes: int  # sum of all tensor bytes
     decode_weight_bytes: int  # bytes of weights read to produce one token
     tied_embeddings: bool
+    output_params: int = 0  # weights of the output projection (n_vocab x n_embd), part of matmul_params
 
     def kv_bytes_per_position(self, kv_elem_bytes: float = 2.0) -> float:
         """K and V bytes stored per context position over all layers (f16 cache by default)."""
@@ -35,6 +36,14 @@ class ModelStats:
         """2 FLOPs per weight multiply-add plus attention scores and weighted values over ``context``."""
         attn = 2 * self.n_layer * self.n_head * (self.head_dim_k + self.head_dim_v) * context
         return 2.0 * self.matmul_params + attn
+
+    def prefill_flops_per_token(self, n_tokens: int) -> float:
+        """FLOPs per prompt token of a prefill of ``n_tokens``: every layer multiplies every token, but the
+        output projection runs for the last position only (llama.cpp computes only the logits it returns),
+        and attention spans n / 2 positions on average."""
+        if n_tokens < 1:
+            raise ValueError("n_tokens must be >= 1")
+        return self.flops_per_token(n_tokens // 2) - 2.0 * self.output_params * (1 - 1 / n_tokens)
 
 
 def read_stats(path: str | Path) -> ModelStats:
@@ -88,4 +97,5 @@ def read_stats(path: str | Path) -> ModelStats:
         file_tensor_bytes=total_bytes,
         decode_weight_bytes=decode_bytes,
         tied_embeddings=tied,
+        output_params=int(embd.n_elements) if tied else int(tensors["output.weight"].n_elements),
     )

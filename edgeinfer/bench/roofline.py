@@ -91,7 +91,8 @@ def analyse(
     """Bounds for decode and prefill, and achieved / bound when measured rates are given.
 
     ``decode_context`` is the mean number of positions in the KV cache while decoding (tg N from an empty
-    context: N / 2); prefill of ``prefill_tokens`` attends over N / 2 positions on average.
+    context: N / 2); prefill of ``prefill_tokens`` attends over N / 2 positions on average and runs the output
+    projection for its last position only.
     """
     if bandwidth_gbs <= 0 or matmul_gflops <= 0:
         raise ValueError("bandwidth and matmul throughput must be positive")
@@ -102,7 +103,7 @@ def analyse(
     mem_tps = bw / d_bytes
     compute_tps = peak / d_flops
     decode_bound = min(mem_tps, compute_tps)
-    p_flops = stats.flops_per_token(prefill_tokens // 2)
+    p_flops = stats.prefill_flops_per_token(prefill_tokens)
     prefill_bound = peak / p_flops
     out: dict[str, Any] = {
         "model": stats.name,

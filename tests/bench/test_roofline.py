@@ -50,8 +50,20 @@ def test_decode_is_memory_bound_with_a_cpu_like_balance() -> None:
     assert r["machine_balance_flop_per_byte"] == pytest.approx(20.0)
     p = r["prefill"]
     assert p["bound_by"] == "compute"
-    assert p["bound_tps"] == pytest.approx(200e9 / TOY.flops_per_token(256))
+    assert p["bound_tps"] == pytest.approx(200e9 / TOY.flops_per_token(256))  # no output projection in TOY
     assert p["achieved_over_bound"] == pytest.approx(50 / p["bound_tps"])
+
+
+def test_prefill_runs_the_output_projection_for_the_last_token_only() -> None:
+    toy = replace(TOY, output_params=100_000_000)  # 0.1 G of the 1 G matmul weights are the output layer
+    # 512 tokens: 0.9 G weights x 2 FLOPs for each token, the output layer's 0.2 GFLOP once in 512 tokens
+    per_token = 2 * 0.9e9 + 2 * 0.1e9 / 512 + 2 * 2 * 4 * 128 * 256
+    assert toy.prefill_flops_per_token(512) == pytest.approx(per_token)
+    assert toy.prefill_flops_per_token(1) == pytest.approx(toy.flops_per_token(0))  # one token: all of it
+    r = analyse(toy, 10.0, 200.0, prefill_tps=50.0, prefill_tokens=512)
+    assert r["prefill"]["bound_tps"] == pytest.approx(200e9 / per_token)
+    with pytest.raises(ValueError):
+        toy.prefill_flops_per_token(0)
 
 
 def test_decode_turns_compute_bound_when_bandwidth_is_huge() -> None:
@@ -80,6 +92,7 @@ def test_gemma_ties_embeddings_so_decode_reads_every_byte(gemma_path: Path) -> N
     assert s.decode_weight_bytes == s.file_tensor_bytes
     assert 260e6 < s.n_params < 280e6  # "270M"
     assert s.kv_bytes_per_position() == 18 * 1 * (256 + 256) * 2
+    assert s.output_params == 262144 * 640  # the tied embedding is the output projection
 
 
 def test_qwen_reads_one_embedding_row_per_token(qwen_path: Path) -> None:
@@ -87,6 +100,7 @@ def test_qwen_reads_one_embedding_row_per_token(qwen_path: Path) -> None:
     assert s.architecture == "qwen2" and not s.tied_embeddings
     assert s.n_head == 14 and s.n_head_kv == 2 and s.head_dim_k == 64
     assert s.decode_weight_bytes < s.file_tensor_bytes
+    assert s.output_params == 151936 * 896
     # the skipped part is the embedding table minus one row: ~93.6 MB of Q5_0
     assert s.file_tensor_bytes - s.decode_weight_bytes == pytest.approx(93.6e6, rel=0.01)
 
