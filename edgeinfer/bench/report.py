@@ -289,22 +289,35 @@ def _accuracy_md(runs: list[dict[str, Any]]) -> list[str]:
 
 def plot_accuracy(runs: list[dict[str, Any]], path: Path) -> Path:
     plt = _plt()
+    several = len(runs) > 1
     bars = [
-        (f"{run['label']}\n{r.get('model', '?')}\n{r['template']}", r) for run in runs for r in run["results"]
+        (f"{run['label']}\n{r['template']}" if several else r["template"], r)
+        for run in runs
+        for r in run["results"]
     ]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(bars)), 4.2))
-    xs = range(len(bars))
+    models = list(dict.fromkeys(r.get("model", "?") for _, r in bars))  # stable colours, first-seen order
+    fig, ax = plt.subplots(figsize=(max(6, 1.0 * len(bars) + 2), 4.2))
     acc = [100 * r["accuracy"] for _, r in bars]
     err = [
         [a - 100 * r["ci95"][0] for a, (_, r) in zip(acc, bars, strict=True)],
         [100 * r["ci95"][1] - a for a, (_, r) in zip(acc, bars, strict=True)],
     ]
-    ax.bar(xs, acc, yerr=err, capsize=4, color=[f"C{hash(r.get('model')) % 10}" for _, r in bars])
-    ax.set_xticks(list(xs), [b for b, _ in bars], fontsize=7)
+    for m_i, model in enumerate(models):
+        idx = [i for i, (_, r) in enumerate(bars) if r.get("model", "?") == model]
+        ax.bar(
+            idx,
+            [acc[i] for i in idx],
+            yerr=[[err[0][i] for i in idx], [err[1][i] for i in idx]],
+            capsize=4,
+            color=f"C{m_i}",
+            label=model,
+        )
+    ax.set_xticks(list(range(len(bars))), [b for b, _ in bars], fontsize=8)
     ax.set_ylabel("accuracy %")
     ax.set_ylim(0, 100)
     ax.set_title("accuracy with Wilson 95 % interval")
     ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
