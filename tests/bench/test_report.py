@@ -86,3 +86,27 @@ def test_every_bench_command_feeds_the_report(tmp_path: Path, slow_server) -> No
     ):
         _png(out_dir / png)
         assert f"]({png})" in text
+
+
+def test_accuracy_through_a_server_url(tmp_path: Path, slow_server) -> None:
+    srv = slow_server(ttft=0.01, token=0.001)  # answers "w0 w1 w2 ...": wrong, but every step is exercised
+    out = tmp_path / "acc.json"
+    _invoke(["accuracy", "--url", srv.url, "--template", "system", "--limit", "2", "--max-tokens", "4",
+             "-o", str(out)])  # fmt: skip
+    (res,) = json.loads(out.read_text())["results"]
+    assert res["n"] == 2 and res["correct"] == 0 and res["mode"] == "chat"
+    assert [d["answer"].split() for d in res["items"]] == [["w0", "w1", "w2", "w3"]] * 2
+
+
+@pytest.mark.slow
+def test_roofline_measures_the_model_itself_without_a_model_run(tmp_path: Path) -> None:
+    out = tmp_path / "roofline.json"
+    _invoke(["roofline", "-m", "gemma-3-270m", "-t", "1", "--pp", "16", "--tg", "4", "--repeats", "1",
+             "--array-mib", "16", "-o", str(out)])  # fmt: skip
+    run = json.loads(out.read_text())
+    (r,) = run["results"]
+    assert run["config"]["model_run"] == "" and r["model"] == "gemma-3-270m"
+    assert (
+        r["decode"]["achieved_tps"] > 0 and r["prefill"]["achieved_tps"] > 0 and r["prefill"]["tokens"] == 16
+    )
+    assert r["decode"]["context"] == 2  # tg 4 from an empty context: 2 positions on average
