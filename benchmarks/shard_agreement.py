@@ -1,7 +1,7 @@
 """Shard engine vs. llama.cpp, teacher-forced: top-1 next-token agreement and logit differences.
 
     .venv/bin/python benchmarks/shard_agreement.py --model qwen2.5-coder-0.5b-instruct --formats int8,bf16
-    .venv/bin/python benchmarks/shard_agreement.py --model gemma-3-270m
+    .venv/bin/python benchmarks/shard_agreement.py --model gemma-3-270m --test-text
 
 Both engines read the same text (written for this project, about 250 tokens) in one pass and return the
 logits of every position (llama-cpp-python with ``logits_all=True``). Reported per weight format: the share
@@ -69,7 +69,20 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="bundled model name or GGUF path")
     ap.add_argument("--formats", default="int8,bf16", help="shard weight formats (comma list)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--test-text", action="store_true", help="use the text of tests/engine/test_shard_vs_llamacpp.py"
+    )
     args = ap.parse_args()
+    text = TEXT
+    if args.test_text:
+        import importlib.util
+        from pathlib import Path
+
+        test = Path(__file__).resolve().parents[1] / "tests/engine/test_shard_vs_llamacpp.py"
+        spec = importlib.util.spec_from_file_location("agreement_test", test)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        text = module.TEXT
 
     import llama_cpp
 
@@ -77,7 +90,7 @@ def main() -> None:
 
     name, path = resolve(args.model)
     vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
-    ids = vocab.tokenize(TEXT.encode(), add_bos=True)
+    ids = vocab.tokenize(text.encode(), add_bos=True)
     vocab.close()
     print(f"\nmodel {name}, {len(ids)} tokens teacher-forced\n")
     print("| weights | top-1 agreement | max abs logit diff | mean abs logit diff | logit std | time s |")
