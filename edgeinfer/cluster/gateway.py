@@ -24,6 +24,7 @@ from edgeinfer.cluster.host import ShardHost
 from edgeinfer.cluster.profile import LOCAL, ClusterProfile, build_problem, profile_cluster
 from edgeinfer.engine.base import ModelInfo, SamplingParams
 from edgeinfer.engine.sampling import Sampler
+from edgeinfer.engine.vocab import Vocab, VocabMixin
 from edgeinfer.planner.pipeline import Plan, Problem, Stage, plan
 
 log = logging.getLogger("edgeinfer.cluster")
@@ -76,7 +77,7 @@ class LocalStage:
         self.host.unload(self.shard_id)
 
 
-class PipelineBackend:
+class PipelineBackend(VocabMixin):
     def __init__(
         self,
         model_path: str | Path,
@@ -86,14 +87,11 @@ class PipelineBackend:
         plan: Plan | None = None,
         problem: Problem | None = None,
     ):
-        import llama_cpp
-
         if not stages:
             raise ClusterError("a pipeline needs at least one stage")
-        self._llama_cpp = llama_cpp
         path = Path(model_path)
-        self.vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-        meta = dict(self.vocab.metadata)
+        self.vocab = Vocab(path)
+        meta = self.vocab.metadata
         arch = meta.get("general.architecture", "unknown")
         train_ctx = int(meta.get(f"{arch}.context_length", n_ctx))
         self.stages = stages
@@ -107,28 +105,14 @@ class PipelineBackend:
             n_ctx=min(n_ctx, train_ctx),
             chat_template=meta.get("tokenizer.chat_template"),
             metadata={
-                "vocab_size": self.vocab.n_vocab(),
-                "bos_token": self._piece(self.vocab.token_bos()),
-                "eos_token": self._piece(self.vocab.token_eos()),
+                "vocab_size": self.vocab.n_vocab,
+                "bos_token": self.vocab.bos_token,
+                "eos_token": self.vocab.eos_token,
                 "backend": "cluster",
                 "stages": [f"{s.name}[{s.stage.start}:{s.stage.end}]" for s in stages],
                 "plan": plan.describe() if plan else None,
             },
         )
-
-    def _piece(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self.vocab.detokenize([token], special=True).decode("utf-8", errors="replace")
-
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.vocab.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-
-    def token_bytes(self, ids: Sequence[int]) -> bytes:
-        return self.vocab.detokenize(list(ids))
-
-    def is_eog(self, token_id: int) -> bool:
-        return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab._model.vocab, token_id))
 
     def step(self, seq_id: str, x, start_pos: int, output: str):
         """One pass through every stage (x: token ids); returns the last stage's output."""

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from edgeinfer.engine.base import ModelInfo, SamplingParams
 from edgeinfer.engine.threads import default_threads
+from edgeinfer.engine.vocab import Vocab, VocabMixin
 
 _RANDOM_SEED = 0xFFFFFFFF  # llama.cpp: draw a fresh seed
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(VocabMixin):
     def __init__(
         self,
         model_path: str | Path,
@@ -22,7 +23,6 @@ class LlamaCppBackend:
     ):
         import llama_cpp
 
-        self._llama_cpp = llama_cpp
         path = Path(model_path)
         threads = threads or default_threads()
         self.llm = llama_cpp.Llama(
@@ -33,9 +33,9 @@ class LlamaCppBackend:
             n_threads_batch=threads,
             verbose=False,
         )
-        meta = dict(self.llm.metadata)
+        self.vocab = Vocab(llm=self.llm)
+        meta = self.vocab.metadata
         arch = meta.get("general.architecture", "unknown")
-        special = {"special": True}
         self.info = ModelInfo(
             name=name or path.stem,
             path=str(path),
@@ -46,25 +46,11 @@ class LlamaCppBackend:
                 "vocab_size": self.llm.n_vocab(),
                 "n_ctx_train": self.llm._model.n_ctx_train(),
                 "threads": threads,
-                "bos_token": self._piece(self.llm.token_bos(), **special),
-                "eos_token": self._piece(self.llm.token_eos(), **special),
+                "bos_token": self.vocab.bos_token,
+                "eos_token": self.vocab.eos_token,
                 "backend": "llamacpp",
             },
         )
-
-    def _piece(self, token: int, special: bool) -> str:
-        if token < 0:
-            return ""
-        return self.llm.detokenize([token], special=special).decode("utf-8", errors="replace")
-
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-
-    def token_bytes(self, ids: Sequence[int]) -> bytes:
-        return self.llm.detokenize(list(ids))
-
-    def is_eog(self, token_id: int) -> bool:
-        return bool(self._llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token_id))
 
     def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         seed = _RANDOM_SEED if params.seed is None else params.seed & 0xFFFFFFFF

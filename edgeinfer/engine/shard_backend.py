@@ -16,6 +16,7 @@ import torch
 from edgeinfer.engine.base import ModelInfo, SamplingParams
 from edgeinfer.engine.sampling import Sampler
 from edgeinfer.engine.shard import Shard, layer_count
+from edgeinfer.engine.vocab import Vocab, VocabMixin
 
 
 def chain_bounds(n_layers: int, splits: Sequence[int] | None) -> list[tuple[int, int]]:
@@ -30,7 +31,7 @@ def chain_bounds(n_layers: int, splits: Sequence[int] | None) -> list[tuple[int,
     return list(zip(bounds, bounds[1:], strict=False))
 
 
-class ShardBackend:
+class ShardBackend(VocabMixin):
     def __init__(
         self,
         model_path: str | Path,
@@ -41,18 +42,14 @@ class ShardBackend:
         n_ctx: int = 4096,
         weight_format: str = "auto",
     ):
-        import llama_cpp
-
         path = Path(model_path)
-        self._llama_cpp = llama_cpp
         bounds = chain_bounds(layer_count(path), splits)
         self.shards = [
             Shard(path, a, b, threads=threads, max_seq_len=n_ctx, weight_format=weight_format)
             for a, b in bounds
         ]
-        self.vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        self.vocab = Vocab(path)
         first = self.shards[0]
-        special = {"special": True}
         self.info = ModelInfo(
             name=name or path.stem,
             path=str(path),
@@ -63,29 +60,14 @@ class ShardBackend:
                 "vocab_size": first.vocab_size,
                 "n_ctx_train": first.cfg.ctx_len,
                 "threads": first.threads,
-                "bos_token": self._piece(self.vocab.token_bos(), **special),
-                "eos_token": self._piece(self.vocab.token_eos(), **special),
+                "bos_token": self.vocab.bos_token,
+                "eos_token": self.vocab.eos_token,
                 "backend": "shard",
                 "shards": [[s.start_layer, s.end_layer] for s in self.shards],
                 "weight_format": first.weight_format,
                 "weight_bytes": sum(s.weight_bytes for s in self.shards),
             },
         )
-
-    def _piece(self, token: int, special: bool) -> str:
-        if token < 0:
-            return ""
-        return self.vocab.detokenize([token], special=special).decode("utf-8", errors="replace")
-
-    # ---- tokenizer ----------------------------------------------------------------------------------------
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.vocab.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-
-    def token_bytes(self, ids: Sequence[int]) -> bytes:
-        return self.vocab.detokenize(list(ids))
-
-    def is_eog(self, token_id: int) -> bool:
-        return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab._model.vocab, token_id))
 
     # ---- compute ------------------------------------------------------------------------------------------
     def forward(self, seq_id: str, ids: Sequence[int], all_logits: bool = False) -> torch.Tensor:
