@@ -6,9 +6,37 @@ its loaded model. Either way tokenization and detokenization are exactly llama.c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import Any
+
+
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Hold back what native code writes to stderr; show it only if the block fails.
+
+    A vocabulary-only llama.cpp load logs a context-size error line at ERROR level (it has no context length)
+    even with ``verbose=False``; users should not see it on every start."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_side = io.StringIO()  # llama-cpp-python's log callback prints through sys.stderr
+    with tempfile.TemporaryFile() as held, redirect_stderr(python_side):
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            print(held.read().decode("utf-8", errors="replace") + python_side.getvalue(), file=sys.__stderr__)
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class Vocab:
@@ -17,7 +45,10 @@ class Vocab:
 
         self._llama_cpp = llama_cpp
         self._owned = llm is None
-        self.llm = llm or llama_cpp.Llama(model_path=str(model_path), vocab_only=True, verbose=False)
+        if llm is None:
+            with _quiet_native_stderr():
+                llm = llama_cpp.Llama(model_path=str(model_path), vocab_only=True, verbose=False)
+        self.llm = llm
 
     @property
     def n_vocab(self) -> int:
