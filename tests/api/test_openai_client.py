@@ -136,6 +136,11 @@ def test_overlong_prompt_is_a_400_that_says_what_to_fix(client: openai.OpenAI) -
         (b"[1, 2]", None),
         (b"", None),
         (b'{"messages": [{"role": "robot", "content": "hi"}]}', "messages.0.role"),
+        (b'{"messages": [{"role": "user"}]}', "messages.0.content"),
+        (
+            b'{"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": null}]}',
+            "messages.1",
+        ),
         (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}', "max_tokens"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "max_tokens"),
         (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n"),
