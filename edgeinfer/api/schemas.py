@@ -13,6 +13,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+_DEFAULTED = ("temperature", "top_p", "top_k", "stream", "n")  # fields whose default is not None
+
+
 class _Sampling(BaseModel):
     # Unknown fields are accepted and ignored only if they are harmless OpenAI extras; see UNSUPPORTED.
     model_config = ConfigDict(extra="allow")
@@ -29,6 +32,14 @@ class _Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1)
     user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        # OpenAI treats an explicit null like an omitted field; some clients send nulls for unset options
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (v is None and k in _DEFAULTED)}
+        return data
 
     @field_validator("stop")
     @classmethod

@@ -158,6 +158,14 @@ def test_malformed_requests_get_openai_style_400(real_server: str, body: bytes, 
     assert err["param"] == param
 
 
+def test_null_options_mean_defaults(real_server: str) -> None:
+    nulls = dict.fromkeys(("temperature", "top_p", "top_k", "stream", "n", "seed", "stop"))
+    body = {"model": "gemma-3-270m", "prompt": "The sky is", "max_tokens": 3, **nulls}
+    r = httpx.post(real_server + "/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] >= 1
+
+
 def test_metrics_count_tokens_and_requests(real_server: str, client: openai.OpenAI) -> None:
     def scrape() -> dict[str, float]:
         values = {}
