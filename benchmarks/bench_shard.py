@@ -93,13 +93,12 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print a torch profile of shard decode")
     args = ap.parse_args()
 
-    import llama_cpp
-
+    from edgeinfer.engine.vocab import Vocab
     from edgeinfer.models.registry import resolve
 
     name, path = resolve(args.model)
-    vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
-    ids = vocab.tokenize((PROMPT * 20).encode(), add_bos=True)[: args.prompt_tokens]
+    vocab = Vocab(path)
+    ids = vocab.tokenize((PROMPT * 20), add_bos=True)[: args.prompt_tokens]
     vocab.close()
     load = os.getloadavg()[0]
     lp, ld = bench_llamacpp(str(path), args.threads, ids, args.gen, args.repeats)

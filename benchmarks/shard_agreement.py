@@ -84,13 +84,12 @@ def main() -> None:
         spec.loader.exec_module(module)
         text = module.TEXT
 
-    import llama_cpp
-
+    from edgeinfer.engine.vocab import Vocab
     from edgeinfer.models.registry import resolve
 
     name, path = resolve(args.model)
-    vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
-    ids = vocab.tokenize(text.encode(), add_bos=True)
+    vocab = Vocab(path)
+    ids = vocab.tokenize(text, add_bos=True)
     vocab.close()
     print(f"\nmodel {name}, {len(ids)} tokens teacher-forced\n")
     print("| weights | top-1 agreement | max abs logit diff | mean abs logit diff | logit std | time s |")
