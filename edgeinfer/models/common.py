@@ -104,9 +104,8 @@ class Linear:
             self.scale = scale.to(torch.bfloat16)
         elif fmt == "bf16":
             self.weight = w.to(torch.bfloat16)
-            if (
-                MKLDNN_BF16
-            ):  # oneDNN's blocked layout: its bf16 kernel is fast for one row too (F.linear is not)
+            # oneDNN's blocked layout: its bf16 kernel is fast for one row too (F.linear is not)
+            if MKLDNN_BF16:
                 self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1)
         else:
             self.weight = w
