@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -73,12 +72,17 @@ def start_edge(tb, i: int, model: str, port: int, delay_ms: float, log: Path) ->
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    import torch
+
     from edgeinfer.models.dnn import zoo
     from edgeinfer.models.dnn.data import digits
     from edgeinfer.planner.dnn_profile import load_device, profile_model
+    from edgeinfer.planner.split import all_paths, evaluate
     from edgeinfer.split.compress import wire_key
-    from edgeinfer.split.device import DeviceClient
-    from edgeinfer.testbed.netns import available
+    from edgeinfer.split.device import ClientConfig, DeviceClient
+    from edgeinfer.split.exits import CRITERIA, calibrate_on_val
+    from edgeinfer.split.linkshape import shape
+    from edgeinfer.testbed.netns import Testbed, available
 
     reason = available()
     if reason:
@@ -110,25 +114,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                     got[j].append(r)
         return got
 
-    def _terminated(signum, frame):  # `timeout` / kill: unwind so the test-bed is torn down
-        raise RuntimeError(f"terminated by signal {signum}")
-
-    old_term = signal.signal(signal.SIGTERM, _terminated)
-    try:
-        return _run(cfg, log, m, dev, edge, test, n, final, wire, result, interleaved)
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-
-
-def _run(cfg, log, m, dev, edge, test, n, final, wire, result, interleaved) -> dict:
-    import torch
-
-    from edgeinfer.planner.split import all_paths, evaluate
-    from edgeinfer.split.device import ClientConfig, DeviceClient
-    from edgeinfer.split.exits import CRITERIA, calibrate_on_val
-    from edgeinfer.split.linkshape import shape
-    from edgeinfer.testbed.netns import Testbed
-
+    # SIGTERM (e.g. `timeout`) unwinds the `with Testbed` below: the test-bed installs that guard itself
     with Testbed(1, rate=None, name=f"spb{os.getpid() % 100000}") as tb:
         url = start_edge(
             tb, 0, cfg.model, cfg.port, cfg.delay_ms, Path("/tmp/edgeinfer-split-bench-edge.log")
