@@ -185,9 +185,10 @@ def plan_cluster(
         if cfg.stages:
             stages = [Stage(s.node, s.start, s.end) for s in cfg.stages]
             latency, bottleneck, rows = problem.evaluate(stages)
+            memory = {n.name: n.memory for n in problem.nodes}
             over = [
                 f"{r['node']} (layers {r['start']}-{r['end'] - 1}) needs {r['memory'] / 2**20:.0f} MiB of "
-                f"{problem.nodes[[n.name for n in problem.nodes].index(r['node'])].memory / 2**20:.0f} MiB"
+                f"{memory[r['node']] / 2**20:.0f} MiB"
                 for r in rows
                 if not r["fits"]
             ]

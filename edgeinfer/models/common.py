@@ -131,10 +131,9 @@ class Linear:
         return y if self.bias is None else y + self.bias
 
 
-def linear(f: GGUFFile, name: str, fmt: str, bias: str | None = None) -> Linear:
-    """Load matrix ``name`` (and an optional bias tensor, if the file has it) as a ``Linear``."""
-    b = f.load(bias) if bias is not None and f.has(bias) else None
-    return Linear(f.load(name), b, fmt)
+def linear(f: GGUFFile, name: str, fmt: str) -> Linear:
+    """Load matrix ``name`` as a ``Linear`` (biased matrices are all fused: see ``fused_linear``)."""
+    return Linear(f.load(name), None, fmt)
 
 
 def fused_linear(f: GGUFFile, names: list[str], fmt: str, biases: list[str] | None = None) -> Linear:
