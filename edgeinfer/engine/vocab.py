@@ -27,16 +27,17 @@ def _quiet_native_stderr() -> Iterator[None]:
     python_side = io.StringIO()  # llama-cpp-python's log callback prints through sys.stderr
     with tempfile.TemporaryFile() as held, redirect_stderr(python_side):
         os.dup2(held.fileno(), 2)
+        failed = True
         try:
             yield
-        except BaseException:
-            os.dup2(saved, 2)
-            held.seek(0)
-            print(held.read().decode("utf-8", errors="replace") + python_side.getvalue(), file=sys.__stderr__)
-            raise
+            failed = False
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            if failed:
+                held.seek(0)
+                native = held.read().decode("utf-8", errors="replace")
+                print(native + python_side.getvalue(), file=sys.__stderr__)
 
 
 class Vocab:
