@@ -25,8 +25,14 @@ from edgeinfer.models.common import WEIGHT_FORMATS, linear, rms_norm, rope_table
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
 
 ARCH_MODULES: dict[str, ModuleType] = {a: m for m in (llama, gemma3) for a in m.ARCHS}
-# int8: fastest decode and half of bf16's memory; bf16 is closer to llama.cpp (docs/shard-engine.md)
-DEFAULT_WEIGHT_FORMAT = "int8"
+
+
+def default_weight_format() -> str:
+    """``gguf`` (the stored blocks through the native kernels: fastest and llama.cpp's arithmetic) where the
+    kernels build; otherwise ``int8`` (docs/shard-engine.md)."""
+    from edgeinfer import kernels
+
+    return "gguf" if kernels.available() else "int8"
 
 
 def _arch_module(f: GGUFFile) -> ModuleType:
@@ -67,11 +73,15 @@ class Shard:
         exit_at: int | None = None,
         weight_format: str = "auto",
     ):
-        fmt = DEFAULT_WEIGHT_FORMAT if weight_format == "auto" else weight_format
+        fmt = default_weight_format() if weight_format == "auto" else weight_format
         if fmt not in WEIGHT_FORMATS:
             raise ValueError(
                 f"weight_format must be 'auto' or one of {', '.join(WEIGHT_FORMATS)}, got {fmt!r}"
             )
+        if fmt == "gguf":
+            from edgeinfer import kernels
+
+            kernels.load()  # a clear error (KernelUnavailable) now rather than at the first product
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads = threads or default_threads()

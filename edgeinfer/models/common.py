@@ -13,9 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeinfer import kernels
 from edgeinfer.models.gguf_file import GGUFFile
 
-WEIGHT_FORMATS = ("int8", "bf16", "f32")
+WEIGHT_FORMATS = ("gguf", "int8", "bf16", "f32")
 # bf16 matrix products through oneDNN with pre-packed weights (decode: 3x faster than F.linear, see
 # docs/shard-engine.md); absent on builds without oneDNN or without the op
 MKLDNN_BF16 = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -131,25 +132,60 @@ class Linear:
         return y if self.bias is None else y + self.bias
 
 
-def linear(f: GGUFFile, name: str, fmt: str) -> Linear:
-    """Load matrix ``name`` as a ``Linear`` (biased matrices are all fused: see ``fused_linear``)."""
+class GGUFLinear:
+    """y = x W^T (+ b) computed on W's GGUF blocks as stored (format ``gguf``): the native kernel
+    ``edgeinfer.kernels.qmatmul`` rounds x to 8-bit blocks and takes integer dot products, as llama.cpp does,
+    reading 4.5-8.5 bits per weight. Storage types the kernel does not read (F32, F16, BF16, Q4_1, Q5_1) are
+    dequantized to float32. Matrices of the same type are stacked into one product."""
+
+    def __init__(self, f: GGUFFile, names: list[str], bias: np.ndarray | None):
+        self.parts: list[tuple[int | None, torch.Tensor]] = []  # (kernel type id or None = float32, weight)
+        for name in names:
+            type_id = kernels.TYPES.get(f.type_name(name))
+            w = torch.from_numpy(f.blocks(name) if type_id is not None else f.load(name))
+            if self.parts and type_id is not None and self.parts[-1][0] == type_id:
+                w = torch.cat((self.parts.pop()[1], w))
+            self.parts.append((type_id, w))
+        self.in_features = f.shape(names[0])[1]
+        self.bias = None if bias is None else torch.as_tensor(bias, dtype=torch.float32)
+
+    @property
+    def nbytes(self) -> int:
+        n = sum(w.numel() * w.element_size() for _, w in self.parts)
+        return n + (0 if self.bias is None else self.bias.numel() * 4)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        ys = [F.linear(x2, w) if t is None else kernels.qmatmul(x2, w, t) for t, w in self.parts]
+        y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
+        y = y.view(*x.shape[:-1], y.shape[-1])
+        return y if self.bias is None else y + self.bias
+
+
+def linear(f: GGUFFile, name: str, fmt: str) -> Linear | GGUFLinear:
+    """Load matrix ``name`` in format ``fmt`` (biased matrices are all fused: see ``fused_linear``)."""
+    if fmt == "gguf":
+        return GGUFLinear(f, [name], None)
     return Linear(f.load(name), None, fmt)
 
 
-def fused_linear(f: GGUFFile, names: list[str], fmt: str, biases: list[str] | None = None) -> Linear:
+def fused_linear(
+    f: GGUFFile, names: list[str], fmt: str, biases: list[str] | None = None
+) -> Linear | GGUFLinear:
     """Matrices that read the same input (q/k/v; gate/up) stacked into one ``Linear``: one matrix product
     per step instead of several (the per-row int8 scales and bf16 values are the same as unfused). Biases
     the file lacks count as zero."""
-    mats = [f.load(n) for n in names]
     bias = None
     if biases is not None and any(f.has(b) for b in biases):
         bias = np.concatenate(
             [
-                f.load(b) if f.has(b) else np.zeros(m.shape[0], np.float32)
-                for b, m in zip(biases, mats, strict=True)
+                f.load(b) if f.has(b) else np.zeros(f.shape(n)[0], np.float32)
+                for b, n in zip(biases, names, strict=True)
             ]
         )
-    return Linear(np.concatenate(mats), bias, fmt)
+    if fmt == "gguf":
+        return GGUFLinear(f, names, bias)
+    return Linear(np.concatenate([f.load(n) for n in names]), bias, fmt)
 
 
 def vector(f: GGUFFile, name: str) -> torch.Tensor:

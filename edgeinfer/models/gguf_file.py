@@ -121,6 +121,13 @@ class GGUFFile:
         data = self._dequantize(tensor.data, tensor.tensor_type)
         return data.reshape(self.shape(name))
 
+    def blocks(self, name: str) -> np.ndarray:
+        """The stored bytes of a 2-D tensor, one matrix row per array row ([rows, bytes per row], uint8,
+        a copy): the form the native kernels compute on (``edgeinfer.kernels``)."""
+        tensor = self._tensor(name)
+        rows = self.shape(name)[0]
+        return np.array(tensor.data, copy=True).view(np.uint8).reshape(rows, -1)
+
     def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Dequantize selected rows of a 2-D tensor (an embedding lookup touching only those rows)."""
         tensor = self._tensor(name)
