@@ -1,7 +1,7 @@
 """Shard engine vs. llama.cpp: prefill and decode tokens/s on the same GGUF file and thread count.
 
     .venv/bin/python benchmarks/bench_shard.py --model qwen2.5-coder-0.5b-instruct --threads 2
-    .venv/bin/python benchmarks/bench_shard.py --model gemma-3-270m --formats int8,bf16 --profile
+    .venv/bin/python benchmarks/bench_shard.py --model gemma-3-270m --formats gguf,int8 --profile
 
 Each engine prefills the same prompt and then decodes --gen tokens greedily (one token per forward pass).
 Prints a markdown table (ratio = shard / llama.cpp) and, with --profile, where the shard engine's decode
@@ -84,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="bundled model name or GGUF path")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both engines")
-    ap.add_argument("--formats", default="int8,bf16,f32", help="shard weight formats to measure (comma list)")
+    ap.add_argument("--formats", default="gguf,int8,bf16", help="shard weight formats to measure (comma list)")
     ap.add_argument(
         "--prompt-tokens", type=int, default=128, help="prompt length for the prefill measurement"
     )

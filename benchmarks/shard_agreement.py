@@ -1,12 +1,17 @@
 """Shard engine vs. llama.cpp, teacher-forced: top-1 next-token agreement and logit differences.
 
-    .venv/bin/python benchmarks/shard_agreement.py --model qwen2.5-coder-0.5b-instruct --formats int8,bf16
-    .venv/bin/python benchmarks/shard_agreement.py --model gemma-3-270m --test-text
+    .venv/bin/python benchmarks/shard_agreement.py --model qwen2.5-coder-0.5b-instruct --formats gguf,bf16
+    .venv/bin/python benchmarks/shard_agreement.py --model gemma-3-270m --test-text --sensitivity
 
 Both engines read the same text (written for this project, about 250 tokens) in one pass and return the
 logits of every position (llama-cpp-python with ``logits_all=True``). Reported per weight format: the share
 of positions whose argmax agrees, and the max / mean absolute logit difference over all positions and the
 whole vocabulary. The same comparison is asserted in tests/engine/test_shard_vs_llamacpp.py.
+
+``--sensitivity`` adds the engine against itself with one change of rounding: RMSNorm's mean of squares
+taken in float64 instead of float32 (ggml takes it in double), a relative change of ~1e-7 in one op. How far
+that moves the logits is the noise floor of any implementation that is not bit-identical to the oracle:
+with 8-bit activation rounding a 1e-7 change flips roundings, and the flips spread through the KV cache.
 """
 
 from __future__ import annotations
@@ -51,6 +56,32 @@ def teacher_forced(path: str, ids: list[int], fmt: str, threads: int = 2):
     return ref, ours
 
 
+def sensitivity(path: str, ids: list[int], fmt: str, threads: int = 2):
+    """(engine logits, engine logits with RMSNorm's mean of squares in float64)."""
+    import torch
+
+    from edgeinfer.engine.shard import Shard, layer_count
+    from edgeinfer.models import gemma3, llama
+
+    def logits():
+        shard = Shard(path, 0, layer_count(path), threads=threads, weight_format=fmt, max_seq_len=1024)
+        out = shard.forward("text", torch.tensor(ids), all_logits=True).numpy()
+        shard.close()
+        return out
+
+    def rms_norm_f64(x, weight, eps):
+        xd = x.double()
+        return (xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + eps)).float() * weight
+
+    base = logits()
+    saved = llama.rms_norm, gemma3.rms_norm
+    llama.rms_norm = gemma3.rms_norm = rms_norm_f64  # this script only: one op rounded differently
+    try:
+        return base, logits()
+    finally:
+        llama.rms_norm, gemma3.rms_norm = saved
+
+
 def compare(ref, ours) -> dict[str, float]:
     import numpy as np
 
@@ -67,10 +98,13 @@ def compare(ref, ours) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="bundled model name or GGUF path")
-    ap.add_argument("--formats", default="int8,bf16", help="shard weight formats (comma list)")
+    ap.add_argument("--formats", default="gguf,int8,bf16", help="shard weight formats (comma list)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--test-text", action="store_true", help="use the text of tests/engine/test_shard_vs_llamacpp.py"
+    )
+    ap.add_argument(
+        "--sensitivity", action="store_true", help="also compare each format with itself, norms in float64"
     )
     args = ap.parse_args()
     text = TEXT
@@ -103,6 +137,15 @@ def main() -> None:
             f"| {time.perf_counter() - t0:.1f} |",
             flush=True,
         )
+        if args.sensitivity:
+            t0 = time.perf_counter()
+            r = compare(*sensitivity(str(path), ids, fmt, args.threads))
+            print(
+                f"| {fmt} vs itself, norms in f64 | {100 * r['top1']:.1f} % "
+                f"({round(r['top1'] * r['positions'])}/{r['positions']}) | {r['max_diff']:.3f} "
+                f"| {r['mean_diff']:.4f} | {r['logit_std']:.2f} | {time.perf_counter() - t0:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from edgeinfer import kernels
 from edgeinfer.engine.base import ModelInfo
 from edgeinfer.engine.kv_cache import KVCache
 from edgeinfer.engine.threads import default_threads
@@ -30,8 +31,6 @@ ARCH_MODULES: dict[str, ModuleType] = {a: m for m in (llama, gemma3) for a in m.
 def default_weight_format() -> str:
     """``gguf`` (the stored blocks through the native kernels: fastest and llama.cpp's arithmetic) where the
     kernels build; otherwise ``int8`` (docs/shard-engine.md)."""
-    from edgeinfer import kernels
-
     return "gguf" if kernels.available() else "int8"
 
 
@@ -79,8 +78,6 @@ class Shard:
                 f"weight_format must be 'auto' or one of {', '.join(WEIGHT_FORMATS)}, got {fmt!r}"
             )
         if fmt == "gguf":
-            from edgeinfer import kernels
-
             kernels.load()  # a clear error (KernelUnavailable) now rather than at the first product
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")

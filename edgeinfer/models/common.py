@@ -1,7 +1,8 @@
 """Blocks shared by the architectures: config, RMSNorm, RoPE, weight-only-quantized linear, cached attention.
 
 Numerics follow llama.cpp (the oracle in the tests): norms, RoPE and softmax run in float32; only the large
-matrix products use the compact weight format chosen at load time (see ``Linear``).
+matrix products use the weight format chosen at load time: ``gguf`` (``GGUFLinear``, the stored blocks with
+llama.cpp's integer arithmetic) or a dequantized int8 / bf16 / float32 copy (``Linear``).
 """
 
 from __future__ import annotations
@@ -82,11 +83,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool
 
 # ---- weights ----------------------------------------------------------------------------------------------
 class Linear:
-    """y = x W^T (+ b) with W held as per-row symmetric int8, bf16 or float32. Input/output are float32.
-
-    Activations are not rounded to 8 bits the way llama.cpp does for quantized weights: measured against
-    llama.cpp on the bundled models, mimicking that rounding did not bring the logits closer (the rounding
-    amplifies summation-order noise either way) and costs decode time; see docs/shard-engine.md."""
+    """y = x W^T (+ b) with W dequantized and held as per-row symmetric int8, bf16 or float32 (PyTorch's own
+    kernels). Input/output are float32; activations are not rounded to 8 bits (see docs/shard-engine.md)."""
 
     def __init__(self, weight: np.ndarray | torch.Tensor, bias: np.ndarray | None, fmt: str):
         if fmt not in WEIGHT_FORMATS:

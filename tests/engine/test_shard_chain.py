@@ -46,7 +46,7 @@ def tiny(request, tmp_path_factory) -> Path:
     )
 
 
-@pytest.mark.parametrize("fmt", ["int8", "bf16", "f32"])
+@pytest.mark.parametrize("fmt", ["gguf", "int8", "bf16", "f32"])
 def test_tiny_chains_of_1_2_3_shards_are_token_identical(tiny, fmt):
     whole, two, three = chains(tiny, [[], [3], [1, 4]], threads=1, weight_format=fmt)
     ref, ref_logits = greedy(whole, PROMPT, 24)

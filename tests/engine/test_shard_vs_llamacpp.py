@@ -23,7 +23,7 @@ import torch
 from edgeinfer.engine.shard import Shard, layer_count
 from edgeinfer.models.synthetic import write_tiny_gguf
 
-WEIGHT_FORMAT = "bf16"
+WEIGHT_FORMAT = "gguf"  # the default where the native kernels build
 
 # Written for this test (not from any corpus): ordinary English prose, > 200 tokens for both tokenizers.
 TEXT = (
@@ -94,9 +94,13 @@ def tokens(path: Path, text: str) -> list[int]:
 def agreement(ref: np.ndarray, other: np.ndarray) -> dict[str, float]:
     assert ref.shape == other.shape
     diff = np.abs(ref - other)
+    a, b = ref.argmax(-1), other.argmax(-1)
+    rows = np.nonzero(a != b)[0]
     return {
         "positions": len(ref),
-        "top1": round(float((ref.argmax(-1) == other.argmax(-1)).mean()), 4),
+        "top1": round(float((a == b).mean()), 4),
+        # how far, in the reference's logits, the other engine's choice trails the reference's choice
+        "worst_flip_gap": round(float((ref[rows, a[rows]] - ref[rows, b[rows]]).max(initial=0.0)), 4),
         "max_abs_logit_diff": round(float(diff.max()), 4),
         "mean_abs_logit_diff": round(float(diff.mean()), 5),
         "logit_std": round(float(ref.std()), 3),
@@ -113,6 +117,8 @@ def check_agreement(name: str, path: Path, ids: list[int], record_property, weig
     assert report["top1"] >= min(0.99, floor["top1"] - 0.01), (report, floor)
     # the logits themselves are as close as llama.cpp's own runs, not just their argmax
     assert report["mean_abs_logit_diff"] <= 1.25 * floor["mean_abs_logit_diff"], (report, floor)
+    # and the tokens that differ are near-ties: llama.cpp ranks them within a few times its own noise
+    assert report["worst_flip_gap"] <= 4 * floor["mean_abs_logit_diff"], (report, floor)
 
 
 @pytest.mark.slow

@@ -1,0 +1,74 @@
+"""The native GGUF kernels against an independent reference: gguf's dequantizers plus llama.cpp's 8-bit
+activation rounding written out in numpy, on random blocks of every type the kernels read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType, quants
+
+from edgeinfer import kernels
+
+# byte offsets of the fp16 scales inside one block (random bytes elsewhere are valid values)
+SCALE_OFFSETS = {"Q4_0": (0,), "Q5_0": (0,), "Q8_0": (0,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    kernels.load()
+
+
+def random_blocks(type_name: str, rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    block, nbytes = kernels.BLOCK[type_name]
+    raw = rng.integers(0, 256, size=(rows, k // block, nbytes), dtype=np.uint8)
+    for off in SCALE_OFFSETS[type_name]:
+        scales = rng.uniform(1e-3, 2e-2, size=(rows, k // block)).astype(np.float16)
+        raw[:, :, off : off + 2] = scales.view(np.uint8).reshape(rows, k // block, 2)
+    return raw.reshape(rows, -1)
+
+
+def rounded_activations(x: np.ndarray, k_quant: bool) -> np.ndarray:
+    """x as llama.cpp rounds it before a quantized product (ggml quantize_row_q8_0 / q8_K), in float64."""
+    x = x.astype(np.float32)
+    if not k_quant:  # blocks of 32, fp16 scale amax/127, values rint(x * 127/amax)
+        b = x.reshape(len(x), -1, 32)
+        amax = np.abs(b).max(-1, keepdims=True)
+        d = (amax / np.float32(127)).astype(np.float16).astype(np.float64)
+        inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+        return (np.rint(b * inv) * d).reshape(x.shape)
+    b = x.reshape(len(x), -1, 256)  # blocks of 256, scale -max/127 of the largest-magnitude value
+    big = np.take_along_axis(b, np.abs(b).argmax(-1)[..., None], -1)
+    iscale = (np.float32(-127) / big).astype(np.float32)
+    q = np.minimum(np.rint(b * iscale), 127)
+    return (q * (np.float32(1) / iscale).astype(np.float64)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["simd", "portable"])
+@pytest.mark.parametrize("type_name", list(kernels.TYPES))
+def test_qmatmul_equals_dequantized_reference(type_name, portable):
+    rng = np.random.default_rng(kernels.TYPES[type_name])
+    rows, k = 37, 512  # 37: not a multiple of the kernel's 16-row tiles
+    w = random_blocks(type_name, rows, k, rng)
+    dense = quants.dequantize(w, GGMLQuantizationType[type_name]).reshape(rows, k).astype(np.float64)
+    for n in (1, 4, 7):  # the one-row and four-row paths and their mix
+        x = rng.standard_normal((n, k)).astype(np.float32)
+        ref = rounded_activations(x, type_name.endswith("_K")) @ dense.T
+        y = kernels.qmatmul(torch.from_numpy(x), torch.from_numpy(w), kernels.TYPES[type_name], portable)
+        assert y.shape == (n, rows) and y.dtype == torch.float32
+        np.testing.assert_allclose(y.numpy(), ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+def test_simd_paths_are_compiled_where_the_cpu_has_avx2():
+    assert kernels.simd() == kernels._cpu_has_avx2()
+
+
+def test_bad_shapes_and_types_are_clear_errors():
+    w = torch.zeros(4, 22 * 2, dtype=torch.uint8)  # Q5_0 rows of 64 values
+    with pytest.raises(RuntimeError, match="columns but the weight rows hold"):
+        kernels.qmatmul(torch.zeros(1, 96), w, kernels.TYPES["Q5_0"])
+    with pytest.raises(RuntimeError, match="unsupported GGUF type"):
+        kernels.qmatmul(torch.zeros(1, 64), w, 1)
+    with pytest.raises(RuntimeError, match="float32"):
+        kernels.qmatmul(torch.zeros(1, 64, dtype=torch.float64), w, kernels.TYPES["Q5_0"])
+    assert kernels.qmatmul(torch.zeros(0, 64), w, kernels.TYPES["Q5_0"]).shape == (0, 4)
