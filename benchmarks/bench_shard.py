@@ -84,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="bundled model name or GGUF path")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both engines")
-    ap.add_argument("--formats", default="gguf,int8,bf16", help="shard weight formats to measure (comma list)")
+    ap.add_argument("--formats", default="gguf,int8,bf16", help="shard weight formats (comma list)")
     ap.add_argument(
         "--prompt-tokens", type=int, default=128, help="prompt length for the prefill measurement"
     )

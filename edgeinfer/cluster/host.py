@@ -218,7 +218,7 @@ class ShardHost:
             return self._profiles[model]
         import torch
 
-        from edgeinfer.engine.shard import Shard, layer_count
+        from edgeinfer.engine.shard import Shard, layer_count, layer_weight_bytes
         from edgeinfer.models.registry import resolve
 
         _, path = resolve(model, progress=False)
@@ -256,7 +256,9 @@ class ShardHost:
                 one, last = t[0], t[-1]
                 per_layer = (t[1] - one) / (k - 1) if k > 1 else one
                 per_layer = max(per_layer, one * 0.1)  # noise guard: a layer is never free
-                layer_b, last_b = int(shards[0].weight_bytes), int(shards[-1].weight_bytes)
+                # layers differ in size (a file mixes storage types; the gguf format keeps each type's size)
+                sizes = layer_weight_bytes(path, shards[0].weight_format)
+                layer_b, head_b = max(sizes), max(0, int(shards[-1].weight_bytes) - sizes[-1])
                 hidden, vocab = int(shards[0].hidden_size), int(shards[0].vocab_size)
             finally:
                 for s in shards:
@@ -266,7 +268,8 @@ class ShardHost:
             "stage_seconds": max(0.0, one - per_layer),
             "head_seconds": max(0.0, last - one),
             "layer_bytes": layer_b,
-            "head_bytes": max(0, last_b - layer_b),
+            "layer_sizes": sizes,
+            "head_bytes": head_b,
             "embed_bytes": 0,  # the shard engine reads embedding rows from the memory-mapped file
             "n_layers": n,
             "hidden_size": hidden,

@@ -93,6 +93,7 @@ def profile_cluster(cfg: ClusterConfig, progress=None) -> ClusterProfile:
             caps = _caps_dict(client.capabilities(cfg.model, measure=True))
             for k in ("free_ram", "total_ram", "layer_bytes", "head_bytes", "embed_bytes", "memory_limit"):
                 caps[k] = int(caps.get(k, 0))
+            caps["layer_sizes"] = [int(v) for v in caps.get("layer_sizes", [])]
             say(f"profiling {spec.name}: link ...")
             rtt, bw = client.probe_link()
             call = probe_forward(client, cfg.model, caps, cfg.threads, cfg.wire_dtype)
@@ -125,9 +126,13 @@ def build_problem(profile: ClusterProfile, wire_bytes: int = 2, output_bytes: fl
             raise ValueError(
                 f"node {p.name} reports {p.caps['n_layers']} layers, {profile.nodes[0].name} {n_layers}"
             )
+    sizes = [p.caps.get("layer_sizes") or [] for p in profile.nodes]
+    layer_bytes: float | list[float] = max(p.caps["layer_bytes"] for p in profile.nodes)
+    if all(len(s) == n_layers for s in sizes):  # every layer's own size (they differ with mixed types)
+        layer_bytes = [float(max(col)) for col in zip(*sizes, strict=True)]
     model = ModelCost(
         n_layers=n_layers,
-        layer_bytes=max(p.caps["layer_bytes"] for p in profile.nodes),
+        layer_bytes=layer_bytes,
         embed_bytes=max(p.caps["embed_bytes"] for p in profile.nodes),
         head_bytes=max(p.caps["head_bytes"] for p in profile.nodes),
         activation_bytes=int(ref["hidden_size"]) * wire_bytes,

@@ -22,7 +22,7 @@ from edgeinfer.engine.base import ModelInfo
 from edgeinfer.engine.kv_cache import KVCache
 from edgeinfer.engine.threads import default_threads
 from edgeinfer.models import gemma3, llama
-from edgeinfer.models.common import WEIGHT_FORMATS, linear, rms_norm, rope_tables
+from edgeinfer.models.common import WEIGHT_FORMATS, linear, loaded_bytes, rms_norm, rope_tables
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
 
 ARCH_MODULES: dict[str, ModuleType] = {a: m for m in (llama, gemma3) for a in m.ARCHS}
@@ -49,6 +49,22 @@ def layer_count(model_path: str | Path) -> int:
     f = GGUFFile(model_path)
     try:
         return int(f.arch_get("block_count"))
+    finally:
+        f.close()
+
+
+def layer_weight_bytes(model_path: str | Path, weight_format: str = "auto") -> list[int]:
+    """Weight bytes of every layer once loaded in ``weight_format``, from metadata only. Layers differ: a
+    Q4_K_M file mixes storage types, and the ``gguf`` format keeps each type's size."""
+    fmt = default_weight_format() if weight_format == "auto" else weight_format
+    f = GGUFFile(model_path)
+    try:
+        sizes = [0] * int(f.arch_get("block_count"))
+        for name in f.tensors:
+            parts = name.split(".")
+            if parts[0] == "blk":
+                sizes[int(parts[1])] += loaded_bytes(f, name, fmt)
+        return sizes
     finally:
         f.close()
 

@@ -1,7 +1,8 @@
 """Native matrix products on GGUF blocks (``qmatmul.cpp``), compiled on first use.
 
 ``qmatmul(x, w, type_id)`` computes x W^T where W is a uint8 tensor of GGUF blocks, one matrix row per tensor
-row, with llama.cpp's arithmetic (8-bit activation blocks, integer dot products). The C++ source is built
+row, with llama.cpp's arithmetic (8-bit activation blocks and integer dot products for the quantized types;
+activations rounded to the weight's type for F16 / BF16). The C++ source is built
 once per machine with ``torch.utils.cpp_extension`` into ``~/.cache/edgeinfer/kernels`` (about 15 s; needs a
 C++ compiler, which building llama-cpp-python needs too). On x86 CPUs with AVX2 it is built with the same
 instruction set as the portable llama.cpp build (AVX2, FMA, F16C); elsewhere the portable C++ paths are used.
@@ -23,9 +24,10 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("qmatmul.cpp")
 # GGUF storage types the kernel reads directly (name -> ggml type id)
-TYPES = {"Q4_0": 2, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
-BLOCK = {"Q4_0": (32, 18), "Q5_0": (32, 22), "Q8_0": (32, 34), "Q4_K": (256, 144), "Q5_K": (256, 176),
-         "Q6_K": (256, 210)}  # fmt: skip
+TYPES = {"F16": 1, "Q4_0": 2, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "BF16": 30}
+# values and bytes per block (the 16-bit types are read in runs of 32: rows must hold a multiple of 32)
+BLOCK = {"F16": (32, 64), "Q4_0": (32, 18), "Q5_0": (32, 22), "Q8_0": (32, 34), "Q4_K": (256, 144),
+         "Q5_K": (256, 176), "Q6_K": (256, 210), "BF16": (32, 64)}  # fmt: skip
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -49,6 +51,8 @@ def _flags() -> list[str]:
     flags = ["-O3", "-fopenmp"]
     if _cpu_has_avx2():
         flags += ["-mavx2", "-mfma", "-mf16c"]
+    elif platform.machine().lower() in ("aarch64", "arm64"):
+        flags += ["-mcpu=native"]  # NEON and, on ARMv8.2+ (Pi 5, Orin), dot-product instructions
     return flags
 
 

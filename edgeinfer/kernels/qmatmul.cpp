@@ -1,9 +1,10 @@
-// y = x W^T with W kept in its GGUF block encoding (Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K).
+// y = x W^T with W kept in its GGUF encoding (Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16).
 //
 // The arithmetic is llama.cpp's: each row of x is rounded to 8 bits per block (Q8_0 blocks of 32 with an fp16
 // scale for the 32-blocks, Q8_K blocks of 256 with a float scale and 16-value sums for the K-quants), then
 // every output is a sum over blocks of integer dot products times the two block scales. Weights are read at
-// their stored 4.5-8.5 bits per value, which is what makes decode fast: it is memory-bound.
+// their stored 4.5-8.5 bits per value, which is what makes decode fast: it is memory-bound. For F16 / BF16
+// weights x is rounded to the same 16-bit type and the products are summed in float32.
 //
 // Block layouts are those of ggml (see gguf.quants for the reference dequantizers); the AVX2 paths and the
 // portable paths compute the same integers. Exposed as torch.ops.edgeinfer.qmatmul(x, w, type).
@@ -14,6 +15,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -29,7 +31,7 @@
 namespace {
 
 // ggml type ids (gguf.GGMLQuantizationType)
-enum : int64_t { Q4_0 = 2, Q5_0 = 6, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+enum : int64_t { F16 = 1, Q4_0 = 2, Q5_0 = 6, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30 };
 
 inline float half_to_float(const uint8_t* p) {
   uint16_t h;
@@ -48,12 +50,36 @@ inline float round_to_half(float x) {
 struct ActQ8_0 {  // one block of 32
   int8_t q[32];
   float d;  // the fp16-rounded scale, as float
+  int32_t sum;  // sum of q
 };
 struct ActQ8_K {  // one block of 256
   int8_t q[256];
   float d;
   int32_t bsums[16];  // sums of q over each 16 values
 };
+
+struct Act16 {  // 32 values rounded to the weight's 16-bit type (F16 or BF16)
+  uint16_t h[32];
+};
+
+inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN kept quiet (as ggml)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffff) > 0x7f800000) return static_cast<uint16_t>((u >> 16) | 64);
+  return static_cast<uint16_t>((u + (0x7fff + ((u >> 16) & 1))) >> 16);
+}
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <bool Brain>
+void quantize_16(const float* x, Act16* y, int64_t k) {
+  for (int64_t j = 0; j < k; ++j)
+    y[j / 32].h[j % 32] = Brain ? float_to_bf16(x[j]) : c10::detail::fp16_ieee_from_fp32_value(x[j]);
+}
 
 void quantize_q8_0(const float* x, ActQ8_0* y, int64_t k) {
   for (int64_t b = 0; b < k / 32; ++b, x += 32) {
@@ -62,7 +88,11 @@ void quantize_q8_0(const float* x, ActQ8_0* y, int64_t k) {
     const float d = amax / 127.f;
     const float id = amax != 0.f ? 127.f / amax : 0.f;
     y[b].d = round_to_half(d);
-    for (int j = 0; j < 32; ++j) y[b].q[j] = static_cast<int8_t>(std::nearbyint(x[j] * id));
+    y[b].sum = 0;
+    for (int j = 0; j < 32; ++j) {
+      y[b].q[j] = static_cast<int8_t>(std::nearbyint(x[j] * id));
+      y[b].sum += y[b].q[j];
+    }
   }
 }
 
@@ -107,34 +137,50 @@ inline void scale_min_k4(int j, const uint8_t* s, int& sc, int& m) {
 }
 
 // ---- one weight row . one activation row: portable versions ---------------------------------------------
-// Each returns the dot product of the row (nb blocks starting at w) with the quantized activations.
+// Each unpacks a block into signed bytes, then takes plain integer dot products: loops a compiler vectorizes
+// for whatever CPU it targets (NEON dot products on ARMv8.2+, SSE/AVX elsewhere). Same integers as the AVX2
+// paths below.
 
-float dot_q4_0_ref(const uint8_t* w, const ActQ8_0* a, int64_t nb) {
-  float s = 0.f;
-  for (int64_t b = 0; b < nb; ++b, w += 18) {
-    const uint8_t* qs = w + 2;
-    int sumi = 0;
-    for (int j = 0; j < 16; ++j) {
-      sumi += ((qs[j] & 0xF) - 8) * a[b].q[j] + ((qs[j] >> 4) - 8) * a[b].q[j + 16];
-    }
-    s += half_to_float(w) * a[b].d * static_cast<float>(sumi);
-  }
+template <int N>
+inline int dot_bytes(const int8_t* a, const int8_t* b) {
+  int s = 0;
+  for (int i = 0; i < N; ++i) s += a[i] * b[i];
   return s;
 }
 
-float dot_q5_0_ref(const uint8_t* w, const ActQ8_0* a, int64_t nb) {
+// Q4_0 (fp16 d, 16 bytes of nibbles: value j low, j+16 high; minus 8) and Q5_0 (fp16 d, 4 bytes of fifth bits,
+// 16 bytes of nibbles; minus 16). Blocks are unpacked eight at a time into bytes, then dotted.
+constexpr uint64_t kLow = 0x0F0F0F0F0F0F0F0FULL;
+
+inline uint64_t fifth_bits(uint8_t b) {  // byte t = 0x10 if bit t of b is set (SWAR, no table)
+  const uint64_t bits = (b * 0x0101010101010101ULL) & 0x8040201008040201ULL;
+  return ((bits + 0x7F7F7F7F7F7F7F7FULL) >> 3) & 0x1010101010101010ULL;
+}
+
+template <bool Five>
+float dot_q45_0_ref(const uint8_t* w, const ActQ8_0* a, int64_t nb) {
+  constexpr int bytes = Five ? 22 : 18, offset = Five ? 16 : 8;
   float s = 0.f;
-  for (int64_t b = 0; b < nb; ++b, w += 22) {
-    uint32_t qh;
-    std::memcpy(&qh, w + 2, 4);
-    const uint8_t* qs = w + 6;
-    int sumi = 0;
-    for (int j = 0; j < 16; ++j) {
-      const int lo = (qs[j] & 0xF) | (((qh >> j) & 1) << 4);
-      const int hi = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
-      sumi += (lo - 16) * a[b].q[j] + (hi - 16) * a[b].q[j + 16];
+  uint64_t words[8][4];  // eight blocks of 32 values, unsigned
+  for (int64_t b0 = 0; b0 < nb; b0 += 8) {
+    const int64_t n = std::min<int64_t>(8, nb - b0);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint8_t* blk = w + (b0 + i) * bytes;
+      uint64_t q0, q1;
+      std::memcpy(&q0, blk + bytes - 16, 8);
+      std::memcpy(&q1, blk + bytes - 8, 8);
+      words[i][0] = q0 & kLow;
+      words[i][1] = q1 & kLow;
+      words[i][2] = (q0 >> 4) & kLow;
+      words[i][3] = (q1 >> 4) & kLow;
+      if (Five)
+        for (int k = 0; k < 4; ++k) words[i][k] |= fifth_bits(blk[2 + k]);
     }
-    s += half_to_float(w) * a[b].d * static_cast<float>(sumi);
+    for (int64_t i = 0; i < n; ++i) {
+      const ActQ8_0& x = a[b0 + i];
+      const int dot = dot_bytes<32>(reinterpret_cast<const int8_t*>(words[i]), x.q) - offset * x.sum;
+      s += half_to_float(w + (b0 + i) * bytes) * x.d * static_cast<float>(dot);
+    }
   }
   return s;
 }
@@ -143,52 +189,35 @@ float dot_q8_0_ref(const uint8_t* w, const ActQ8_0* a, int64_t nb) {
   float s = 0.f;
   for (int64_t b = 0; b < nb; ++b, w += 34) {
     const int8_t* qs = reinterpret_cast<const int8_t*>(w + 2);
-    int sumi = 0;
-    for (int j = 0; j < 32; ++j) sumi += qs[j] * a[b].q[j];
-    s += half_to_float(w) * a[b].d * static_cast<float>(sumi);
+    s += half_to_float(w) * a[b].d * static_cast<float>(dot_bytes<32>(qs, a[b].q));
   }
   return s;
 }
 
-// Q4_K: d, dmin (fp16), 12 bytes of scales/mins, 128 bytes of nibbles; value = d*sc*q - dmin*m
-float dot_q4_K_ref(const uint8_t* w, const ActQ8_K* a, int64_t nb) {
+// Q4_K (Five = false): d, dmin (fp16), 12 bytes of scales/mins, 128 bytes of nibbles; value = d*sc*q - dmin*m.
+// Q5_K: the same with a fifth bit per value in 32 bytes of qh before the nibbles.
+template <bool Five>
+float dot_q45_K_ref(const uint8_t* w, const ActQ8_K* a, int64_t nb) {
   float s = 0.f;
-  for (int64_t b = 0; b < nb; ++b, w += 144) {
-    const uint8_t* qs = w + 16;
-    int sumi = 0, summ = 0;
-    for (int j = 0; j < 8; ++j) {
-      int sc, m;
-      scale_min_k4(j, w + 4, sc, m);
-      const int8_t* q8 = a[b].q + 32 * j;
-      const uint8_t* q4 = qs + 32 * (j / 2);
-      int dot = 0;
-      for (int l = 0; l < 32; ++l) dot += ((j & 1) ? (q4[l] >> 4) : (q4[l] & 0xF)) * q8[l];
-      sumi += sc * dot;
-      summ += m * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
-    }
-    s += a[b].d * (half_to_float(w) * sumi - half_to_float(w + 2) * summ);
-  }
-  return s;
-}
-
-// Q5_K: as Q4_K plus a fifth bit per value in 32 bytes of qh
-float dot_q5_K_ref(const uint8_t* w, const ActQ8_K* a, int64_t nb) {
-  float s = 0.f;
-  for (int64_t b = 0; b < nb; ++b, w += 176) {
+  int8_t v[256];
+  for (int64_t b = 0; b < nb; ++b, w += Five ? 176 : 144) {
     const uint8_t* qh = w + 16;
-    const uint8_t* qs = w + 48;
+    const uint8_t* qs = w + (Five ? 48 : 16);
+    for (int c = 0; c < 4; ++c) {  // 64 values: low nibbles = sub-block 2c, high nibbles = sub-block 2c+1
+      for (int l = 0; l < 32; ++l) {
+        v[64 * c + l] = static_cast<int8_t>(qs[32 * c + l] & 0xF);
+        v[64 * c + 32 + l] = static_cast<int8_t>(qs[32 * c + l] >> 4);
+        if (Five) {
+          v[64 * c + l] = static_cast<int8_t>(v[64 * c + l] | (((qh[l] >> (2 * c)) & 1) << 4));
+          v[64 * c + 32 + l] = static_cast<int8_t>(v[64 * c + 32 + l] | (((qh[l] >> (2 * c + 1)) & 1) << 4));
+        }
+      }
+    }
     int sumi = 0, summ = 0;
     for (int j = 0; j < 8; ++j) {
       int sc, m;
       scale_min_k4(j, w + 4, sc, m);
-      const int8_t* q8 = a[b].q + 32 * j;
-      const uint8_t* q4 = qs + 32 * (j / 2);
-      int dot = 0;
-      for (int l = 0; l < 32; ++l) {
-        const int v = ((j & 1) ? (q4[l] >> 4) : (q4[l] & 0xF)) | (((qh[l] >> j) & 1) << 4);
-        dot += v * q8[l];
-      }
-      sumi += sc * dot;
+      sumi += sc * dot_bytes<32>(v + 32 * j, a[b].q + 32 * j);
       summ += m * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
     }
     s += a[b].d * (half_to_float(w) * sumi - half_to_float(w + 2) * summ);
@@ -196,27 +225,46 @@ float dot_q5_K_ref(const uint8_t* w, const ActQ8_K* a, int64_t nb) {
   return s;
 }
 
-// Q6_K: 128 bytes low nibbles, 64 bytes high 2-bit pairs, 16 int8 scales (one per 16 values), fp16 d
+// Q6_K: 128 bytes low nibbles, 64 bytes high 2-bit pairs, 16 int8 scales (one per 16 values), fp16 d;
+// value = d*sc*(q - 32), the -32 applied through the activation sums
 float dot_q6_K_ref(const uint8_t* w, const ActQ8_K* a, int64_t nb) {
+  constexpr uint64_t two = 0x0303030303030303ULL;
   float s = 0.f;
+  uint64_t u[32];  // 256 unsigned values, 8 per word
   for (int64_t b = 0; b < nb; ++b, w += 210) {
-    const int8_t* sc = reinterpret_cast<const int8_t*>(w + 192);
-    int sumi = 0;
     for (int h = 0; h < 2; ++h) {
-      const uint8_t* ql = w + 64 * h;
-      const uint8_t* qh = w + 128 + 32 * h;
-      const int8_t* q8 = a[b].q + 128 * h;
-      for (int l = 0; l < 32; ++l) {
-        const int g = 8 * h + l / 16;
-        const int v0 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32;
-        const int v1 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-        const int v2 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-        const int v3 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-        sumi += sc[g] * v0 * q8[l] + sc[g + 2] * v1 * q8[l + 32] + sc[g + 4] * v2 * q8[l + 64] +
-                sc[g + 6] * v3 * q8[l + 96];
+      for (int l = 0; l < 32; l += 8) {
+        uint64_t l0, l1, hb;
+        std::memcpy(&l0, w + 64 * h + l, 8);
+        std::memcpy(&l1, w + 64 * h + 32 + l, 8);
+        std::memcpy(&hb, w + 128 + 32 * h + l, 8);
+        uint64_t* o = u + 16 * h + l / 8;  // values 128h + l .. (+32, +64, +96)
+        o[0] = (l0 & kLow) | ((hb & two) << 4);
+        o[4] = (l1 & kLow) | (((hb >> 2) & two) << 4);
+        o[8] = ((l0 >> 4) & kLow) | (((hb >> 4) & two) << 4);
+        o[12] = ((l1 >> 4) & kLow) | (((hb >> 6) & two) << 4);
       }
     }
+    const int8_t* sc = reinterpret_cast<const int8_t*>(w + 192);
+    const int8_t* v = reinterpret_cast<const int8_t*>(u);
+    int sumi = 0;
+    for (int g = 0; g < 16; ++g)
+      sumi += sc[g] * (dot_bytes<16>(v + 16 * g, a[b].q + 16 * g) - 32 * a[b].bsums[g]);
     s += a[b].d * half_to_float(w + 208) * static_cast<float>(sumi);
+  }
+  return s;
+}
+
+template <bool Brain>
+float dot_16_ref(const uint8_t* w, const Act16* a, int64_t nb) {
+  float s = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    for (int j = 0; j < 32; ++j) {
+      uint16_t h;
+      std::memcpy(&h, w + 64 * b + 2 * j, 2);
+      s += Brain ? bf16_to_float(h) * bf16_to_float(a[b].h[j])
+                 : c10::detail::fp16_ieee_to_fp32_value(h) * c10::detail::fp16_ieee_to_fp32_value(a[b].h[j]);
+    }
   }
   return s;
 }
@@ -357,6 +405,26 @@ void rows_q6_K(const uint8_t* w, const ActQ8_K* a, int64_t nb, float* y, int64_t
   }
   for (int r = 0; r < R; ++r) y[r * ys] = hsum(acc[r]) - offs[r];
 }
+
+template <bool Brain>
+inline __m256 load8_16(const void* p) {  // eight F16 / BF16 values -> float32
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if (Brain) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+  return _mm256_cvtph_ps(v);
+}
+
+template <int R, bool Brain>
+void rows_16(const uint8_t* w, const Act16* a, int64_t nb, float* y, int64_t ys) {
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b, w += 64) {
+    for (int c = 0; c < 4; ++c) {
+      const __m256 wv = load8_16<Brain>(w + 16 * c);
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(wv, load8_16<Brain>(a[r * nb + b].h + 8 * c), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) y[r * ys] = hsum(acc[r]);
+}
 #endif
 
 // ---- the operator ------------------------------------------------------------------------------------------
@@ -385,8 +453,8 @@ Kernel<ActQ8_0> kernel_32(int64_t t, bool portable) {
   }
 #endif
   (void)portable;
-  if (t == Q4_0) return {32, 18, rows_ref<ActQ8_0, dot_q4_0_ref>, nullptr, quantize_q8_0};
-  if (t == Q5_0) return {32, 22, rows_ref<ActQ8_0, dot_q5_0_ref>, nullptr, quantize_q8_0};
+  if (t == Q4_0) return {32, 18, rows_ref<ActQ8_0, dot_q45_0_ref<false>>, nullptr, quantize_q8_0};
+  if (t == Q5_0) return {32, 22, rows_ref<ActQ8_0, dot_q45_0_ref<true>>, nullptr, quantize_q8_0};
   return {32, 34, rows_ref<ActQ8_0, dot_q8_0_ref>, nullptr, quantize_q8_0};
 }
 
@@ -399,8 +467,8 @@ Kernel<ActQ8_K> kernel_256(int64_t t, bool portable) {
   }
 #endif
   (void)portable;
-  if (t == Q4_K) return {256, 144, rows_ref<ActQ8_K, dot_q4_K_ref>, nullptr, quantize_q8_K};
-  if (t == Q5_K) return {256, 176, rows_ref<ActQ8_K, dot_q5_K_ref>, nullptr, quantize_q8_K};
+  if (t == Q4_K) return {256, 144, rows_ref<ActQ8_K, dot_q45_K_ref<false>>, nullptr, quantize_q8_K};
+  if (t == Q5_K) return {256, 176, rows_ref<ActQ8_K, dot_q45_K_ref<true>>, nullptr, quantize_q8_K};
   return {256, 210, rows_ref<ActQ8_K, dot_q6_K_ref>, nullptr, quantize_q8_K};
 }
 
@@ -435,6 +503,18 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& w, const Kernel<Act>& kern
   return out;
 }
 
+Kernel<Act16> kernel_16(int64_t t, bool portable) {
+#ifdef EI_AVX2
+  if (!portable) {
+    if (t == F16) return {32, 64, rows_16<1, false>, rows_16<4, false>, quantize_16<false>};
+    return {32, 64, rows_16<1, true>, rows_16<4, true>, quantize_16<true>};
+  }
+#endif
+  (void)portable;
+  if (t == F16) return {32, 64, rows_ref<Act16, dot_16_ref<false>>, nullptr, quantize_16<false>};
+  return {32, 64, rows_ref<Act16, dot_16_ref<true>>, nullptr, quantize_16<true>};
+}
+
 at::Tensor qmatmul_impl(const at::Tensor& x, const at::Tensor& w, int64_t type, bool portable) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "qmatmul: x must be a contiguous float32 matrix [n, k]");
@@ -443,6 +523,7 @@ at::Tensor qmatmul_impl(const at::Tensor& x, const at::Tensor& w, int64_t type, 
   switch (type) {
     case Q4_0: case Q5_0: case Q8_0: return run(x, w, kernel_32(type, portable));
     case Q4_K: case Q5_K: case Q6_K: return run(x, w, kernel_256(type, portable));
+    case F16: case BF16: return run(x, w, kernel_16(type, portable));
     default: TORCH_CHECK(false, "qmatmul: unsupported GGUF type id ", type);
   }
 }

@@ -133,13 +133,15 @@ class Linear:
 class GGUFLinear:
     """y = x W^T (+ b) computed on W's GGUF blocks as stored (format ``gguf``): the native kernel
     ``edgeinfer.kernels.qmatmul`` rounds x to 8-bit blocks and takes integer dot products, as llama.cpp does,
-    reading 4.5-8.5 bits per weight. Storage types the kernel does not read (F32, F16, BF16, Q4_1, Q5_1) are
-    dequantized to float32. Matrices of the same type are stacked into one product."""
+    reading 4.5-8.5 bits per weight. Storage types the kernel does not read (F32, Q4_1, Q5_1) are dequantized
+    to float32. Matrices of the same type are stacked into one product."""
 
     def __init__(self, f: GGUFFile, names: list[str], bias: np.ndarray | None):
         self.parts: list[tuple[int | None, torch.Tensor]] = []  # (kernel type id or None = float32, weight)
         for name in names:
             type_id = kernels.TYPES.get(f.type_name(name))
+            if type_id is not None and f.shape(name)[1] % kernels.BLOCK[f.type_name(name)][0]:
+                type_id = None  # rows of 16-bit values the kernel cannot split into runs of 32
             w = torch.from_numpy(f.blocks(name) if type_id is not None else f.load(name))
             if self.parts and type_id is not None and self.parts[-1][0] == type_id:
                 w = torch.cat((self.parts.pop()[1], w))
@@ -158,6 +160,19 @@ class GGUFLinear:
         y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
         y = y.view(*x.shape[:-1], y.shape[-1])
         return y if self.bias is None else y + self.bias
+
+
+def loaded_bytes(f: GGUFFile, name: str, fmt: str) -> int:
+    """Bytes tensor ``name`` occupies once loaded in format ``fmt`` (as ``Linear`` / ``GGUFLinear`` hold
+    matrices; vectors are float32), from the file's metadata alone."""
+    shape = f.shape(name)
+    numel = int(np.prod(shape))
+    if len(shape) != 2:
+        return numel * 4
+    if fmt == "gguf":
+        kernel = f.type_name(name) in kernels.TYPES and shape[1] % kernels.BLOCK[f.type_name(name)][0] == 0
+        return f.nbytes(name) if kernel else numel * 4
+    return {"int8": numel + 2 * shape[0], "bf16": 2 * numel, "f32": 4 * numel}[fmt]
 
 
 def linear(f: GGUFFile, name: str, fmt: str) -> Linear | GGUFLinear:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeinfer.engine.shard import Shard, layer_count
+from edgeinfer.engine.shard import Shard, layer_count, layer_weight_bytes
 from edgeinfer.models.common import rms_norm
 from edgeinfer.models.gguf_file import GGUFFile
 from edgeinfer.models.synthetic import write_tiny_gguf
@@ -146,3 +146,13 @@ def test_real_model_chains_are_token_identical(gemma_path):
         toks, logits = greedy(chain, prompt, 12)
         assert toks == ref
         assert torch.equal(logits, ref_logits)
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "int8", "bf16", "f32"])
+def test_layer_weight_bytes_from_metadata_equal_the_loaded_layers(tiny, fmt):
+    # the tiny files mix storage types per layer: in the gguf format the layers differ in size
+    sizes = layer_weight_bytes(tiny, fmt)
+    loaded = [Shard(tiny, i, i + 1, threads=1, weight_format=fmt) for i in range(layer_count(tiny) - 1)]
+    assert sizes[:-1] == [s.weight_bytes for s in loaded]
+    if fmt == "gguf":
+        assert len(set(sizes)) > 1

@@ -1,5 +1,6 @@
-"""The native GGUF kernels against an independent reference: gguf's dequantizers plus llama.cpp's 8-bit
-activation rounding written out in numpy, on random blocks of every type the kernels read."""
+"""The native GGUF kernels against an independent reference: gguf's dequantizers plus llama.cpp's rounding
+of the activations (8-bit blocks, or the 16-bit type) written out in numpy, on random blocks of every type
+the kernels read."""
 
 from __future__ import annotations
 
@@ -19,7 +20,21 @@ def built():
     kernels.load()
 
 
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bits, round to nearest even (finite values)."""
+    u = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bf16(h: np.ndarray) -> np.ndarray:
+    return (h.astype(np.uint32) << 16).view(np.float32)
+
+
 def random_blocks(type_name: str, rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    if type_name in ("F16", "BF16"):  # random bytes could be NaN: draw values instead
+        values = rng.standard_normal((rows, k)).astype(np.float32)
+        bits = values.astype(np.float16).view(np.uint16) if type_name == "F16" else to_bf16(values)
+        return bits.view(np.uint8).reshape(rows, -1)
     block, nbytes = kernels.BLOCK[type_name]
     raw = rng.integers(0, 256, size=(rows, k // block, nbytes), dtype=np.uint8)
     for off in SCALE_OFFSETS[type_name]:
@@ -28,10 +43,22 @@ def random_blocks(type_name: str, rows: int, k: int, rng: np.random.Generator) -
     return raw.reshape(rows, -1)
 
 
-def rounded_activations(x: np.ndarray, k_quant: bool) -> np.ndarray:
-    """x as llama.cpp rounds it before a quantized product (ggml quantize_row_q8_0 / q8_K), in float64."""
+def dense(w: np.ndarray, type_name: str, rows: int, k: int) -> np.ndarray:
+    if type_name == "F16":
+        return w.view(np.float16).astype(np.float64).reshape(rows, k)
+    if type_name == "BF16":
+        return from_bf16(w.view(np.uint16)).astype(np.float64).reshape(rows, k)
+    return quants.dequantize(w, GGMLQuantizationType[type_name]).reshape(rows, k).astype(np.float64)
+
+
+def rounded_activations(x: np.ndarray, type_name: str) -> np.ndarray:
+    """x as llama.cpp rounds it before the product (ggml quantize_row_q8_0 / q8_K, or to the 16-bit type)."""
     x = x.astype(np.float32)
-    if not k_quant:  # blocks of 32, fp16 scale amax/127, values rint(x * 127/amax)
+    if type_name == "F16":
+        return x.astype(np.float16).astype(np.float64)
+    if type_name == "BF16":
+        return from_bf16(to_bf16(x)).astype(np.float64)
+    if not type_name.endswith("_K"):  # blocks of 32, fp16 scale amax/127, values rint(x * 127/amax)
         b = x.reshape(len(x), -1, 32)
         amax = np.abs(b).max(-1, keepdims=True)
         d = (amax / np.float32(127)).astype(np.float16).astype(np.float64)
@@ -50,10 +77,10 @@ def test_qmatmul_equals_dequantized_reference(type_name, portable):
     rng = np.random.default_rng(kernels.TYPES[type_name])
     rows, k = 37, 512  # 37: not a multiple of the kernel's 16-row tiles
     w = random_blocks(type_name, rows, k, rng)
-    dense = quants.dequantize(w, GGMLQuantizationType[type_name]).reshape(rows, k).astype(np.float64)
+    w_dense = dense(w, type_name, rows, k)
     for n in (1, 4, 7):  # the one-row and four-row paths and their mix
         x = rng.standard_normal((n, k)).astype(np.float32)
-        ref = rounded_activations(x, type_name.endswith("_K")) @ dense.T
+        ref = rounded_activations(x, type_name) @ w_dense.T
         y = kernels.qmatmul(torch.from_numpy(x), torch.from_numpy(w), kernels.TYPES[type_name], portable)
         assert y.shape == (n, rows) and y.dtype == torch.float32
         np.testing.assert_allclose(y.numpy(), ref, rtol=0, atol=2e-5 * np.abs(ref).max())
@@ -68,7 +95,7 @@ def test_bad_shapes_and_types_are_clear_errors():
     with pytest.raises(RuntimeError, match="columns but the weight rows hold"):
         kernels.qmatmul(torch.zeros(1, 96), w, kernels.TYPES["Q5_0"])
     with pytest.raises(RuntimeError, match="unsupported GGUF type"):
-        kernels.qmatmul(torch.zeros(1, 64), w, 1)
+        kernels.qmatmul(torch.zeros(1, 64), w, 3)  # Q4_1
     with pytest.raises(RuntimeError, match="float32"):
         kernels.qmatmul(torch.zeros(1, 64, dtype=torch.float64), w, kernels.TYPES["Q5_0"])
     assert kernels.qmatmul(torch.zeros(0, 64), w, kernels.TYPES["Q5_0"]).shape == (0, 4)
