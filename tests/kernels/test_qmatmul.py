@@ -4,6 +4,10 @@ the kernels read."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +103,20 @@ def test_bad_shapes_and_types_are_clear_errors():
     with pytest.raises(RuntimeError, match="float32"):
         kernels.qmatmul(torch.zeros(1, 64, dtype=torch.float64), w, kernels.TYPES["Q5_0"])
     assert kernels.qmatmul(torch.zeros(0, 64), w, kernels.TYPES["Q5_0"]).shape == (0, 4)
+
+
+def test_without_a_compiler_the_engine_falls_back_to_int8(tmp_path):
+    """A machine that cannot build the kernels still runs the shard engine (int8) and says why."""
+    probe = (
+        "from edgeinfer.engine.shard import default_weight_format\n"
+        "from edgeinfer import kernels\n"
+        "print(default_weight_format())\n"
+        "try:\n    kernels.load()\nexcept kernels.KernelUnavailable as e:\n    print('unavailable:', e)\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "CXX": "/bin/false"}  # a fresh cache, no compiler
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "int8"
+    assert lines[1].startswith("unavailable: could not build the native GGUF kernels")
+    assert "could not build the native GGUF kernels" in out.stderr  # logged once for the user
