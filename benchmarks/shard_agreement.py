@@ -128,24 +128,22 @@ def main() -> None:
     print(f"\nmodel {name}, {len(ids)} tokens teacher-forced\n")
     print("| weights | top-1 agreement | max abs logit diff | mean abs logit diff | logit std | time s |")
     print("|---|---|---|---|---|---|")
-    for fmt in args.formats.split(","):
+
+    def row(label: str, logits_pair, fmt: str) -> None:
+        """One table row: ``logits_pair`` (teacher_forced or sensitivity) gives the two logit arrays."""
         t0 = time.perf_counter()
-        r = compare(*teacher_forced(str(path), ids, fmt, args.threads))
+        r = compare(*logits_pair(str(path), ids, fmt, args.threads))
         print(
-            f"| {fmt} | {100 * r['top1']:.1f} % ({round(r['top1'] * r['positions'])}/{r['positions']}) "
+            f"| {label} | {100 * r['top1']:.1f} % ({round(r['top1'] * r['positions'])}/{r['positions']}) "
             f"| {r['max_diff']:.3f} | {r['mean_diff']:.4f} | {r['logit_std']:.2f} "
             f"| {time.perf_counter() - t0:.1f} |",
             flush=True,
         )
+
+    for fmt in args.formats.split(","):
+        row(fmt, teacher_forced, fmt)
         if args.sensitivity:
-            t0 = time.perf_counter()
-            r = compare(*sensitivity(str(path), ids, fmt, args.threads))
-            print(
-                f"| {fmt} vs itself, norms in f64 | {100 * r['top1']:.1f} % "
-                f"({round(r['top1'] * r['positions'])}/{r['positions']}) | {r['max_diff']:.3f} "
-                f"| {r['mean_diff']:.4f} | {r['logit_std']:.2f} | {time.perf_counter() - t0:.1f} |",
-                flush=True,
-            )
+            row(f"{fmt} vs itself, norms in f64", sensitivity, fmt)
 
 
 if __name__ == "__main__":
