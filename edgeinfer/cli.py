@@ -37,6 +37,14 @@ CtxOpt = Annotated[int, typer.Option("--ctx-size", "-c", help="Context length in
 BackendOpt = Annotated[
     str, typer.Option("--backend", help="Inference backend: 'llamacpp' (whole model) or 'shard' (PyTorch).")
 ]
+WeightFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--weight-format",
+        help="Shard backend only: 'gguf' (stored blocks, native kernels; the default where they build), "
+        "'int8', 'bf16' or 'f32' (dequantized copies). See docs/shard-engine.md.",
+    ),
+]
 
 
 def _fail(message: str) -> None:
@@ -58,6 +66,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8080,
     backend: BackendOpt = "llamacpp",
+    weight_format: WeightFormatOpt = "auto",
     ctx_size: CtxOpt = 4096,
     threads: ThreadsOpt = None,
     max_queue: Annotated[
@@ -82,6 +91,7 @@ def serve(
         threads=threads,
         max_queue=max_queue,
         cluster=cluster,
+        weight_format=weight_format,
     )
     try:
         _check_models(cfg.models if not cluster else ())
@@ -122,12 +132,13 @@ def generate(
     ] = False,
     system: Annotated[str | None, typer.Option(help="System message (chat mode only).")] = None,
     backend: BackendOpt = "llamacpp",
+    weight_format: WeightFormatOpt = "auto",
     ctx_size: CtxOpt = 4096,
     threads: ThreadsOpt = None,
 ) -> None:
     """Generate text locally and stream it to the terminal (chat template applied unless --raw or the model
     is a base model)."""
-    from edgeinfer.api.server import ServeConfig, backend_loader
+    from edgeinfer.api.server import ServeConfig, backend_loader, check_weight_format
     from edgeinfer.engine.base import SamplingParams
     from edgeinfer.engine.chat import ChatFormatter
     from edgeinfer.engine.generate import ContextLengthExceeded, Delta, Result, stream
@@ -135,9 +146,12 @@ def generate(
 
     if prompt == "-":
         prompt = sys.stdin.read()
-    cfg = ServeConfig(models=(model,), backend=backend, n_ctx=ctx_size, threads=threads)
+    cfg = ServeConfig(
+        models=(model,), backend=backend, n_ctx=ctx_size, threads=threads, weight_format=weight_format
+    )
     try:
         _check_models(cfg.models)
+        check_weight_format(cfg)
         with err.status(f"loading {model} ..."):
             _, load = backend_loader(model, cfg)
             b = load()

@@ -22,7 +22,8 @@ def test_help_lists_every_command() -> None:
 
 def test_serve_help_documents_every_option() -> None:
     out = run("serve", "--help").stdout
-    for option in ("--model", "--host", "--port", "--backend", "--ctx-size", "--threads", "--max-queue"):
+    options = ("--model", "--host", "--port", "--backend", "--weight-format", "--ctx-size", "--threads")
+    for option in (*options, "--max-queue"):
         assert option in out
 
 
@@ -53,3 +54,19 @@ def test_generate_raw_completion_with_base_model() -> None:
         "--raw",
     )
     assert r.returncode == 0 and "Paris" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weight_format", ["gguf", "bf16"])
+def test_generate_on_the_shard_engine_in_a_chosen_weight_format(weight_format) -> None:
+    r = run("generate", "What is the capital of France?", "--backend", "shard", "--weight-format",
+            weight_format, "--temperature", "0", "-n", "12")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+
+
+def test_bad_weight_formats_are_refused_before_loading() -> None:
+    r = run("generate", "hi", "--backend", "shard", "--weight-format", "int3")
+    assert r.returncode == 2 and "unknown weight format 'int3'" in r.stderr
+    r = run("generate", "hi", "--weight-format", "bf16")  # the llama.cpp backend has no such choice
+    assert r.returncode == 2 and "shard backend only" in r.stderr

@@ -21,6 +21,20 @@ class ServeConfig:
     threads: int | None = None
     max_queue: int = 16
     cluster: str | None = None
+    weight_format: str = "auto"  # shard backend only: gguf, int8, bf16, f32 (docs/shard-engine.md)
+
+
+def check_weight_format(cfg: ServeConfig) -> None:
+    if cfg.weight_format == "auto":
+        return
+    if cfg.backend != "shard":
+        raise ValueError("--weight-format applies to the shard backend only (add --backend shard)")
+    from edgeinfer.models.common import WEIGHT_FORMATS
+
+    if cfg.weight_format not in WEIGHT_FORMATS:
+        raise ValueError(
+            f"unknown weight format {cfg.weight_format!r}; choose one of auto, {', '.join(WEIGHT_FORMATS)}"
+        )
 
 
 def backend_loader(spec: str, cfg: ServeConfig) -> tuple[str, Callable[[], Backend]]:
@@ -35,7 +49,9 @@ def backend_loader(spec: str, cfg: ServeConfig) -> tuple[str, Callable[[], Backe
         if cfg.backend == "shard":
             from edgeinfer.engine.shard_backend import ShardBackend
 
-            return ShardBackend(path, threads=cfg.threads, name=name, n_ctx=cfg.n_ctx)
+            return ShardBackend(
+                path, threads=cfg.threads, name=name, n_ctx=cfg.n_ctx, weight_format=cfg.weight_format
+            )
         from edgeinfer.engine.llamacpp import LlamaCppBackend
 
         return LlamaCppBackend(path, name=name, n_ctx=cfg.n_ctx, threads=cfg.threads)
@@ -54,6 +70,7 @@ def cluster_loader(cfg: ServeConfig) -> tuple[str, Callable[[], Backend]]:
 def build_app(cfg: ServeConfig):  # -> FastAPI
     if cfg.backend not in BACKENDS:
         raise ValueError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_weight_format(cfg)
     metrics = Metrics()
     loaders = [cluster_loader(cfg)] if cfg.cluster else [backend_loader(s, cfg) for s in cfg.models]
     names = [n for n, _ in loaders]
