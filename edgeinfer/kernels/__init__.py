@@ -23,6 +23,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("qmatmul.cpp")
+HEADER = SOURCE.with_name("qmatmul_kernels.h")  # block formats and dot products, included by SOURCE
 # GGUF storage types the kernel reads directly (name -> ggml type id)
 TYPES = {"F16": 1, "Q4_0": 2, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "BF16": 30}
 # values and bytes per block (the 16-bit types are read in runs of 32: rows must hold a multiple of 32)
@@ -58,7 +59,9 @@ def _flags() -> list[str]:
 
 def build_dir() -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeinfer" / "kernels"
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(_flags()).encode() + torch.__version__.encode())
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + HEADER.read_bytes() + " ".join(_flags()).encode() + torch.__version__.encode()
+    )
     return root / key.hexdigest()[:16]
 
 
