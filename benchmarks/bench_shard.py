@@ -26,7 +26,9 @@ def bench_llamacpp(
     import llama_cpp
     import numpy as np
 
-    llm = llama_cpp.Llama(path, n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = llama_cpp.Llama(
+        path, n_ctx=1024, n_batch=1024, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
     prefill, decode = [], []
     for _ in range(repeats):
         llm.reset()
