@@ -3,7 +3,9 @@
 Storage grows by doubling (no context-length-sized allocation up front). A forward pass of T new tokens
 calls ``update`` once per layer (which writes positions [length, length+T) and returns the keys/values of
 positions [0, length+T)), then ``advance(T)``. ``truncate`` rolls the sequence back, e.g. after a rejected
-speculative draft or for a retried request. Entries are fp16, as in llama.cpp's default cache.
+speculative draft or for a retried request. Entries are fp16, as in llama.cpp's default cache. Values are
+stored transposed ([n_kv, head_dim, positions], as llama.cpp does without flash attention) so that the
+attention's probability-weighted sum reads each output dimension as one contiguous row.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ class KVCache:
 
     def _grow(self, needed: int) -> None:
         capacity = min(self.max_len, max(needed, 2 * self._capacity, 64))
-        shape = (self.n_kv_heads, capacity, self.head_dim)
-        new_k = [torch.empty(shape, dtype=self.dtype) for _ in range(self.n_layers)]
-        new_v = [torch.empty(shape, dtype=self.dtype) for _ in range(self.n_layers)]
+        k_shape = (self.n_kv_heads, capacity, self.head_dim)
+        v_shape = (self.n_kv_heads, self.head_dim, capacity)
+        new_k = [torch.empty(k_shape, dtype=self.dtype) for _ in range(self.n_layers)]
+        new_v = [torch.empty(v_shape, dtype=self.dtype) for _ in range(self.n_layers)]
         if self._capacity:
-            for old, new in zip(self._k + self._v, new_k + new_v, strict=True):
+            for old, new in zip(self._k, new_k, strict=True):
                 new[:, : self.length] = old[:, : self.length]
+            for old, new in zip(self._v, new_v, strict=True):
+                new[:, :, : self.length] = old[:, :, : self.length]
         self._k, self._v, self._capacity = new_k, new_v, capacity
 
     def reserve(self, n_new: int) -> None:
@@ -44,11 +49,12 @@ class KVCache:
             self._grow(needed)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v ([n_kv, T, d]) after the current length; return keys/values of all positions."""
+        """Store k, v ([n_kv, T, d]) after the current length; return the keys [n_kv, L, d] and the values,
+        transposed, [n_kv, d, L] of all L positions (views of the cache)."""
         end = self.length + k.shape[1]
         self._k[layer][:, self.length : end] = k
-        self._v[layer][:, self.length : end] = v
-        return self._k[layer][:, :end], self._v[layer][:, :end]
+        self._v[layer][:, :, self.length : end] = v.transpose(1, 2)
+        return self._k[layer][:, :end], self._v[layer][:, :, :end]
 
     def advance(self, n_new: int) -> None:
         self.length += n_new

@@ -26,9 +26,9 @@ SOURCE = Path(__file__).with_name("qmatmul.cpp")
 HEADER = SOURCE.with_name("qmatmul_kernels.h")  # block formats and dot products, included by SOURCE
 # GGUF storage types the kernel reads directly (name -> ggml type id)
 TYPES = {"F16": 1, "Q4_0": 2, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "BF16": 30}
-# values and bytes per block (the 16-bit types are read in runs of 32: rows must hold a multiple of 32)
-BLOCK = {"F16": (32, 64), "Q4_0": (32, 18), "Q5_0": (32, 22), "Q8_0": (32, 34), "Q4_K": (256, 144),
-         "Q5_K": (256, 176), "Q6_K": (256, 210), "BF16": (32, 64)}  # fmt: skip
+# values and bytes per block (the 16-bit types: single values, so rows of any length)
+BLOCK = {"F16": (1, 2), "Q4_0": (32, 18), "Q5_0": (32, 22), "Q8_0": (32, 34), "Q4_K": (256, 144),
+         "Q5_K": (256, 176), "Q6_K": (256, 210), "BF16": (1, 2)}  # fmt: skip
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -97,6 +97,11 @@ def load() -> None:
 
 
 def available() -> bool:
+    """Whether the kernels are (or can be) loaded; the first failure is logged, later calls stay quiet."""
+    if _state.get("loaded"):
+        return True
+    if "error" in _state:
+        return False
     try:
         load()
     except KernelUnavailable as exc:
@@ -112,7 +117,9 @@ def simd() -> bool:
 
 
 def qmatmul(x: torch.Tensor, w: torch.Tensor, type_id: int, portable: bool = False) -> torch.Tensor:
-    """x [n, k] float32 times W^T, W given as uint8 GGUF blocks [rows, bytes per row] -> [n, rows]."""
+    """x [n, k] float32 times W^T, W given as uint8 GGUF blocks [rows, bytes per row] -> [n, rows]; or a
+    batch: x [B, n, k], w [B, rows, bytes] -> [B, n, rows]. Each row of W must be contiguous; rows may lie
+    apart (a row stride larger than the row, e.g. a slice of the KV cache)."""
     if not _state.get("loaded"):
         load()
     op = torch.ops.edgeinfer.qmatmul_portable if portable else torch.ops.edgeinfer.qmatmul

@@ -20,48 +20,65 @@
 
 namespace {
 
+// Below this many multiply-adds a task is not worth a thread (small attention products, short rows)
+constexpr int64_t kMinTaskWork = 1 << 16;
+
+// x [B, n, k] float32 times W[b]^T for each of B matrices W [B, rows, bytes per row] -> [B, n, rows]
 template <typename Act>
 at::Tensor run(const at::Tensor& x, const at::Tensor& w, const Kernel<Act>& kern) {
-  const int64_t n = x.size(0), k = x.size(1), rows = w.size(0), row_bytes = w.size(1);
+  const int64_t batch = x.size(0), n = x.size(1), k = x.size(2), rows = w.size(1), row_bytes = w.size(2);
+  const int64_t w_batch = w.stride(0), stride = w.stride(1);  // rows may lie apart (e.g. in the KV cache)
+  TORCH_CHECK(w.size(0) == batch, "qmatmul: ", batch, " input matrices but ", w.size(0), " weight matrices");
   TORCH_CHECK(k % kern.block == 0 && row_bytes == k / kern.block * kern.bytes, "qmatmul: x has ", k,
               " columns but the weight rows hold ", row_bytes, " bytes");
   const int64_t nb = k / kern.block;
   const float* xp = x.data_ptr<float>();
   const uint8_t* wp = w.data_ptr<uint8_t>();
-  at::Tensor out = at::empty({n, rows}, x.options());
+  at::Tensor out = at::empty({batch, n, rows}, x.options());
   float* y = out.data_ptr<float>();
-  std::vector<Act> act(static_cast<size_t>(n * nb));
-  at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
+  std::vector<Act> act(static_cast<size_t>(batch * n * nb));
+  at::parallel_for(0, batch * n, 16, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) kern.quantize(xp + i * k, act.data() + i * nb, k);
   });
   // weight rows in tiles: a tile stays in cache while every activation row passes over it
   constexpr int64_t tile = 16;
-  at::parallel_for(0, (rows + tile - 1) / tile, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t r0 = t0 * tile; r0 < std::min(rows, t1 * tile); r0 += tile) {
-      const int64_t r1 = std::min(rows, r0 + tile);
+  const int64_t tiles = (rows + tile - 1) / tile;
+  const int64_t grain = std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(1, tile * k * n));
+  at::parallel_for(0, batch * tiles, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / tiles, r0 = (t % tiles) * tile, r1 = std::min(rows, r0 + tile);
+      const uint8_t* wb = wp + b * w_batch;
+      const Act* ab = act.data() + b * n * nb;
+      float* yb = y + b * n * rows;
       int64_t i = 0;
       if (kern.four != nullptr) {
         for (; i + 4 <= n; i += 4)
-          for (int64_t r = r0; r < r1; ++r) kern.four(wp + r * row_bytes, &act[i * nb], nb, y + i * rows + r, rows);
+          for (int64_t r = r0; r < r1; ++r) kern.four(wb + r * stride, ab + i * nb, nb, yb + i * rows + r, rows);
       }
       for (; i < n; ++i)
-        for (int64_t r = r0; r < r1; ++r) kern.one(wp + r * row_bytes, &act[i * nb], nb, y + i * rows + r, rows);
+        for (int64_t r = r0; r < r1; ++r) kern.one(wb + r * stride, ab + i * nb, nb, yb + i * rows + r, rows);
     }
   });
   return out;
 }
 
-at::Tensor qmatmul_impl(const at::Tensor& x, const at::Tensor& w, int64_t type, bool portable) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
-              "qmatmul: x must be a contiguous float32 matrix [n, k]");
-  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous(),
-              "qmatmul: w must be a contiguous uint8 matrix [rows, bytes per row]");
+at::Tensor qmatmul_impl(const at::Tensor& x_in, const at::Tensor& w_in, int64_t type, bool portable) {
+  TORCH_CHECK((x_in.dim() == 2 || x_in.dim() == 3) && x_in.dim() == w_in.dim(),
+              "qmatmul: x [n, k] with w [rows, bytes], or x [B, n, k] with w [B, rows, bytes]");
+  const bool batched = x_in.dim() == 3;
+  const at::Tensor x = batched ? x_in : x_in.unsqueeze(0);
+  const at::Tensor w = batched ? w_in : w_in.unsqueeze(0);
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "qmatmul: x must be contiguous float32");
+  TORCH_CHECK(w.scalar_type() == at::kByte && (w.stride(2) == 1 || w.size(2) <= 1) && w.stride(1) >= w.size(2),
+              "qmatmul: w must be uint8 with contiguous rows");
+  at::Tensor y;
   switch (type) {
-    case Q4_0: case Q5_0: case Q8_0: return run(x, w, kernel_32(type, portable));
-    case Q4_K: case Q5_K: case Q6_K: return run(x, w, kernel_256(type, portable));
-    case F16: case BF16: return run(x, w, kernel_16(type, portable));
+    case Q4_0: case Q5_0: case Q8_0: y = run(x, w, kernel_32(type, portable)); break;
+    case Q4_K: case Q5_K: case Q6_K: y = run(x, w, kernel_256(type, portable)); break;
+    case F16: case BF16: y = run(x, w, kernel_16(type, portable)); break;
     default: TORCH_CHECK(false, "qmatmul: unsupported GGUF type id ", type);
   }
+  return batched ? y : y.squeeze(0);
 }
 
 at::Tensor qmatmul(const at::Tensor& x, const at::Tensor& w, int64_t type) {

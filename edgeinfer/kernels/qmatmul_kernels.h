@@ -54,8 +54,8 @@ struct ActQ8_K {  // one block of 256
   int32_t bsums[16];  // sums of q over each 16 values
 };
 
-struct Act16 {  // 32 values rounded to the weight's 16-bit type (F16 or BF16)
-  uint16_t h[32];
+struct Act16 {  // one value rounded to the weight's 16-bit type (F16 or BF16): rows of any length
+  uint16_t h;
 };
 
 inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN kept quiet (as ggml)
@@ -72,9 +72,13 @@ inline float bf16_to_float(uint16_t h) {
 }
 
 template <bool Brain>
+inline float from_16(uint16_t h) {
+  return Brain ? bf16_to_float(h) : c10::detail::fp16_ieee_to_fp32_value(h);
+}
+
+template <bool Brain>
 void quantize_16(const float* x, Act16* y, int64_t k) {
-  for (int64_t j = 0; j < k; ++j)
-    y[j / 32].h[j % 32] = Brain ? float_to_bf16(x[j]) : c10::detail::fp16_ieee_from_fp32_value(x[j]);
+  for (int64_t j = 0; j < k; ++j) y[j].h = Brain ? float_to_bf16(x[j]) : c10::detail::fp16_ieee_from_fp32_value(x[j]);
 }
 
 void quantize_q8_0(const float* x, ActQ8_0* y, int64_t k) {
@@ -265,16 +269,13 @@ float dot_q6_K_ref(const uint8_t* w, const ActQ8_K* a, int64_t nb) {
   return s;
 }
 
-template <bool Brain>
-float dot_16_ref(const uint8_t* w, const Act16* a, int64_t nb) {
+template <bool Brain>  // n values (the 16-bit "blocks" are single values)
+float dot_16_ref(const uint8_t* w, const Act16* a, int64_t n) {
   float s = 0.f;
-  for (int64_t b = 0; b < nb; ++b) {
-    for (int j = 0; j < 32; ++j) {
-      uint16_t h;
-      std::memcpy(&h, w + 64 * b + 2 * j, 2);
-      s += Brain ? bf16_to_float(h) * bf16_to_float(a[b].h[j])
-                 : c10::detail::fp16_ieee_to_fp32_value(h) * c10::detail::fp16_ieee_to_fp32_value(a[b].h[j]);
-    }
+  for (int64_t j = 0; j < n; ++j) {
+    uint16_t h;
+    std::memcpy(&h, w + 2 * j, 2);
+    s += from_16<Brain>(h) * from_16<Brain>(a[j].h);
   }
   return s;
 }
@@ -423,17 +424,24 @@ inline __m256 load8_16(const void* p) {  // eight F16 / BF16 values -> float32
   return _mm256_cvtph_ps(v);
 }
 
-template <int R, bool Brain>
-void rows_16(const uint8_t* w, const Act16* a, int64_t nb, float* y, int64_t ys) {
+template <int R, bool Brain>  // n values: runs of 8 through the vector unit, the rest one by one
+void rows_16(const uint8_t* w, const Act16* a, int64_t n, float* y, int64_t ys) {
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b, w += 64) {
-    for (int c = 0; c < 4; ++c) {
-      const __m256 wv = load8_16<Brain>(w + 16 * c);
-      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(wv, load8_16<Brain>(a[r * nb + b].h + 8 * c), acc[r]);
-    }
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 wv = load8_16<Brain>(w + 2 * j);
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(wv, load8_16<Brain>(&a[r * n + j].h), acc[r]);
   }
-  for (int r = 0; r < R; ++r) y[r * ys] = hsum(acc[r]);
+  for (int r = 0; r < R; ++r) {
+    float s = hsum(acc[r]);
+    for (int64_t t = j; t < n; ++t) {
+      uint16_t h;
+      std::memcpy(&h, w + 2 * t, 2);
+      s += from_16<Brain>(h) * from_16<Brain>(a[r * n + t].h);
+    }
+    y[r * ys] = s;
+  }
 }
 #endif
 
@@ -485,13 +493,13 @@ Kernel<ActQ8_K> kernel_256(int64_t t, bool portable) {
 Kernel<Act16> kernel_16(int64_t t, bool portable) {
 #ifdef EI_AVX2
   if (!portable) {
-    if (t == F16) return {32, 64, rows_16<1, false>, rows_16<4, false>, quantize_16<false>};
-    return {32, 64, rows_16<1, true>, rows_16<4, true>, quantize_16<true>};
+    if (t == F16) return {1, 2, rows_16<1, false>, rows_16<4, false>, quantize_16<false>};
+    return {1, 2, rows_16<1, true>, rows_16<4, true>, quantize_16<true>};
   }
 #endif
   (void)portable;
-  if (t == F16) return {32, 64, rows_ref<Act16, dot_16_ref<false>>, nullptr, quantize_16<false>};
-  return {32, 64, rows_ref<Act16, dot_16_ref<true>>, nullptr, quantize_16<true>};
+  if (t == F16) return {1, 2, rows_ref<Act16, dot_16_ref<false>>, nullptr, quantize_16<false>};
+  return {1, 2, rows_ref<Act16, dot_16_ref<true>>, nullptr, quantize_16<true>};
 }
 
 }  // namespace

@@ -206,25 +206,35 @@ def vector(f: GGUFFile, name: str) -> torch.Tensor:
 
 
 # ---- attention --------------------------------------------------------------------------------------------
+# decode (few query rows per kv head): both products run on the fp16 cache through the native kernel, which
+# rounds the other operand to fp16 as llama.cpp does, instead of converting the cache to float32 every step
+DIRECT_ROWS = 16
+
+
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_start: int, scale: float, window: int = 0
+    q: torch.Tensor, k: torch.Tensor, vt: torch.Tensor, q_start: int, scale: float, window: int = 0
 ) -> torch.Tensor:
     """Causal (optionally sliding-window) attention of new queries over the cached keys.
 
-    q: [n_heads, T, d] at absolute positions q_start..q_start+T-1; k, v: [n_kv, L, d] for positions 0..L-1
-    (L = q_start + T), fp16 as in llama.cpp's cache. A query at position p sees keys p0 with p0 <= p and,
-    with a window, p - p0 < window. Like llama.cpp, q and the probabilities are rounded to fp16 for the two
-    products. Returns [T, n_heads * d].
+    q: [n_heads, T, d] at absolute positions q_start..q_start+T-1; k: [n_kv, L, d] and vt (values,
+    transposed): [n_kv, d, L] for positions 0..L-1 (L = q_start + T), fp16 as in llama.cpp's cache. A query
+    at position p sees keys p0 with p0 <= p and, with a window, p - p0 < window. Like llama.cpp, q and the
+    probabilities are rounded to fp16 for the two products, which sum in float32. Returns [T, n_heads * d].
     """
     n_heads, t, d = q.shape
     n_kv, length, _ = k.shape
     first = 0
     if window and length > window:  # keys no query of this batch can see are skipped entirely
         first = max(0, q_start - window + 1)
-        k, v = k[:, first:], v[:, first:]
+        k, vt = k[:, first:], vt[:, :, first:]
     groups = n_heads // n_kv
-    qg = q.half().float().reshape(n_kv, groups * t, d)  # heads sharing a kv head are stacked
-    scores = (qg @ k.float().transpose(1, 2)).view(n_kv, groups, t, -1) * scale
+    qg = q.reshape(n_kv, groups * t, d)  # heads sharing a kv head are stacked
+    direct = groups * t <= DIRECT_ROWS and kernels.available()
+    if direct:
+        scores = kernels.qmatmul(qg, k.view(torch.uint8), kernels.TYPES["F16"])
+    else:
+        scores = qg.half().float() @ k.float().transpose(1, 2)
+    scores = scores.view(n_kv, groups, t, -1) * scale
     if t > 1 or (window and q_start - first >= window):
         qpos = torch.arange(q_start, q_start + t)[:, None]
         kpos = torch.arange(first, length)[None, :]
@@ -232,9 +242,12 @@ def attention(
         if window:
             visible &= (qpos - kpos) < window
         scores = scores.masked_fill(~visible, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).half().float().view(n_kv, groups * t, -1)
-    out = (probs @ v.float()).view(n_heads, t, d)
-    return out.transpose(0, 1).reshape(t, n_heads * d)
+    probs = torch.softmax(scores, dim=-1).view(n_kv, groups * t, -1)
+    if direct:
+        out = kernels.qmatmul(probs, vt.view(torch.uint8), kernels.TYPES["F16"])
+    else:
+        out = probs.half().float() @ vt.transpose(1, 2).float().contiguous()  # [n_kv, L, d]
+    return out.view(n_heads, t, d).transpose(0, 1).reshape(t, n_heads * d)
 
 
 def default_attn_scale(cfg: ModelConfig) -> float:

@@ -110,8 +110,8 @@ class Block:
         cos, sin = rope
         q = apply_rope(q, cos, sin, neox=True)
         k = apply_rope(k, cos, sin, neox=True)
-        keys, values = cache.update(li, k, v)
-        a = attention(q, keys, values, cache.length, cfg.attn_scale, self.window)
+        keys, values_t = cache.update(li, k, v)
+        a = attention(q, keys, values_t, cache.length, cfg.attn_scale, self.window)
         x = x + rms_norm(self.wo(a), self.post_attn_norm, cfg.eps)
         h = rms_norm(x, self.ffn_norm, cfg.eps)
         gate, up = self.gate_up(h).chunk(2, dim=-1)

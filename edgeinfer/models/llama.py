@@ -103,8 +103,8 @@ class Block:
         cos, sin = rope
         q = apply_rope(q, cos, sin, cfg.rope_neox)
         k = apply_rope(k, cos, sin, cfg.rope_neox)
-        keys, values = cache.update(li, k, v)
-        a = attention(q, keys, values, cache.length, self.scale, self.window)
+        keys, values_t = cache.update(li, k, v)
+        a = attention(q, keys, values_t, cache.length, self.scale, self.window)
         x = x + self.wo(a)
         h = rms_norm(x, self.ffn_norm, cfg.eps)
         gate, up = self.gate_up(h).chunk(2, dim=-1)

@@ -90,6 +90,37 @@ def test_qmatmul_equals_dequantized_reference(type_name, portable):
         np.testing.assert_allclose(y.numpy(), ref, rtol=0, atol=2e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("portable", [False, True], ids=["simd", "portable"])
+@pytest.mark.parametrize("type_name", ["F16", "BF16"])
+def test_16_bit_rows_of_any_length_lying_apart(type_name, portable):
+    """The attention products: rows of a KV cache slice (length not a multiple of 8, stride > row)."""
+    rng = np.random.default_rng(7)
+    rows, k, capacity = 9, 61, 80
+    store = random_blocks(type_name, rows, capacity, rng)  # [rows, 2 * capacity] bytes
+    w = torch.from_numpy(store)[:, 3 * 2 : (3 + k) * 2]  # values 3 .. 3+k of each row
+    assert not w.is_contiguous()
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    ref = rounded_activations(x, type_name) @ dense(store, type_name, rows, capacity)[:, 3 : 3 + k].T
+    y = kernels.qmatmul(torch.from_numpy(x), w, kernels.TYPES[type_name], portable)
+    np.testing.assert_allclose(y.numpy(), ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+def test_batched_products_each_use_their_own_matrix():
+    """x [B, n, k] against w [B, rows, bytes] (the kv heads of a cache), rows lying apart."""
+    rng = np.random.default_rng(11)
+    heads, rows, k, capacity = 3, 6, 45, 64
+    store = [random_blocks("F16", rows, capacity, rng) for _ in range(heads)]
+    w = torch.from_numpy(np.stack(store))[:, :, : 2 * k]
+    x = rng.standard_normal((heads, 7, k)).astype(np.float32)
+    y = kernels.qmatmul(torch.from_numpy(x), w, kernels.TYPES["F16"])
+    assert y.shape == (heads, 7, rows)
+    for h in range(heads):
+        ref = rounded_activations(x[h], "F16") @ dense(store[h], "F16", rows, capacity)[:, :k].T
+        np.testing.assert_allclose(y[h].numpy(), ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+    with pytest.raises(RuntimeError, match="2 input matrices but 3 weight matrices"):
+        kernels.qmatmul(torch.from_numpy(x[:2]), w, kernels.TYPES["F16"])
+
+
 def test_simd_paths_are_compiled_where_the_cpu_has_avx2():
     assert kernels.simd() == kernels._cpu_has_avx2()
 
@@ -100,6 +131,8 @@ def test_bad_shapes_and_types_are_clear_errors():
         kernels.qmatmul(torch.zeros(1, 96), w, kernels.TYPES["Q5_0"])
     with pytest.raises(RuntimeError, match="unsupported GGUF type"):
         kernels.qmatmul(torch.zeros(1, 64), w, 3)  # Q4_1
+    with pytest.raises(RuntimeError, match="x \\[n, k\\] with w"):
+        kernels.qmatmul(torch.zeros(2, 1, 64), w, kernels.TYPES["Q5_0"])
     with pytest.raises(RuntimeError, match="float32"):
         kernels.qmatmul(torch.zeros(1, 64, dtype=torch.float64), w, kernels.TYPES["Q5_0"])
     assert kernels.qmatmul(torch.zeros(0, 64), w, kernels.TYPES["Q5_0"]).shape == (0, 4)
