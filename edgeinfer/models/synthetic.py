@@ -1,4 +1,4 @@
-"""Tiny random-weight GGUF models (llama / qwen2 architecture) that llama.cpp can load, for tests.
+"""Tiny random-weight GGUF models (llama / qwen2 / qwen3 architecture) that llama.cpp can load, for tests.
 
 The file has a minimal SentencePiece-style vocabulary (specials, the 256 byte tokens, a few words) so that
 llama.cpp's tokenizer works on any text, and weights in several storage types (F32 norms, F16, BF16, Q8_0,
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-ARCHS = ("llama", "qwen2")
+ARCHS = ("llama", "qwen2", "qwen3")  # qwen2: llama + q/k/v biases; qwen3: llama + per-head q/k RMSNorm
 WORDS = (
     "▁the",
     "▁a",
@@ -136,6 +136,9 @@ def write_tiny_gguf(
             vec(p + "attn_q.bias", hidden, 0.0, 0.5)
             vec(p + "attn_k.bias", kv, 0.0, 0.5)
             vec(p + "attn_v.bias", kv, 0.0, 0.5)
+        if arch == "qwen3":
+            vec(p + "attn_q_norm.weight", head_dim, 1.0, 0.1)
+            vec(p + "attn_k_norm.weight", head_dim, 1.0, 0.1)
         mat(p + "attn_output.weight", hidden, hidden, q, gain=0.5)
         vec(p + "ffn_norm.weight", hidden, 1.0, 0.1)
         mat(p + "ffn_gate.weight", ffn, hidden, q)

@@ -39,7 +39,7 @@ def chains(path: Path, cuts: list[list[int]], **kw) -> list[list[Shard]]:
     return [[Shard(path, a, b, **kw) for a, b in zip([0, *c], [*c, n], strict=True)] for c in cuts]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
 def tiny(request, tmp_path_factory) -> Path:
     return write_tiny_gguf(
         tmp_path_factory.mktemp("chain") / f"{request.param}.gguf", request.param, n_layers=6

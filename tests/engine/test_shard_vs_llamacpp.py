@@ -128,7 +128,7 @@ def test_real_model_agrees_with_llamacpp(model, qwen_path, gemma_path, record_pr
     check_agreement(model, path, tokens(path, TEXT), record_property, WEIGHT_FORMAT)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_tiny_random_model_agrees_with_llamacpp(arch, tmp_path, record_property):
     # every storage type the writer knows (Q8_0, Q5_0, F16, Q4_0, BF16 matrices; Q8_0 embeddings and head)
     path = write_tiny_gguf(tmp_path / f"tiny-{arch}.gguf", arch=arch, n_layers=5, seed=1)
