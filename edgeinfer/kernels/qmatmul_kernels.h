@@ -78,7 +78,8 @@ inline float from_16(uint16_t h) {
 
 template <bool Brain>
 void quantize_16(const float* x, Act16* y, int64_t k) {
-  for (int64_t j = 0; j < k; ++j) y[j].h = Brain ? float_to_bf16(x[j]) : c10::detail::fp16_ieee_from_fp32_value(x[j]);
+  for (int64_t j = 0; j < k; ++j)
+    y[j].h = Brain ? float_to_bf16(x[j]) : c10::detail::fp16_ieee_from_fp32_value(x[j]);
 }
 
 void quantize_q8_0(const float* x, ActQ8_0* y, int64_t k) {
@@ -433,15 +434,7 @@ void rows_16(const uint8_t* w, const Act16* a, int64_t n, float* y, int64_t ys) 
     const __m256 wv = load8_16<Brain>(w + 2 * j);
     for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(wv, load8_16<Brain>(&a[r * n + j].h), acc[r]);
   }
-  for (int r = 0; r < R; ++r) {
-    float s = hsum(acc[r]);
-    for (int64_t t = j; t < n; ++t) {
-      uint16_t h;
-      std::memcpy(&h, w + 2 * t, 2);
-      s += from_16<Brain>(h) * from_16<Brain>(a[r * n + t].h);
-    }
-    y[r * ys] = s;
-  }
+  for (int r = 0; r < R; ++r) y[r * ys] = hsum(acc[r]) + dot_16_ref<Brain>(w + 2 * j, a + r * n + j, n - j);
 }
 #endif
 

@@ -140,8 +140,6 @@ class GGUFLinear:
         self.parts: list[tuple[int | None, torch.Tensor]] = []  # (kernel type id or None = float32, weight)
         for name in names:
             type_id = kernels.TYPES.get(f.type_name(name))
-            if type_id is not None and f.shape(name)[1] % kernels.BLOCK[f.type_name(name)][0]:
-                type_id = None  # rows of 16-bit values the kernel cannot split into runs of 32
             w = torch.from_numpy(f.blocks(name) if type_id is not None else f.load(name))
             if self.parts and type_id is not None and self.parts[-1][0] == type_id:
                 w = torch.cat((self.parts.pop()[1], w))
@@ -169,9 +167,8 @@ def loaded_bytes(f: GGUFFile, name: str, fmt: str) -> int:
     numel = int(np.prod(shape))
     if len(shape) != 2:
         return numel * 4
-    if fmt == "gguf":
-        kernel = f.type_name(name) in kernels.TYPES and shape[1] % kernels.BLOCK[f.type_name(name)][0] == 0
-        return f.nbytes(name) if kernel else numel * 4
+    if fmt == "gguf":  # as GGUFLinear: stored bytes where the kernel reads the type, else float32
+        return f.nbytes(name) if f.type_name(name) in kernels.TYPES else numel * 4
     return {"int8": numel + 2 * shape[0], "bf16": 2 * numel, "f32": 4 * numel}[fmt]
 
 
