@@ -19,7 +19,7 @@ import torch
 
 from edgeinfer import kernels
 from edgeinfer.engine.base import ModelInfo
-from edgeinfer.engine.kv_cache import KVCache
+from edgeinfer.models.kv_cache import KVCache
 from edgeinfer.engine.threads import default_threads
 from edgeinfer.models import gemma3, llama
 from edgeinfer.models.common import WEIGHT_FORMATS, linear, loaded_bytes, rms_norm, rope_tables

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from edgeinfer.engine.kv_cache import KVCache
+from edgeinfer.models.kv_cache import KVCache
 from edgeinfer.models.common import ModelConfig, apply_rope, attention, fused_linear, linear, rms_norm, vector
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
 

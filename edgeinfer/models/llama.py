@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from edgeinfer.engine.kv_cache import KVCache
+from edgeinfer.models.kv_cache import KVCache
 from edgeinfer.models.common import (
     ModelConfig,
     apply_rope,
