@@ -76,8 +76,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
     from edgeinfer.models.dnn import zoo
     from edgeinfer.models.dnn.data import digits
-    from edgeinfer.planner.dnn_profile import load_device, profile_model
-    from edgeinfer.planner.split import all_paths, evaluate
+    from edgeinfer.split.profile import load_device, profile_model
+    from edgeinfer.split.planner import all_paths, evaluate
     from edgeinfer.split.compress import wire_key
     from edgeinfer.split.device import ClientConfig, DeviceClient
     from edgeinfer.split.exits import CRITERIA, calibrate_on_val

@@ -67,7 +67,7 @@ def _profile(model, device: str, warmup: int = 3, repeats: int = 20):
     from rich.progress import Progress
 
     from edgeinfer.models.dnn.data import digits
-    from edgeinfer.planner.dnn_profile import load_device, profile_model
+    from edgeinfer.split.profile import load_device, profile_model
 
     spec = load_device(device)
     x = digits(model.backbone.in_shape[-1])["val"].x[:16]
@@ -79,7 +79,7 @@ def _profile(model, device: str, warmup: int = 3, repeats: int = 20):
 
 
 def _profiles(model, device: str, edge: str, device_profile: Path | None, edge_profile: Path | None):
-    from edgeinfer.planner.dnn_profile import Profile
+    from edgeinfer.split.profile import Profile
 
     try:
         dev = Profile.load(device_profile) if device_profile else _profile(model, device)
@@ -139,7 +139,7 @@ def profile(
     """Measure every layer's latency (warm-up, repeats, median) and output bytes on this machine, emulating
     --device; optionally fit and evaluate the Neurosurgeon-style latency predictor."""
     from edgeinfer.models.dnn.data import digits
-    from edgeinfer.planner.dnn_profile import load_device, profile_model
+    from edgeinfer.split.profile import load_device, profile_model
 
     m = _load_model(model)
     try:
@@ -165,7 +165,7 @@ def profile(
 
 
 def _predictor_report(spec, prof, bank: int) -> None:
-    from edgeinfer.planner.dnn_predict import Predictor, from_profile, measure_bank, split_holdout
+    from edgeinfer.split.predict import Predictor, from_profile, measure_bank, split_holdout
 
     with err.status(f"measuring {bank} random layers as {spec.name} ..."):
         samples = measure_bank(spec, n=bank)
@@ -201,20 +201,20 @@ def plan(
 ) -> None:
     """Choose the exit and split point for a link (minimum latency or device energy; with --deadline-ms the
     most accurate exit that meets it) and show every split of that exit."""
-    from edgeinfer.planner.split import Link, all_paths, best_split, evaluate, parse_rate
-    from edgeinfer.planner.split import plan as solve
+    from edgeinfer.split.planner import LinkEstimate, all_paths, best_split, evaluate, plan_split
     from edgeinfer.split.compress import wire_key
+    from edgeinfer.units import parse_rate_bps
 
     _check_wire(dtype, codec)
     try:
-        link = Link(parse_rate(bandwidth), rtt_ms / 1000)
+        link = LinkEstimate(parse_rate_bps(bandwidth), rtt_ms / 1000)
     except ValueError as exc:
         _fail(str(exc))
     m = _load_model(model)
     dev, edg = _profiles(m, device, edge, device_profile, edge_profile)
     paths = all_paths(dev, edg, wire_key(dtype, codec))
     try:
-        best = solve(paths, link, deadline_ms, objective, dev.device.power)
+        best = plan_split(paths, link, deadline_ms, objective, dev.device.power)
     except ValueError as exc:
         _fail(str(exc))
     path = next(p for p in paths if p.exit == best.exit)
@@ -366,13 +366,13 @@ def bench(
 ) -> None:
     """Latency vs bandwidth (device-only, edge-only, best split, chosen split) over real test-bed links
     (needs root: network namespaces + tbf), accuracy vs latency of the exits, bytes on the wire."""
-    from edgeinfer.planner.split import parse_rate as _parse_rate
     from edgeinfer.split.bench import BenchConfig, run_bench
+    from edgeinfer.units import parse_rate_bps
 
     try:
         rate_list = [r.strip() for r in rates.split(",") if r.strip()]
         for r in rate_list:
-            _parse_rate(r)
+            parse_rate_bps(r)
         result = run_bench(BenchConfig(model=model, rates=rate_list, requests=requests), log=err.print)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))

@@ -20,8 +20,8 @@ import httpx
 import torch
 
 from edgeinfer.models.dnn.zoo import BranchyModel
-from edgeinfer.planner.dnn_profile import Profile, emulated_call, settle, torch_threads
-from edgeinfer.planner.split import Link, Option, all_paths, evaluate, plan
+from edgeinfer.split.profile import Profile, emulated_call, settle, torch_threads
+from edgeinfer.split.planner import LinkEstimate, SplitOption, all_paths, evaluate, plan_split
 from edgeinfer.split.compress import encode, wire_key
 from edgeinfer.split.exits import Thresholds
 from edgeinfer.split.monitor import LinkMonitor, changed
@@ -29,7 +29,7 @@ from edgeinfer.split.runner import Segment, local_answer, run_segment
 
 
 @dataclass
-class Result:
+class InferenceResult:
     pred: int
     exit: str
     where: str  # device | edge | split
@@ -43,8 +43,8 @@ class Result:
     early: bool = False
     fallback: bool = False
     reason: str | None = None
-    planned: Option | None = None
-    link: Link | None = None
+    planned: SplitOption | None = None
+    link: LinkEstimate | None = None
     deadline_met: bool | None = None
 
     def to_dict(self) -> dict:
@@ -83,7 +83,7 @@ class ClientConfig:
     deadline_ms: float | None = None
     objective: str = "latency"
     thresholds: Thresholds | None = None
-    link: Link | None = None  # fixed link: no probing (else measured)
+    link: LinkEstimate | None = None  # fixed link: no probing (else measured)
     force: tuple[str, int] | None = None  # (exit, split): no planning (benchmarks of fixed splits)
     probe_every_s: float = 2.0
     retry_after_s: float = 1.0
@@ -107,8 +107,8 @@ class DeviceClient:
         self.monitor = LinkMonitor()
         self.edge_down_until = 0.0
         self.suspect = False  # the last contact failed: probe (briefly) before trusting the edge again
-        self.plan: Option | None = None
-        self.plan_link: Link | None = None
+        self.plan: SplitOption | None = None
+        self.plan_link: LinkEstimate | None = None
         self.replans = 0
         self.probe_ms = 0.0
 
@@ -126,7 +126,7 @@ class DeviceClient:
         self.edge_down_until = time.monotonic() + self.cfg.retry_after_s
         self.suspect = True
 
-    def probe(self) -> Link | None:
+    def probe(self) -> LinkEstimate | None:
         """Measure the link now (a few small and large transfers). None, and edge marked down, on failure."""
         if self.cfg.link is not None:
             return self.cfg.link
@@ -143,12 +143,12 @@ class DeviceClient:
         finally:
             self.probe_ms += 1000 * (time.perf_counter() - t0)
 
-    def link(self) -> Link | None:
+    def link(self) -> LinkEstimate | None:
         return self.cfg.link or self.monitor.estimate()
 
     # --- planning -----------------------------------------------------------------------------------------
-    def _local_plan(self) -> Option:
-        any_link = Link(1.0)
+    def _local_plan(self) -> SplitOption:
+        any_link = LinkEstimate(1.0)
         opts = [evaluate(p, p.n, any_link) for p in self.paths]
         dl = self.cfg.deadline_ms
         ok = [o for o in opts if dl is None or o.total_ms <= dl]
@@ -156,11 +156,11 @@ class DeviceClient:
             return min(ok, key=lambda o: (-o.accuracy, o.total_ms))
         return replace(min(opts, key=lambda o: o.total_ms), feasible=False)
 
-    def current_plan(self) -> Option:
+    def current_plan(self) -> SplitOption:
         if self.cfg.force:
             ex, s = self.cfg.force
             p = next(p for p in self.paths if p.exit == ex)
-            return evaluate(p, s, self.link() or Link(1e9))
+            return evaluate(p, s, self.link() or LinkEstimate(1e9))
         if not self._edge_up():
             return self._local_plan()
         link = self.link()
@@ -178,14 +178,15 @@ class DeviceClient:
                 for p in self.base_paths
             ]
             self.plan_scale = scale
-            new = plan(self.paths, link, self.cfg.deadline_ms, self.cfg.objective, self.device.device.power)
+            power = self.device.device.power
+            new = plan_split(self.paths, link, self.cfg.deadline_ms, self.cfg.objective, power)
             if self.plan is not None and (new.exit, new.split) != (self.plan.exit, self.plan.split):
                 self.replans += 1
             self.plan, self.plan_link = new, link
         return self.plan
 
     # --- inference ----------------------------------------------------------------------------------------
-    def infer(self, x: torch.Tensor) -> Result:
+    def infer(self, x: torch.Tensor) -> InferenceResult:
         """Answer one input (batch of 1). Never raises for network trouble: falls back to a local exit."""
         measured = self.cfg.link is None and not self.cfg.force
         stale = self.suspect or self.monitor.estimate() is None or self.monitor.due(self.cfg.probe_every_s)
@@ -216,7 +217,7 @@ class DeviceClient:
             lambda: encode(seg.out, self.cfg.dtype, self.cfg.codec), slow, sleep=False
         )
         device_s = seg.compute_s + enc_s
-        settle(t0, device_s)  # one sleep for the whole emulated head (see dnn_profile.settle)
+        settle(t0, device_s)  # one sleep for the whole emulated head (see profile.settle)
         params = {"model": self.model.name, "exit": chosen.exit, "cut": chosen.split}
         th = self.cfg.thresholds
         if th is not None:
@@ -273,7 +274,7 @@ class DeviceClient:
         if self.plan.split == 0:  # edge-only: the device's head is empty
             self.scale["device"].ratios.clear()
 
-    def _base_ms(self, o: Option, side: str) -> float:
+    def _base_ms(self, o: SplitOption, side: str) -> float:
         """Profiled (unscaled) compute time of ``o``'s device or edge part."""
         p = next(p for p in self.base_paths if p.exit == o.exit)
         return sum(p.device_ms[: o.split]) if side == "device" else sum(p.edge_ms[o.split :])
@@ -300,7 +301,7 @@ class DeviceClient:
         names = self.model.backbone.names[p : e.at] + e.head.names
         return sum(self.device.layers[n].ms for n in names)
 
-    def _fallback(self, t0: float, seg: Segment, why: str, base: dict) -> Result:
+    def _fallback(self, t0: float, seg: Segment, why: str, base: dict) -> InferenceResult:
         taps = seg.taps
         spent_ms = 1000 * (time.perf_counter() - t0)
         left = math.inf if self.cfg.deadline_ms is None else self.cfg.deadline_ms - spent_ms
@@ -323,12 +324,12 @@ class DeviceClient:
 
     def _done(
         self, t0: float, logits: torch.Tensor, exit_name: str, where: str, device_s: float, **kw
-    ) -> Result:
+    ) -> InferenceResult:
         latency = 1000 * (time.perf_counter() - t0)
         dl = self.cfg.deadline_ms
         met = None if dl is None else latency <= dl
         pred = int(logits.argmax(-1)[0])
-        return Result(
+        return InferenceResult(
             pred, exit_name, where, latency_ms=latency, device_ms=1000 * device_s, deadline_met=met, **kw
         )
 

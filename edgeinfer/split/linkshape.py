@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import subprocess
 
-from edgeinfer.planner.split import parse_rate
+from edgeinfer.units import parse_rate_bps
 
 
 def shape(testbed, i: int, rate: str, queue_s: float = 1.0) -> None:
     """Limit both directions of ``testbed`` host ``i``'s link to ``rate`` with a small bucket."""
-    bits = parse_rate(rate)
+    bits = parse_rate_bps(rate)
     burst = max(1600, int(bits / 8 / 1000))
     host = testbed.hosts[i]
     args = ["tbf", "rate", f"{int(bits)}bit", "burst", str(burst), "latency", f"{int(queue_s * 1000)}ms"]

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from edgeinfer.planner.split import Link
+from edgeinfer.split.planner import LinkEstimate
 
 
 class LinkMonitor:
@@ -56,17 +56,17 @@ class LinkMonitor:
     def bandwidth_bps(self) -> float | None:
         return statistics.median(self.bws) if self.bws else None
 
-    def estimate(self) -> Link | None:
+    def estimate(self) -> LinkEstimate | None:
         if self.rtt_s is None or self.bandwidth_bps is None:
             return None
-        return Link(self.bandwidth_bps, self.rtt_s)
+        return LinkEstimate(self.bandwidth_bps, self.rtt_s)
 
     def probe_size(self, bandwidth_bps: float | None = None) -> int:
         """About ``probe_seconds`` of traffic at ``bandwidth_bps`` (default: the current estimate)."""
         bw = bandwidth_bps or self.bandwidth_bps or 8.0 * self.min_probe / self.probe_seconds
         return int(min(self.max_probe, max(self.min_probe, bw * self.probe_seconds / 8)))
 
-    def probe(self, send: Callable[[int], float], rounds: int = 2) -> Link | None:
+    def probe(self, send: Callable[[int], float], rounds: int = 2) -> LinkEstimate | None:
         """Measure with ``rounds`` small and large transfers; ``send(n)`` moves n bytes, returns seconds.
 
         The first large transfer is ``min_probe`` bytes (safe however much slower the link became since the
@@ -109,7 +109,9 @@ def _restart(
         window.clear()
 
 
-def changed(old: Link | None, new: Link | None, factor: float = 1.25, rtt_floor_s: float = 0.002) -> bool:
+def changed(
+    old: LinkEstimate | None, new: LinkEstimate | None, factor: float = 1.25, rtt_floor_s: float = 0.002
+) -> bool:
     """Has the link changed enough to re-plan?"""
     if old is None or new is None:
         return old is not new

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from edgeinfer.models.dnn.zoo import BranchyModel
-from edgeinfer.planner.dnn_profile import emulated_call, settle
+from edgeinfer.split.profile import emulated_call, settle
 from edgeinfer.split.exits import Thresholds
 
 

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeinfer.cli import app
-from edgeinfer.planner.dnn_profile import Profile
+from edgeinfer.split.profile import Profile
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ import torch
 
 from edgeinfer.models.dnn import zoo
 from edgeinfer.models.dnn.data import digits
-from edgeinfer.planner.dnn_profile import load_device, profile_model
+from edgeinfer.split.profile import load_device, profile_model
 from edgeinfer.split.compress import encode
 from edgeinfer.split.device import ClientConfig, DeviceClient
 from edgeinfer.split.exits import Thresholds

@@ -4,31 +4,31 @@ from __future__ import annotations
 
 import pytest
 
-from edgeinfer.planner.split import Link
+from edgeinfer.split.planner import LinkEstimate
 from edgeinfer.split.monitor import LinkMonitor, changed
 
 
-def _send_over(link: Link):
+def _send_over(link: LinkEstimate):
     return lambda n: link.transfer_s(n)
 
 
 def test_probe_recovers_rtt_and_bandwidth():
     mon = LinkMonitor()
-    est = mon.probe(_send_over(Link(20e6, 0.004)), rounds=3)
+    est = mon.probe(_send_over(LinkEstimate(20e6, 0.004)), rounds=3)
     assert est.rtt_s == pytest.approx(0.004, rel=0.01)
     assert est.bandwidth_bps == pytest.approx(20e6, rel=0.02)
 
 
 def test_estimate_follows_a_changed_link_within_a_window():
     mon = LinkMonitor(window=5)
-    mon.probe(_send_over(Link(100e6, 0.001)))
+    mon.probe(_send_over(LinkEstimate(100e6, 0.001)))
     before = mon.estimate()
-    slow = Link(2e6, 0.001)
+    slow = LinkEstimate(2e6, 0.001)
     for _ in range(3):
         mon.probe(_send_over(slow), rounds=1)
     after = mon.estimate()
     assert after.bandwidth_bps == pytest.approx(2e6, rel=0.05)
-    assert changed(before, after) and not changed(after, Link(2.1e6, 0.001))
+    assert changed(before, after) and not changed(after, LinkEstimate(2.1e6, 0.001))
     assert mon.probe_size() < 16 * 1024 * 2  # probes shrink on a slow link
 
 
@@ -46,20 +46,20 @@ def test_rtt_dominated_samples_only_bound_the_bandwidth():
 def test_a_probe_that_disagrees_with_the_window_restarts_it():
     mon = LinkMonitor(window=9)
     for _ in range(4):
-        mon.probe(_send_over(Link(1e6, 0.002)))
-    mon.probe(_send_over(Link(1e9, 0.002)), rounds=2)  # one probe on a 1000x faster link
+        mon.probe(_send_over(LinkEstimate(1e6, 0.002)))
+    mon.probe(_send_over(LinkEstimate(1e9, 0.002)), rounds=2)  # one probe on a 1000x faster link
     assert mon.bandwidth_bps > 1e8
 
 
 def test_probe_starts_small_on_a_link_that_became_slow():
     mon = LinkMonitor()
-    mon.probe(_send_over(Link(1e9, 0.001)))
+    mon.probe(_send_over(LinkEstimate(1e9, 0.001)))
     assert mon.probe_size() == mon.max_probe  # a fast link: big probes
     sent = []
 
     def slow(n: int) -> float:
         sent.append(n)
-        return Link(1e6, 0.001).transfer_s(n)
+        return LinkEstimate(1e6, 0.001).transfer_s(n)
 
     mon.probe(slow)
     assert max(sent) <= mon.min_probe  # not 2 MB at 1 Mbit/s (16 s)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgeinfer.models.dnn.chain import to_chain
-from edgeinfer.planner.dnn_profile import DeviceSpec, LayerProfile, median_ms, torch_threads
+from edgeinfer.split.profile import DeviceSpec, LayerProfile, median_ms, torch_threads
 
 
 @dataclass

@@ -7,7 +7,7 @@
 * ``Profile``: the JSON written by ``edgeinfer split profile``; a profile made on another device is imported
   with ``Profile.load`` and planned together with this one.
 
-The Neurosurgeon-style regression predictor lives in ``dnn_predict``.
+The Neurosurgeon-style regression predictor lives in ``split.predict``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from edgeinfer.models.dnn.zoo import BranchyModel
+from edgeinfer.split.compress import CODECS, DTYPES, encode, wire_key
 
 FORMAT = "edgeinfer-dnn-profile/1"
 DEVICES_DIR = Path(__file__).resolve().parent.parent / "models" / "dnn" / "devices"
@@ -217,8 +218,6 @@ class Profile:
 
 
 def wire_sizes(t: torch.Tensor) -> dict[str, int]:
-    from edgeinfer.split.compress import CODECS, DTYPES, encode, wire_key
-
     return {wire_key(d, c): len(encode(t, d, c)) for d in DTYPES for c in CODECS}
 
 

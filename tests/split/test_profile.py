@@ -9,8 +9,8 @@ import pytest
 
 from edgeinfer.models.dnn import zoo
 from edgeinfer.models.dnn.data import digits
-from edgeinfer.planner.dnn_predict import Predictor, Sample, from_profile, measure_bank, split_holdout
-from edgeinfer.planner.dnn_profile import (
+from edgeinfer.split.predict import Predictor, Sample, from_profile, measure_bank, split_holdout
+from edgeinfer.split.profile import (
     DeviceSpec,
     Profile,
     builtin_devices,
@@ -19,7 +19,7 @@ from edgeinfer.planner.dnn_profile import (
     profile_model,
     settle,
 )
-from edgeinfer.planner.split import Link, all_paths, plan
+from edgeinfer.split.planner import LinkEstimate, all_paths, plan_split
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_profile_json_roundtrip_and_import(tmp_path, model, profiles):
     imported.check_model(model)
     assert imported.device.name == "rpi4-like" and imported.layers == dev.layers
     # an imported device profile and a local edge profile are planned together
-    best = plan(all_paths(imported, edge, "fp16+lz4"), Link(1e9, 0.0))
+    best = plan_split(all_paths(imported, edge, "fp16+lz4"), LinkEstimate(1e9, 0.0))
     most_accurate = max(model.exits, key=lambda e: e.accuracy).name
     assert best.exit == most_accurate and 0 <= best.split <= best.n
     bad = json.loads((tmp_path / "pi.json").read_text()) | {"format": "something-else"}

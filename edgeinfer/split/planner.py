@@ -7,36 +7,26 @@ the edge::
     transfer(s) = 0 if s == n  else  rtt + (cut_bytes[s] + reply_bytes) * 8 / bandwidth
     energy(s)  = compute_w * device_s + tx_w * transfer_s + idle_w * edge_s          (the device's joules)
 
-``plan`` is the joint choice (Edgent): the most accurate exit whose best split meets the deadline, that split
-chosen by the objective (latency or device energy); O(total layers) with prefix sums. ``exhaustive`` tries
-every (exit, split) explicitly and is the test oracle. Both break ties the same way.
+``plan_split`` is the joint choice (Edgent): the most accurate exit whose best split meets the deadline, that
+split chosen by the objective (latency or device energy); O(total layers) with prefix sums. ``exhaustive``
+tries every (exit, split) explicitly and is the test oracle. Both break ties the same way.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
 from itertools import accumulate
 
-from edgeinfer.planner.dnn_profile import PowerModel, Profile
+from edgeinfer.split.profile import PowerModel, Profile
 
 OBJECTIVES = ("latency", "energy")
-_RATE = re.compile(r"^(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit)?$", re.IGNORECASE)
-
-
-def parse_rate(rate: str) -> float:
-    """'20mbit' / '1gbit' / '500kbit' / '1000000' (plain bits) -> bits per second."""
-    m = _RATE.match(rate.strip())
-    if not m:
-        raise ValueError(f"bad rate {rate!r}: use e.g. 5mbit, 100mbit, 1gbit")
-    return (
-        float(m.group(1)) * {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}[(m.group(2) or "bit").lower()]
-    )
 
 
 @dataclass(frozen=True)
-class Link:
+class LinkEstimate:
+    """A device-edge link as the planner sees it: bandwidth in bits/s (tc's unit) and round-trip time."""
+
     bandwidth_bps: float  # bits per second
     rtt_s: float = 0.0
 
@@ -73,7 +63,7 @@ class PathCosts:
 
 
 @dataclass(frozen=True)
-class Option:
+class SplitOption:
     exit: str
     split: int
     n: int
@@ -104,19 +94,21 @@ def _energy(power: PowerModel, device_ms: float, transfer_ms: float, edge_ms: fl
     return (power.compute_w * device_ms + power.tx_w * transfer_ms + power.idle_w * edge_ms) / 1000.0
 
 
-def evaluate(path: PathCosts, split: int, link: Link, power: PowerModel = PowerModel()) -> Option:
+def evaluate(
+    path: PathCosts, split: int, link: LinkEstimate, power: PowerModel = PowerModel()
+) -> SplitOption:
     """The cost of one (exit, split), summed explicitly."""
     if not 0 <= split <= path.n:
         raise ValueError(f"split {split} outside 0..{path.n}")
     dev, edge = sum(path.device_ms[:split]), sum(path.edge_ms[split:])
     sent = 0 if split == path.n else path.cut_bytes[split] + path.reply_bytes
     xfer = 0.0 if split == path.n else 1000.0 * link.transfer_s(sent)
-    return Option(
+    return SplitOption(
         path.exit, split, path.n, dev, xfer, edge, _energy(power, dev, xfer, edge), path.accuracy, sent
     )
 
 
-def _key(o: Option, objective: str) -> tuple:
+def _key(o: SplitOption, objective: str) -> tuple:
     value = o.total_ms if objective == "latency" else o.energy_j
     return (round(value, 9), round(o.total_ms, 9), -o.split)  # ties: faster, then more on the device
 
@@ -128,20 +120,20 @@ def _check(objective: str) -> None:
 
 def best_split(
     path: PathCosts,
-    link: Link,
+    link: LinkEstimate,
     objective: str = "latency",
     power: PowerModel = PowerModel(),
     deadline_ms: float | None = None,
-) -> Option | None:
+) -> SplitOption | None:
     """The best split of one path (None if no split meets the deadline). O(n) with prefix sums."""
     _check(objective)
     pre = [0.0, *accumulate(path.device_ms)]
     suf = [*accumulate(reversed(path.edge_ms), initial=0.0)][::-1]
-    best: Option | None = None
+    best: SplitOption | None = None
     for s in range(path.n + 1):
         sent = 0 if s == path.n else path.cut_bytes[s] + path.reply_bytes
         xfer = 0.0 if s == path.n else 1000.0 * link.transfer_s(sent)
-        o = Option(
+        o = SplitOption(
             path.exit,
             s,
             path.n,
@@ -159,13 +151,13 @@ def best_split(
     return best
 
 
-def plan(
+def plan_split(
     paths: list[PathCosts],
-    link: Link,
+    link: LinkEstimate,
     deadline_ms: float | None = None,
     objective: str = "latency",
     power: PowerModel = PowerModel(),
-) -> Option:
+) -> SplitOption:
     """Joint exit + split: the most accurate exit that meets the deadline, split by ``objective``.
 
     Without a deadline every option is feasible, so the most accurate exit is taken. If nothing meets the
@@ -174,7 +166,7 @@ def plan(
     _check(objective)
     if not paths:
         raise ValueError("no paths to plan")
-    best: Option | None = None
+    best: SplitOption | None = None
     for p in paths:
         o = best_split(p, link, objective, power, deadline_ms)
         if o is not None and (
@@ -189,12 +181,12 @@ def plan(
 
 def exhaustive(
     paths: list[PathCosts],
-    link: Link,
+    link: LinkEstimate,
     deadline_ms: float | None = None,
     objective: str = "latency",
     power: PowerModel = PowerModel(),
-) -> Option:
-    """Every (exit, split) evaluated explicitly; the same answer as ``plan`` (the test oracle)."""
+) -> SplitOption:
+    """Every (exit, split) evaluated explicitly; the same answer as ``plan_split`` (the test oracle)."""
     _check(objective)
     every = [evaluate(p, s, link, power) for p in paths for s in range(p.n + 1)]
     ok = [o for o in every if deadline_ms is None or o.total_ms <= deadline_ms + 1e-9]
