@@ -82,18 +82,16 @@ def serve(
 ) -> None:
     """Serve models behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,
     /health, /metrics). /health answers 503 until every model has loaded."""
-    from edgeinfer.api.server import ServeConfig, run
+    from edgeinfer.api.server import ServerConfig, run
+    from edgeinfer.engine.load import LoadOptions
 
-    cfg = ServeConfig(
-        models=tuple(model or [DEFAULT_MODEL]),
-        backend=backend,
-        n_ctx=ctx_size,
-        threads=threads,
-        max_queue=max_queue,
-        cluster=cluster,
-        weight_format=weight_format,
-    )
     try:
+        cfg = ServerConfig(
+            models=tuple(model or [DEFAULT_MODEL]),
+            load=LoadOptions(backend, ctx_size, threads, weight_format),
+            max_queue=max_queue,
+            cluster=cluster,
+        )
         _check_models(cfg.models if not cluster else ())
         run(cfg, host, port, log_level=log_level)
     except ValueError as exc:
@@ -138,7 +136,7 @@ def generate(
 ) -> None:
     """Generate text locally and stream it to the terminal (chat template applied unless --raw or the model
     is a base model)."""
-    from edgeinfer.api.server import ServeConfig, backend_loader, check_weight_format
+    from edgeinfer.engine.load import BackendUnavailable, LoadOptions, open_backend
     from edgeinfer.engine.base import SamplingParams
     from edgeinfer.engine.chat import ChatFormatter
     from edgeinfer.engine.generate import ContextLengthExceeded, Delta, Result, stream
@@ -146,16 +144,12 @@ def generate(
 
     if prompt == "-":
         prompt = sys.stdin.read()
-    cfg = ServeConfig(
-        models=(model,), backend=backend, n_ctx=ctx_size, threads=threads, weight_format=weight_format
-    )
     try:
-        _check_models(cfg.models)
-        check_weight_format(cfg)
+        options = LoadOptions(backend, ctx_size, threads, weight_format)
+        _check_models((model,))
         with err.status(f"loading {model} ..."):
-            _, load = backend_loader(model, cfg)
-            b = load()
-    except (ValueError, ModelNotFound) as exc:
+            b = open_backend(model, options)
+    except (ValueError, ModelNotFound, BackendUnavailable) as exc:
         _fail(str(exc))
     extra: tuple[str, ...] = ()
     if raw or not b.info.chat_template:

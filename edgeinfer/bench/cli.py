@@ -102,14 +102,15 @@ def model(
 ) -> None:
     """llama-bench style: prefill (pp N) and decode (tg N) tok/s, mean ± std over repeats, per backend and
     thread count. Table to the terminal, JSON to a file."""
-    from edgeinfer.bench.model import BACKENDS, BackendUnavailable, parse_tests, run_model_bench
+    from edgeinfer.bench.model import parse_tests, run_model_bench
+    from edgeinfer.engine.load import BackendKind, BackendUnavailable
     from edgeinfer.bench.runs import new_run
     from edgeinfer.engine.threads import default_threads
 
     backends = backend or ["llamacpp"]
-    bad = [b for b in backends if b not in BACKENDS]
+    bad = [b for b in backends if b not in list(BackendKind)]
     if bad:
-        _fail(f"unknown backend {', '.join(bad)}; choose from {', '.join(BACKENDS)}")
+        _fail(f"unknown backend {', '.join(bad)}; choose from {', '.join(BackendKind)}")
     thread_list = threads or sorted({1, default_threads()})
     try:
         tests = parse_tests(pp or [512], tg or [128])
@@ -345,14 +346,12 @@ def accuracy(
                 name, chat = _server_model(url, model[0] if model else None, mode)
                 answerer: Any = HTTPAnswerer(url, name, chat, max_tokens)
             else:
-                from edgeinfer.api.server import ServeConfig, backend_loader
+                from edgeinfer.engine.load import LoadOptions, open_backend
 
                 name, _ = _resolve(spec)
                 bar.update(task, description=f"loading {name}")
-                _, load = backend_loader(
-                    spec, ServeConfig(models=(spec,), backend=backend, n_ctx=2048, threads=threads)
-                )
-                answerer = BackendAnswerer(load(), max_tokens)
+                options = LoadOptions(backend, n_ctx=2048, threads=threads)
+                answerer = BackendAnswerer(open_backend(spec, options), max_tokens)
 
             def on_item(tpl: str, item: Any, ok: bool, name: str = name) -> None:
                 bar.update(task, description=f"{name} {tpl} {item.id}", advance=1)

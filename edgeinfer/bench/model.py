@@ -15,12 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer.bench.stats import mean_std
-
-BACKENDS = ("llamacpp", "shard")
-
-
-class BackendUnavailable(RuntimeError):
-    pass
+from edgeinfer.engine.load import BackendKind, LoadOptions, open_backend
 
 
 @dataclass(frozen=True)
@@ -131,17 +126,11 @@ class BackendRunner(Runner):
 
 
 def open_runner(backend: str, model_path: Path, threads: int, n_ctx: int) -> Runner:
-    if backend == "llamacpp":
+    kind = BackendKind.parse(backend)
+    if kind is BackendKind.LLAMACPP:
         return LlamaCppRunner(model_path, threads, n_ctx)
-    if backend == "shard":
-        try:
-            from edgeinfer.engine.shard_backend import ShardBackend
-        except ImportError as exc:
-            raise BackendUnavailable(
-                f"the shard engine backend is not available in this build ({exc}); use --backend llamacpp"
-            ) from exc
-        return BackendRunner(ShardBackend(model_path, threads=threads, n_ctx=n_ctx), "shard")
-    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    options = LoadOptions(kind, n_ctx=n_ctx, threads=threads)
+    return BackendRunner(open_backend(str(model_path), options), kind.value)
 
 
 def parse_tests(pp: Sequence[int], tg: Sequence[int]) -> list[Test]:

@@ -25,7 +25,7 @@ from edgeinfer.cluster.profile import LOCAL, ClusterProfile, build_problem, prof
 from edgeinfer.engine.base import ModelInfo, SamplingParams
 from edgeinfer.engine.sampling import Sampler
 from edgeinfer.engine.vocab import Vocab, VocabMixin
-from edgeinfer.planner.pipeline import Plan, Problem, Stage, plan
+from edgeinfer.cluster.planner import Plan, Problem, Stage, plan
 
 log = logging.getLogger("edgeinfer.cluster")
 
@@ -46,9 +46,9 @@ class RemoteStage:
 
     def forward(self, seq_id: str, x, start_pos: int, output: str):
         t0 = time.perf_counter()
-        out, reply = self.client.forward(self.shard_id, seq_id, x, start_pos, output, self.wire_dtype)
-        self.timings.append((int(x.shape[0]), time.perf_counter() - t0, reply.compute_seconds))
-        return out
+        r = self.client.forward(self.shard_id, seq_id, x, start_pos, output, self.wire_dtype)
+        self.timings.append((int(x.shape[0]), time.perf_counter() - t0, r.compute_seconds))
+        return r.output
 
     def drop(self, seq_id: str) -> None:
         self.client.drop(seq_id, self.shard_id)
@@ -66,9 +66,9 @@ class LocalStage:
 
     def forward(self, seq_id: str, x, start_pos: int, output: str):
         t0 = time.perf_counter()
-        out, seconds, _ = self.host.forward(self.shard_id, seq_id, x, start_pos, output)
-        self.timings.append((int(x.shape[0]), time.perf_counter() - t0, seconds))
-        return out
+        r = self.host.forward(self.shard_id, seq_id, x, start_pos, output)
+        self.timings.append((int(x.shape[0]), time.perf_counter() - t0, r.compute_seconds))
+        return r.output
 
     def drop(self, seq_id: str) -> None:
         self.host.drop(self.shard_id, seq_id)
@@ -165,13 +165,10 @@ class PipelineBackend(VocabMixin):
 
 
 def cluster_model_name(path: str | Path) -> str:
-    from edgeinfer.models.registry import lookup
+    from edgeinfer.models.registry import served_name
 
     cfg = load_config(path)
-    if cfg.name:
-        return cfg.name
-    bundled = lookup(cfg.model)
-    return bundled.name if bundled else Path(cfg.model).stem
+    return cfg.name or served_name(cfg.model)
 
 
 def plan_cluster(
@@ -187,10 +184,10 @@ def plan_cluster(
             latency, bottleneck, rows = problem.evaluate(stages)
             memory = {n.name: n.memory for n in problem.nodes}
             over = [
-                f"{r['node']} (layers {r['start']}-{r['end'] - 1}) needs {r['memory'] / 2**20:.0f} MiB of "
-                f"{memory[r['node']] / 2**20:.0f} MiB"
+                f"{r.node} (layers {r.start}-{r.end - 1}) needs {r.memory / 2**20:.0f} MiB of "
+                f"{memory[r.node] / 2**20:.0f} MiB"
                 for r in rows
-                if not r["fits"]
+                if not r.fits
             ]
             if over:
                 raise ClusterError(f"fixed stages do not fit in memory: {'; '.join(over)}")
@@ -218,7 +215,7 @@ def load_cluster(
         if st.node == LOCAL:
             assert profile.local_host is not None
             r = profile.local_host.load(cfg.model, st.start, st.end, max_seq_len=cfg.ctx_size)
-            return LocalStage(profile.local_host, r["shard_id"], st)
+            return LocalStage(profile.local_host, r.shard_id, st)
         client = profile.clients[st.node]
         client.load_timeout = max(client.load_timeout, 300.0)
         r = client.load(cfg.model, st.start, st.end, cfg.threads, cfg.ctx_size)

@@ -90,6 +90,13 @@ def lookup(name: str) -> BundledModel | None:
     return None
 
 
+def served_name(spec: str) -> str:
+    """The name a model spec is served under (cheap: reads no file): a bundled model's own name for its name
+    or an alias, else the file name without its ``.gguf`` suffix."""
+    bundled = lookup(spec)
+    return bundled.name if bundled else Path(spec).expanduser().name.removesuffix(".gguf")
+
+
 def resolve(spec: str, progress: bool = True) -> tuple[str, Path]:
     """Map a model spec (bundled name, alias or path to a .gguf) to ``(served name, file path)``."""
     bundled = lookup(spec)
@@ -97,7 +104,7 @@ def resolve(spec: str, progress: bool = True) -> tuple[str, Path]:
         return bundled.name, ensure_bundled(bundled, progress=progress)
     path = Path(spec).expanduser()
     if path.is_file():
-        return path.stem, path.resolve()
+        return served_name(spec), path.resolve()
     known = ", ".join(sorted(BUNDLED))
     raise ModelNotFound(f"model {spec!r} is neither a bundled model ({known}) nor an existing GGUF file")
 
