@@ -158,8 +158,7 @@ def generate(
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}
         ]
-        meta = b.info.metadata
-        chat = ChatFormatter(b.info.chat_template, meta.get("bos_token", ""), meta.get("eos_token", ""))
+        chat = ChatFormatter(b.info.chat_template, b.info.bos_token, b.info.eos_token)
         formatted = chat.format(messages)
         tokens, extra = b.tokenize(formatted.text, add_bos=formatted.add_bos), formatted.extra_stops
     params = SamplingParams(

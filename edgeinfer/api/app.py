@@ -56,7 +56,7 @@ class ModelSet:
         if worker.name not in self._formatters:
             info = worker.backend.info
             self._formatters[worker.name] = ChatFormatter(
-                info.chat_template, info.metadata.get("bos_token", ""), info.metadata.get("eos_token", "")
+                info.chat_template, info.bos_token, info.eos_token
             )
         return self._formatters[worker.name]
 
@@ -150,7 +150,7 @@ def create_app(workers: list[ModelWorker], metrics: Metrics | None = None) -> Fa
         worker = models.get(body.model)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
-            vocab = worker.backend.info.metadata.get("vocab_size")
+            vocab = worker.backend.info.vocab_size
             if vocab and any(not 0 <= t < vocab for t in prompt):
                 raise APIError(400, f"token ids must be in [0, {vocab})", "prompt", "invalid_value")
             tokens = list(prompt)

@@ -156,9 +156,8 @@ class BackendAnswerer:
 
         self.backend = backend
         self.chat = bool(backend.info.chat_template)
-        meta = backend.info.metadata
-        self.formatter = ChatFormatter(backend.info.chat_template, meta.get("bos_token", ""),
-                                       meta.get("eos_token", ""))  # fmt: skip
+        info = backend.info
+        self.formatter = ChatFormatter(info.chat_template, info.bos_token, info.eos_token)
         self.params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
 
     def answer(self, messages: list[dict[str, str]], prompt: str) -> str:

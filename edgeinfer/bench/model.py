@@ -97,7 +97,7 @@ class BackendRunner(Runner):
         self.name = name
         self.params = SamplingParams(temperature=0.0, max_tokens=None)
         self.rng = random.Random(seed)
-        self.n_vocab = int(backend.info.metadata.get("vocab_size") or 1000)
+        self.n_vocab = backend.info.vocab_size
 
     def _time(self, prompt: Sequence[int], n_after_first: int) -> tuple[float, float]:
         gen: Iterator[int] = self.backend.generate_tokens(prompt, self.params)

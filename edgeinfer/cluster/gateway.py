@@ -103,15 +103,12 @@ class PipelineBackend(VocabMixin):
             path=str(path),
             architecture=arch,
             n_ctx=min(n_ctx, train_ctx),
+            backend="cluster",
+            vocab_size=self.vocab.n_vocab,
+            bos_token=self.vocab.bos_token,
+            eos_token=self.vocab.eos_token,
             chat_template=meta.get("tokenizer.chat_template"),
-            metadata={
-                "vocab_size": self.vocab.n_vocab,
-                "bos_token": self.vocab.bos_token,
-                "eos_token": self.vocab.eos_token,
-                "backend": "cluster",
-                "stages": [f"{s.name}[{s.stage.start}:{s.stage.end}]" for s in stages],
-                "plan": plan.describe() if plan else None,
-            },
+            n_ctx_train=train_ctx,
         )
 
     def step(self, seq_id: str, x, start_pos: int, output: str):

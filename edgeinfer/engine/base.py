@@ -7,8 +7,8 @@ backends (stop strings, max_tokens, UTF-8 reassembly, cancellation, timing) live
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -27,15 +27,23 @@ class SamplingParams:
         return self.temperature <= 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelInfo:
-    name: str
+    """What a loaded backend tells its callers about the model (the API, the CLI, the benchmarks)."""
+
+    name: str  # the served name
     path: str
     architecture: str
-    n_ctx: int
-    n_params: int | None = None
+    n_ctx: int  # context length this instance was loaded with
+    backend: str  # "llamacpp" | "shard" | "cluster"
+    vocab_size: int
+    bos_token: str = ""  # text of the BOS token, "" if the model has none (for chat templates)
+    eos_token: str = ""
     chat_template: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    n_ctx_train: int | None = None  # context length the model was trained with
+    threads: int | None = None
+    weight_format: str | None = None  # shard engine: gguf, int8, bf16 or f32
+    weight_bytes: int | None = None  # shard engine: bytes of weights held by this process
 
 
 @runtime_checkable

@@ -41,15 +41,13 @@ class LlamaCppBackend(VocabMixin):
             path=str(path),
             architecture=arch,
             n_ctx=self.llm.n_ctx(),
+            backend="llamacpp",
+            vocab_size=self.llm.n_vocab(),
+            bos_token=self.vocab.bos_token,
+            eos_token=self.vocab.eos_token,
             chat_template=meta.get("tokenizer.chat_template"),
-            metadata={
-                "vocab_size": self.llm.n_vocab(),
-                "n_ctx_train": self.llm._model.n_ctx_train(),
-                "threads": threads,
-                "bos_token": self.vocab.bos_token,
-                "eos_token": self.vocab.eos_token,
-                "backend": "llamacpp",
-            },
+            n_ctx_train=self.llm._model.n_ctx_train(),
+            threads=threads,
         )
 
     def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from edgeinfer import kernels
-from edgeinfer.engine.base import ModelInfo
 from edgeinfer.models.kv_cache import KVCache
 from edgeinfer.engine.threads import default_threads
 from edgeinfer.models import gemma3, llama
@@ -134,21 +133,7 @@ class Shard:
         self.weight_bytes = sum(b.nbytes for b in self.blocks)
         if self.head is not None:
             self.weight_bytes += self.head.nbytes + self.output_norm.numel() * 4
-        self.info = ModelInfo(
-            name=Path(model_path).stem,
-            path=str(Path(model_path)),
-            architecture=cfg.arch,
-            n_ctx=self.max_seq_len,
-            chat_template=f.get("tokenizer.chat_template", None),
-            metadata={
-                "layers": [start_layer, end_layer],
-                "n_layers": n,
-                "weight_format": fmt,
-                "weight_bytes": self.weight_bytes,
-                "threads": self.threads,
-                "backend": "shard",
-            },
-        )
+        self.chat_template: str | None = f.get("tokenizer.chat_template", None)
         # The first shard looks embeddings up in the memory-mapped file; the others release it now.
         self._file = f if self.is_first else None
         if not self.is_first:

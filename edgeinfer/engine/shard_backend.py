@@ -55,18 +55,15 @@ class ShardBackend(VocabMixin):
             path=str(path),
             architecture=first.arch,
             n_ctx=first.max_seq_len,
-            chat_template=first.info.chat_template,
-            metadata={
-                "vocab_size": first.vocab_size,
-                "n_ctx_train": first.cfg.ctx_len,
-                "threads": first.threads,
-                "bos_token": self.vocab.bos_token,
-                "eos_token": self.vocab.eos_token,
-                "backend": "shard",
-                "shards": [[s.start_layer, s.end_layer] for s in self.shards],
-                "weight_format": first.weight_format,
-                "weight_bytes": sum(s.weight_bytes for s in self.shards),
-            },
+            backend="shard",
+            vocab_size=first.vocab_size,
+            bos_token=self.vocab.bos_token,
+            eos_token=self.vocab.eos_token,
+            chat_template=first.chat_template,
+            n_ctx_train=first.cfg.ctx_len,
+            threads=first.threads,
+            weight_format=first.weight_format,
+            weight_bytes=sum(s.weight_bytes for s in self.shards),
         )
 
     # ---- compute ------------------------------------------------------------------------------------------
