@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from edgeinfer.models.dnn.data import Split, digits
+
 
 @dataclass(frozen=True)
 class DigitNetConfig:
@@ -35,6 +37,12 @@ class DigitNetConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def build(self) -> DigitNet:
+        return DigitNet(self)
+
+    def dataset(self, seed: int = 0) -> dict[str, Split]:
+        return digits(self.res, seed=seed)
 
 
 class DigitNet(nn.Module):

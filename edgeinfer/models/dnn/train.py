@@ -1,4 +1,4 @@
-"""Train DigitNet on the digits (all exits jointly, BranchyNet-style) and cache the weights.
+"""Train a zoo network on its data set (all exits jointly, BranchyNet-style) and cache the weights.
 
 The cache key is a hash of the model config, the training config and a format version, so a changed config
 trains anew and an unchanged one loads in milliseconds: ``~/.cache/edgeinfer/dnn/<name>-<hash>.pt`` plus a
@@ -7,6 +7,7 @@ trains anew and an unchanged one loads in milliseconds: ``~/.cache/edgeinfer/dnn
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -17,9 +18,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from edgeinfer.models.dnn.data import digits
-from edgeinfer.models.dnn.digitnet import DigitNet, DigitNetConfig
+from edgeinfer.models.dnn.data import Split
+from edgeinfer.models.dnn.digitnet import DigitNetConfig
+from edgeinfer.models.dnn.mobilenet import MobileNetConfig, fold_batchnorm
+
+# a network config knows its data set (``dataset(seed)``) and builds its network (``build()``), a module with
+# ``forward_all(x) -> {exit: logits}`` and ``exit_at`` (see digitnet.py, mobilenet.py)
+NetConfig = DigitNetConfig | MobileNetConfig
 
 FORMAT = 1
 
@@ -42,7 +49,7 @@ def cache_root() -> Path:
     return path
 
 
-def config_hash(model_cfg: DigitNetConfig, train_cfg: TrainConfig) -> str:
+def config_hash(model_cfg: NetConfig, train_cfg: TrainConfig) -> str:
     blob = json.dumps(
         {"format": FORMAT, "model": model_cfg.to_dict(), "train": asdict(train_cfg)}, sort_keys=True
     )
@@ -50,23 +57,28 @@ def config_hash(model_cfg: DigitNetConfig, train_cfg: TrainConfig) -> str:
 
 
 @torch.no_grad()
-def exit_accuracy(model: DigitNet, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def exit_accuracy(model: nn.Module, split: Split, chunk: int = 256) -> dict[str, float]:
+    """Accuracy of every exit on ``split`` (evaluated in chunks: the upsampled frames can be large)."""
     model.eval()
-    return {k: float((v.argmax(1) == y).float().mean()) for k, v in model.forward_all(x).items()}
+    right: dict[str, int] = {}
+    for i in range(0, len(split), chunk):
+        for k, v in model.forward_all(split.batch(slice(i, i + chunk))).items():
+            right[k] = right.get(k, 0) + int((v.argmax(1) == split.y[i : i + chunk]).sum())
+    return {k: v / len(split) for k, v in right.items()}
 
 
 def train(
-    model_cfg: DigitNetConfig,
+    model_cfg: NetConfig,
     train_cfg: TrainConfig,
     progress: Callable[[int, int, float], None] | None = None,
-) -> tuple[DigitNet, dict]:
+) -> tuple[nn.Module, dict]:
     """Train from scratch; ``progress(epoch, epochs, loss)`` after each epoch. Returns (model, metrics)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(train_cfg.threads)
     try:
         torch.manual_seed(train_cfg.seed)
-        data = digits(model_cfg.res, seed=train_cfg.seed)
-        model = DigitNet(model_cfg)
+        data = model_cfg.dataset(seed=train_cfg.seed)
+        model = model_cfg.build()
         opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=train_cfg.epochs)
         gen = torch.Generator().manual_seed(train_cfg.seed)
@@ -78,7 +90,7 @@ def train(
             total = 0.0
             for i in range(0, len(tr), train_cfg.batch):
                 idx = perm[i : i + train_cfg.batch]
-                outs = model.forward_all(tr.x[idx])
+                outs = model.forward_all(tr.batch(idx))
                 loss = sum(F.cross_entropy(o, tr.y[idx]) for o in outs.values())
                 opt.zero_grad()
                 loss.backward()
@@ -88,16 +100,17 @@ def train(
             if progress:
                 progress(epoch + 1, train_cfg.epochs, total / len(tr))
         seconds = time.perf_counter() - t0
+        model.eval()
+        deployed = fold_batchnorm(copy.deepcopy(model))
         metrics = {
             "format": FORMAT,
             "model": model_cfg.to_dict(),
             "train": asdict(train_cfg),
             "train_seconds": round(seconds, 2),
             "n": {k: len(v) for k, v in data.items()},
-            "val_accuracy": exit_accuracy(model, data["val"].x, data["val"].y),
-            "test_accuracy": exit_accuracy(model, data["test"].x, data["test"].y),
+            "val_accuracy": exit_accuracy(deployed, data["val"]),
+            "test_accuracy": exit_accuracy(deployed, data["test"]),
         }
-        model.eval()
         return model, metrics
     finally:
         torch.set_num_threads(threads)
@@ -105,23 +118,25 @@ def train(
 
 def load_or_train(
     name: str,
-    model_cfg: DigitNetConfig,
+    model_cfg: NetConfig,
     train_cfg: TrainConfig,
     progress: Callable[[int, int, float], None] | None = None,
     force: bool = False,
-) -> tuple[DigitNet, dict, Path]:
-    """The cached model if its config hash matches, else train and cache it: (model, metrics, path)."""
+) -> tuple[nn.Module, dict, Path]:
+    """The cached model if its config hash matches, else train and cache it: (model, metrics, path).
+
+    The model is returned as deployed: in eval mode, batch norm folded into the convolutions; the cache keeps
+    the trained (unfolded) weights and the accuracies measured on the deployed model."""
     path = cache_root() / f"{name}-{config_hash(model_cfg, train_cfg)}.pt"
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file() and not force:
-        model = DigitNet(model_cfg)
+        model = model_cfg.build()
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        model.eval()
-        return model, json.loads(meta.read_text()), path
+        return fold_batchnorm(model), json.loads(meta.read_text()), path
     model, metrics = train(model_cfg, train_cfg, progress)
     tmp = meta.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(metrics, indent=1))
     tmp.replace(meta)
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)  # atomic, and last: a concurrent reader never sees half a model
-    return model, metrics, path
+    return fold_batchnorm(model), metrics, path

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from edgeinfer.models.dnn.chain import Chain, to_chain
-from edgeinfer.models.dnn.digitnet import DigitNet, DigitNetConfig
-from edgeinfer.models.dnn.train import TrainConfig, load_or_train
+from edgeinfer.models.dnn.data import Split
+from edgeinfer.models.dnn.digitnet import DigitNetConfig
+from edgeinfer.models.dnn.mobilenet import MobileNetConfig
+from edgeinfer.models.dnn.train import NetConfig, TrainConfig, load_or_train
 
 
 @dataclass
@@ -61,7 +63,7 @@ class BranchyModel:
 @dataclass(frozen=True)
 class ZooEntry:
     description: str
-    model: DigitNetConfig
+    model: NetConfig
     train: TrainConfig
 
 
@@ -76,27 +78,43 @@ ZOO: dict[str, ZooEntry] = {
         DigitNetConfig(res=32, stem=8, c1=16, neck=4, c2=32, c3=64, hidden=64),
         TrainConfig(epochs=10),
     ),
+    "mobilenet": ZooEntry(
+        "MobileNetV2-style CNN (inverted residuals) with 2 early exits on MNIST upsampled to 128x128 "
+        "(~12 M MACs; the feature maps shrink to 1/10 of the input by stride 16)",
+        MobileNetConfig(),
+        TrainConfig(epochs=4),
+    ),
 }
 
 
-def _exit_name_order(net: DigitNet) -> list[str]:
-    return sorted(net.exit_at, key=lambda k: net.exit_at[k])
+def from_net(name: str, net: nn.Module, metrics: dict | None = None, dag: bool = False) -> BranchyModel:
+    """A zoo network (``backbone``: nn.Sequential, ``exit_at``: exit -> backbone index, ``exits``: heads).
 
-
-def from_digitnet(name: str, net: DigitNet, metrics: dict | None = None) -> BranchyModel:
+    The backbone's chain is built segment by segment between exits, so every exit sits on a cut of the chain
+    even where a block of the backbone opens into several layers. ``dag``: offer cuts inside residual blocks
+    too, each carrying every live tensor (see ``chain``); exits always sit where one tensor crosses."""
     res = net.cfg.res
     example = torch.zeros(1, 1, res, res)
-    backbone = to_chain(net.backbone, example, prefix="backbone.")
-    exits = []
-    for ename in _exit_name_order(net):
+    layers, exits, pos, feat = [], [], 0, example
+    m = metrics or {}
+    for ename in sorted(net.exit_at, key=lambda k: net.exit_at[k]):
         at = net.exit_at[ename]
-        feat = backbone.run(example, 0, at)
+        if at > pos:
+            seg = to_chain(net.backbone[pos:at], feat, prefix="backbone.", dag=dag)
+            layers += seg.layers
+            feat = seg.run(feat)
+            pos = at
         head = to_chain(net.exits[ename], feat, prefix=f"{ename}.")
-        m = metrics or {}
         exits.append(
-            Exit(ename, at, head, m.get("test_accuracy", {}).get(ename), m.get("val_accuracy", {}).get(ename))
+            Exit(
+                ename,
+                len(layers),
+                head,
+                m.get("test_accuracy", {}).get(ename),
+                m.get("val_accuracy", {}).get(ename),
+            )
         )
-    return BranchyModel(name, backbone, exits, dict(metrics or {}))
+    return BranchyModel(name, Chain(layers, tuple(example.shape[1:])), exits, dict(m))
 
 
 def from_module(
@@ -109,13 +127,24 @@ def from_module(
 
 
 def load(
-    name: str = "digitnet", progress: Callable[[int, int, float], None] | None = None, retrain: bool = False
+    name: str = "digitnet",
+    progress: Callable[[int, int, float], None] | None = None,
+    retrain: bool = False,
+    dag: bool = False,
 ) -> BranchyModel:
-    """A zoo model, trained on first use and cached (see ``train.load_or_train``)."""
+    """A zoo model, trained on first use and cached (see ``train.load_or_train``); ``dag``: see from_net."""
     entry = ZOO.get(name)
     if entry is None:
         raise KeyError(f"unknown zoo model {name!r}; choose one of {', '.join(ZOO)}")
     net, metrics, path = load_or_train(name, entry.model, entry.train, progress=progress, force=retrain)
-    model = from_digitnet(name, net, metrics)
+    model = from_net(name, net, metrics, dag=dag)
     model.meta["weights"] = str(path)
     return model
+
+
+def dataset(name: str) -> dict[str, Split]:
+    """The data a zoo model was trained and measured on ({'train', 'val', 'test'}), at its input size."""
+    entry = ZOO.get(name)
+    if entry is None:
+        raise KeyError(f"unknown zoo model {name!r}; choose one of {', '.join(ZOO)}")
+    return entry.model.dataset(seed=entry.train.seed)
