@@ -3,13 +3,16 @@ on a float32 copy of it, A/B in one process (interleaved rounds, min of the roun
 
     .venv/bin/python benchmarks/bench_attention.py --model gemma-3-270m --context 512
 
-Prints milliseconds per decode step after a prompt of --context random tokens, for both paths.
+Prints a Markdown table of milliseconds per decode step after a prompt of --context random tokens, for
+both paths.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+
+from edgeinfer.bench.table import Format, Output, Table
 
 
 def main() -> None:
@@ -42,8 +45,11 @@ def main() -> None:
                 for _ in range(args.steps):
                     shard.forward("a", token)
                 times[name].append((time.perf_counter() - t0) / args.steps * 1000)
-    for name, t in times.items():
-        print(f"{args.model}, context {args.context}: {name}: {min(t):.2f} ms per decode step")
+    rows = [(name, f"{min(t):.2f}") for name, t in times.items()]
+    note = f"{args.model}, context {args.context}, {args.threads} threads, min of {args.rounds} rounds"
+    Output(Format.MD).table(
+        Table("Decode attention A/B", ("path", "ms per decode step"), rows, frozenset({1}), (note,))
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from edgeinfer.bench.table import Format, Output, Table
 from edgeinfer.cluster.gateway import ClusterError, load_cluster
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.generate import complete
@@ -241,48 +242,70 @@ def main() -> None:
 
 
 def print_tables(res: dict) -> None:
-    print(
-        f"\nmodel {res['model']}, {res['threads']} thread(s) per node, {res['tokens']} tokens, "
+    """The results as Markdown tables, through the bench harness's renderer."""
+    show = Output(Format.MD)
+    note = (
+        f"model {res['model']}, {res['threads']} thread(s) per node, {res['tokens']} tokens, "
         f"median of {res['repeat']} round(s), load {res['load_before'][0]:.1f} -> {res['load_after'][0]:.1f}"
     )
+
+    def measured(r: dict) -> str:
+        return f"{r['measured_ms']:.1f} ({r['measured_min_ms']:.1f}-{r['measured_max_ms']:.1f})"
+
     if res["scaling"]:
-        print(
-            "\n| link | nodes | plan | tok/s | vs 1 node | predicted ms/token | measured ms/token (min-max) "
-            "| node compute ms | RPC overhead ms | gateway ms |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|---|")
         base = {r["rate"]: r["tok_s"] for r in res["scaling"] if r["nodes"] == 1}
-        for r in res["scaling"]:
-            ratio = r["tok_s"] / base[r["rate"]] if r["rate"] in base else float("nan")
-            print(
-                f"| {r['rate']} | {r['nodes']} | {r['plan']} | {r['tok_s']:.1f} | {ratio:.2f} | "
-                f"{r['predicted_ms']:.1f} | {r['measured_ms']:.1f} ({r['measured_min_ms']:.1f}-"
-                f"{r['measured_max_ms']:.1f}) | {r['compute_ms']:.1f} | "
-                f"{r['rpc_ms'] - r['compute_ms']:.1f} | {r['measured_ms'] - r['rpc_ms']:.1f} |"
+        rows = [
+            (
+                r["rate"],
+                str(r["nodes"]),
+                r["plan"],
+                f"{r['tok_s']:.1f}",
+                f"{r['tok_s'] / base[r['rate']] if r['rate'] in base else float('nan'):.2f}",
+                f"{r['predicted_ms']:.1f}",
+                measured(r),
+                f"{r['compute_ms']:.1f}",
+                f"{r['rpc_ms'] - r['compute_ms']:.1f}",
+                f"{r['measured_ms'] - r['rpc_ms']:.1f}",
             )
+            for r in res["scaling"]
+        ]
+        header = (
+            "link",
+            "nodes",
+            "plan",
+            "tok/s",
+            "vs 1 node",
+            "predicted ms/token",
+            "measured ms/token (min-max)",
+            "node compute ms",
+            "RPC overhead ms",
+            "gateway ms",
+        )
+        show.table(Table("Pipeline scaling", header, rows, frozenset({1, *range(3, 10)}), (note,)))
     if res.get("in_process"):
-        print("\n| stages in one process (no RPC) | ms/token (min-max) |")
-        print("|---|---|")
-        for r in res["in_process"]:
-            print(
-                f"| {r['nodes']} | {r['measured_ms']:.1f} "
-                f"({r['measured_min_ms']:.1f}-{r['measured_max_ms']:.1f}) |"
-            )
+        rows = [(str(r["nodes"]), measured(r)) for r in res["in_process"]]
+        show.table(
+            Table("Stages in one process (no RPC)", ("stages", "ms/token (min-max)"), rows, frozenset({0, 1}))
+        )
     if "partition" in res:
         p = res["partition"]
         limit = f", memory limit {p['memory_limit']} per node" if p.get("memory_limit") else ""
-        print(f"\npartition sweep at {p['rate']} (two nodes{limit}):\n")
-        print("| partition | predicted ms/token | measured ms/token (min-max) |")
-        print("|---|---|---|")
-        for r in [*p["sweep"], p["planner"]]:
-            label = f"planner: {r['plan']}" if r is p["planner"] else r["plan"]
-            print(
-                f"| {label} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} "
-                f"({r['measured_min_ms']:.1f}-{r['measured_max_ms']:.1f}) |"
+        rows = [
+            (
+                f"planner: {r['plan']}" if r is p["planner"] else r["plan"],
+                f"{r['predicted_ms']:.1f}",
+                measured(r),
             )
+            for r in [*p["sweep"], p["planner"]]
+        ]
         chosen, best = p["planner"], p["best"]
-        print(f"\nplanner chose {chosen['plan']}: {chosen['measured_ms']:.1f} ms measured; best measured")
-        print(f"{best['plan']}: {best['measured_ms']:.1f} ms; ratio {p['ratio']:.3f}")
+        notes = (
+            f"planner chose {chosen['plan']}: {chosen['measured_ms']:.1f} ms measured; best measured "
+            f"{best['plan']}: {best['measured_ms']:.1f} ms; ratio {p['ratio']:.3f}",
+        )
+        header = ("partition", "predicted ms/token", "measured ms/token (min-max)")
+        title = f"Partition sweep at {p['rate']} (two nodes{limit})"
+        show.table(Table(title, header, rows, frozenset({1, 2}), notes))
 
 
 if __name__ == "__main__":

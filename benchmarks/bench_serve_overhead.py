@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 import httpx
-
 from edgeinfer.api.process import ServerProcess
+
+from edgeinfer.bench.table import Format, Output, Table
 from edgeinfer.models.registry import resolve
 
 PROMPT = "Story {i}: Write a long, detailed story about a lighthouse keeper who finds a strange map."
@@ -97,7 +98,24 @@ def main() -> None:
     a = ap.parse_args()
     name, path = resolve(a.model)
     res = measure(name, path, a.threads, a.ctx_size, a.tokens, a.repeats)
-    print(json.dumps(res, indent=2))
+    note = f"{res['model']}, {res['threads']} threads, {res['tokens']} tokens, median of {res['repeats']}"
+    rows = [
+        ("in process", f"{res['direct_decode_tok_s']:.1f}", f"{res['direct_ttft_ms']:.0f}", "–"),
+        (
+            "edgeinfer serve",
+            f"{res['server_decode_tok_s']:.1f}",
+            f"{res['server_ttft_ms']:.0f}",
+            f"{res['server_peak_rss_mib']:.0f}",
+        ),
+        (
+            "server / in process",
+            f"{res['decode_ratio']:.3f}",
+            f"{1 / res['ttft_ratio_direct_over_server']:.3f}",
+            "–",
+        ),
+    ]
+    header = ("path", "decode tok/s", "TTFT ms", "peak RSS MiB")
+    Output(Format.MD).table(Table("Serving overhead", header, rows, frozenset({1, 2, 3}), (note,)))
     if a.json:
         a.json.write_text(json.dumps(res, indent=2))
 

@@ -4,15 +4,18 @@
     .venv/bin/python benchmarks/bench_shard.py --model gemma-3-270m --formats gguf,int8 --profile
 
 Each engine prefills the same prompt and then decodes --gen tokens greedily (one token per forward pass).
-Prints a markdown table (ratio = shard / llama.cpp) and, with --profile, where the shard engine's decode
-time goes (torch profiler, top operators).
+Prints a Markdown table through the bench harness's renderer (ratio = shard / llama.cpp) and, with
+--profile, where the shard engine's decode time goes (torch profiler, top operators).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+
+from edgeinfer.bench.table import Format, Output, Table
 
 PROMPT = (
     "A small robot lived in a lighthouse and counted the ships that passed every day. It wrote the names of "
@@ -104,27 +107,28 @@ def main() -> None:
     vocab.close()
     load = os.getloadavg()[0]
     lp, ld = bench_llamacpp(str(path), args.threads, ids, args.gen, args.repeats)
-    print(
-        f"\nmodel {name}, {args.threads} threads, prompt {len(ids)} tokens, {args.gen} decoded, "
-        f"load {load:.2f}\n"
-    )
-    print("| engine | weights | prefill tok/s | decode tok/s | prefill ratio | decode ratio |")
-    print("|---|---|---|---|---|---|")
-    print(f"| llama.cpp | GGUF | {lp:.1f} | {ld:.1f} | 1.00 | 1.00 |")
-    tables = []
+    rows = [("llama.cpp", "GGUF", f"{lp:.1f}", f"{ld:.1f}", "1.00", "1.00")]
+    profiles = []
     for fmt in args.formats.split(","):
         sp, sd, mb, table = bench_shard(
             str(path), args.threads, fmt, ids, args.gen, args.repeats, args.profile
         )
-        print(
-            f"| shard | {fmt} ({mb:.0f} MB) | {sp:.1f} | {sd:.1f} | {sp / lp:.2f} | {sd / ld:.2f} |",
-            flush=True,
+        rows.append(
+            ("shard", f"{fmt} ({mb:.0f} MB)", f"{sp:.1f}", f"{sd:.1f}", f"{sp / lp:.2f}", f"{sd / ld:.2f}")
         )
+        print(f"shard {fmt}: prefill {sp:.1f} tok/s, decode {sd:.1f} tok/s", file=sys.stderr, flush=True)
         if table:
-            tables.append((fmt, table))
-    for fmt, table in tables:
+            profiles.append((fmt, table))
+    note = (
+        f"model {name}, {args.threads} threads, prompt {len(ids)} tokens, {args.gen} decoded, "
+        f"load {load:.2f} -> {os.getloadavg()[0]:.2f}"
+    )
+    header = ("engine", "weights", "prefill tok/s", "decode tok/s", "prefill ratio", "decode ratio")
+    Output(Format.MD).table(
+        Table("Shard engine vs llama.cpp", header, rows, frozenset({2, 3, 4, 5}), (note,))
+    )
+    for fmt, table in profiles:
         print(f"\nshard decode profile ({fmt}):\n{table}")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ with 8-bit activation rounding a 1e-7 change flips roundings, and the flips spre
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+
+from edgeinfer.bench.table import Format, Output, Table
 
 TEXT = (
     "The harbour town woke up slowly on winter mornings. Before the bakery opened its shutters, the "
@@ -125,25 +128,40 @@ def main() -> None:
     vocab = Vocab(path)
     ids = vocab.tokenize(text, add_bos=True)
     vocab.close()
-    print(f"\nmodel {name}, {len(ids)} tokens teacher-forced\n")
-    print("| weights | top-1 agreement | max abs logit diff | mean abs logit diff | logit std | time s |")
-    print("|---|---|---|---|---|---|")
+    rows = []
 
     def row(label: str, logits_pair, fmt: str) -> None:
         """One table row: ``logits_pair`` (teacher_forced or sensitivity) gives the two logit arrays."""
         t0 = time.perf_counter()
         r = compare(*logits_pair(str(path), ids, fmt, args.threads))
-        print(
-            f"| {label} | {100 * r['top1']:.1f} % ({round(r['top1'] * r['positions'])}/{r['positions']}) "
-            f"| {r['max_diff']:.3f} | {r['mean_diff']:.4f} | {r['logit_std']:.2f} "
-            f"| {time.perf_counter() - t0:.1f} |",
-            flush=True,
+        rows.append(
+            (
+                label,
+                f"{100 * r['top1']:.1f} % ({round(r['top1'] * r['positions'])}/{r['positions']})",
+                f"{r['max_diff']:.3f}",
+                f"{r['mean_diff']:.4f}",
+                f"{r['logit_std']:.2f}",
+                f"{time.perf_counter() - t0:.1f}",
+            )
         )
+        print(f"{label}: top-1 {rows[-1][1]}", file=sys.stderr, flush=True)
 
     for fmt in args.formats.split(","):
         row(fmt, teacher_forced, fmt)
         if args.sensitivity:
             row(f"{fmt} vs itself, norms in f64", sensitivity, fmt)
+    header = (
+        "weights",
+        "top-1 agreement",
+        "max abs logit diff",
+        "mean abs logit diff",
+        "logit std",
+        "time s",
+    )
+    note = f"model {name}, {len(ids)} tokens teacher-forced"
+    Output(Format.MD).table(
+        Table("Shard engine vs llama.cpp: logit agreement", header, rows, frozenset({1, 2, 3, 4, 5}), (note,))
+    )
 
 
 if __name__ == "__main__":

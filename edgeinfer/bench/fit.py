@@ -10,11 +10,15 @@ projected decode tok/s = sustained bandwidth / (weights + KV cache read at half 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from importlib.resources import files
 from typing import Any
 
 import yaml
+
+from edgeinfer.bench.runs import Progress, Run, from_fields, new_run
+from edgeinfer.bench.table import Table
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,37 @@ class ModelShape:
 
     def kv_bytes(self, context: int, kv_elem_bytes: float = 2.0) -> float:
         return 2.0 * self.layers * self.kv_heads * self.head_dim * context * kv_elem_bytes
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """One (model, quantization, device): memory needed against usable, and the projected decode speed."""
+
+    model: str
+    kv_shape_from: str
+    params: float
+    quant: str
+    bits_per_weight: float
+    device: str
+    device_name: str
+    context: int
+    weights_gb: float
+    kv_cache_gb: float
+    overhead_gb: float
+    needed_gb: float
+    usable_gb: float
+    fits: bool
+    headroom_gb: float
+    bandwidth_gbs: float
+    bandwidth_source: str
+    projected_decode_tps: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FitResult:
+        return from_fields(cls, d)
 
 
 def _data(name: str) -> dict[str, Any]:
@@ -145,42 +180,42 @@ def fit_one(
     context: int,
     efficiency: float,
     overhead_gb: float = 0.3,
-) -> dict[str, Any]:
+) -> FitResult:
     weights = model.params * bits / 8
     kv = model.kv_bytes(context)
     need = weights + kv + overhead_gb * 1e9
     bw = device.sustained_gbs(efficiency) * 1e9
     read_per_token = weights + model.kv_bytes(context // 2)
-    return {
-        "model": model.id,
-        "kv_shape_from": model.kv_like or model.id,
-        "params": model.params,
-        "quant": quant,
-        "bits_per_weight": bits,
-        "device": device.id,
-        "device_name": device.name,
-        "context": context,
-        "weights_gb": weights / 1e9,
-        "kv_cache_gb": kv / 1e9,
-        "overhead_gb": overhead_gb,
-        "needed_gb": need / 1e9,
-        "usable_gb": device.usable_gb,
-        "fits": need <= device.usable_gb * 1e9,
-        "headroom_gb": device.usable_gb - need / 1e9,
-        "bandwidth_gbs": bw / 1e9,
-        "bandwidth_source": _bw_source(device, efficiency),
-        "projected_decode_tps": bw / read_per_token,
-    }
+    return FitResult(
+        model=model.id,
+        kv_shape_from=model.kv_like or model.id,
+        params=model.params,
+        quant=quant,
+        bits_per_weight=bits,
+        device=device.id,
+        device_name=device.name,
+        context=context,
+        weights_gb=weights / 1e9,
+        kv_cache_gb=kv / 1e9,
+        overhead_gb=overhead_gb,
+        needed_gb=need / 1e9,
+        usable_gb=device.usable_gb,
+        fits=need <= device.usable_gb * 1e9,
+        headroom_gb=device.usable_gb - need / 1e9,
+        bandwidth_gbs=bw / 1e9,
+        bandwidth_source=_bw_source(device, efficiency),
+        projected_decode_tps=bw / read_per_token,
+    )
 
 
 def fit_table(
-    model_specs: list[str],
-    quants: list[str],
-    devices: list[Device],
+    model_specs: Sequence[str],
+    quants: Sequence[str],
+    devices: Sequence[Device],
     context: int,
     efficiency: float,
     overhead_gb: float = 0.3,
-) -> list[dict[str, Any]]:
+) -> list[FitResult]:
     if context < 1:
         raise ValueError("context must be >= 1")
     models, bits = load_models()
@@ -194,3 +229,79 @@ def fit_table(
             for d in devices:
                 rows.append(fit_one(shape, q.lower(), bits[q.lower()], d, context, efficiency, overhead_gb))
     return rows
+
+
+DEFAULT_MODELS = ("qwen2.5-0.5b", "1.5B", "3B", "7B", "8B")
+DEFAULT_QUANTS = ("int4", "int8")
+
+
+def run(
+    specs: Sequence[str] = DEFAULT_MODELS,
+    quants: Sequence[str] = DEFAULT_QUANTS,
+    context: int = 4096,
+    device_ids: Sequence[str] = (),
+    measure: bool = True,
+    efficiency: float | None = None,
+    overhead_gb: float = 0.3,
+    label: str | None = None,
+    progress: Progress | None = None,
+) -> Run:
+    """The `bench fit` run over the shipped device profiles (``device_ids``: a subset; ``this-machine``
+    measured live when ``measure``)."""
+    progress = progress or Progress()
+    devices, default_eff = load_devices()
+    if device_ids:
+        known = {d.id for d in devices} | {"this-machine"}
+        bad = [d for d in device_ids if d not in known]
+        if bad:
+            raise ValueError(f"unknown device {', '.join(bad)}; one of: {', '.join(sorted(known))}")
+        devices = [d for d in devices if d.id in device_ids]
+    if measure and (not device_ids or "this-machine" in device_ids):
+        from edgeinfer.bench.roofline import measure_bandwidth
+        from edgeinfer.engine.threads import default_threads
+
+        progress.start("measuring this machine's memory bandwidth", None)
+        copy, triad = measure_bandwidth(default_threads(), 256, 3)
+        devices.append(this_machine(max(copy, triad)))
+    eff = efficiency or default_eff
+    results = fit_table(specs, quants, devices, context, eff, overhead_gb)
+    config = {
+        "models": list(specs),
+        "quants": list(quants),
+        "context": context,
+        "efficiency": eff,
+        "overhead_gb": overhead_gb,
+    }
+    bench = new_run("fit", config, label)
+    bench.results = results
+    return bench
+
+
+def rows(run: Run) -> Table:
+    """Memory needed against usable, and the decode speed the bandwidth allows, per model x quant x device."""
+    body = [
+        (
+            r.model,
+            r.quant,
+            r.device,
+            str(r.context),
+            f"{r.needed_gb:.2f}",
+            f"{r.usable_gb:.1f}",
+            "yes" if r.fits else "no",
+            f"{r.bandwidth_gbs:.1f} ({r.bandwidth_source})",
+            f"{r.projected_decode_tps:.1f}",
+        )
+        for r in run.results
+    ]
+    header = (
+        "model",
+        "quant",
+        "device",
+        "context",
+        "needs GB",
+        "usable GB",
+        "fits",
+        "bandwidth GB/s",
+        "projected decode tok/s",
+    )
+    return Table("Fit (memory and projected decode speed)", header, body, right=frozenset({3, 4, 5, 7, 8}))

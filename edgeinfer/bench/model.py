@@ -10,12 +10,38 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeinfer.bench.runs import Progress, Run, from_fields, load_warning, new_run
 from edgeinfer.bench.stats import mean_std
+from edgeinfer.bench.table import Table
 from edgeinfer.engine.load import BackendKind, LoadOptions, open_backend
+
+BUNDLED_BOTH = ("qwen2.5-coder-0.5b-instruct", "gemma-3-270m")
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One (model, backend, threads, test): tok/s mean ± std over the timed repeats."""
+
+    model: str
+    backend: str
+    threads: int
+    test: str  # "pp512", "tg128"
+    kind: str  # "pp" or "tg"
+    n_tokens: int
+    tps_mean: float
+    tps_std: float
+    seconds: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelResult:
+        return from_fields(cls, {"model": "?", **d})
 
 
 @dataclass(frozen=True)
@@ -152,14 +178,14 @@ def run_model_bench(
     on_step: Callable[[str], None] = lambda _: None,
     open_fn: Callable[[str, Path, int, int], Runner] = open_runner,
     model_name: str | None = None,
-) -> list[dict[str, Any]]:
-    """One result row per (backend, threads, test): tok/s mean ± std over ``repeats`` timed runs."""
+) -> list[ModelResult]:
+    """One result per (backend, threads, test): tok/s mean ± std over ``repeats`` timed runs."""
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     if any(t < 1 for t in threads):
         raise ValueError("thread counts must be >= 1")
     n_ctx = max(256, max(t.n for t in tests) + 16)
-    rows: list[dict[str, Any]] = []
+    rows: list[ModelResult] = []
     for backend in backends:
         for n_threads in threads:
             on_step(f"loading {backend} t={n_threads}")
@@ -172,21 +198,66 @@ def run_model_bench(
                     for r in range(repeats):
                         on_step(f"{backend} t={n_threads} {test.name} {r + 1}/{repeats}")
                         seconds.append(runner.run(test))
-                    tps = [test.n / s for s in seconds]
-                    mean, std = mean_std(tps)
+                    mean, std = mean_std([test.n / s for s in seconds])
                     rows.append(
-                        {
-                            "model": model_name or model_path.stem,
-                            "backend": backend,
-                            "threads": n_threads,
-                            "test": test.name,
-                            "kind": test.kind,
-                            "n_tokens": test.n,
-                            "tps_mean": mean,
-                            "tps_std": std,
-                            "seconds": seconds,
-                        }
+                        ModelResult(
+                            model=model_name or model_path.stem,
+                            backend=str(backend),
+                            threads=n_threads,
+                            test=test.name,
+                            kind=test.kind,
+                            n_tokens=test.n,
+                            tps_mean=mean,
+                            tps_std=std,
+                            seconds=seconds,
+                        )
                     )
             finally:
                 runner.close()
     return rows
+
+
+def run(
+    specs: Sequence[str],
+    backends: Sequence[str],
+    threads: Sequence[int],
+    tests: Sequence[Test],
+    repeats: int = 3,
+    label: str | None = None,
+    progress: Progress | None = None,
+) -> Run:
+    """The `bench model` run: every model x backend x thread count x test."""
+    from edgeinfer.models.registry import resolve
+
+    progress = progress or Progress()
+    config = {
+        "models": list(specs),
+        "backends": [str(b) for b in backends],
+        "threads": list(threads),
+        "tests": [t.name for t in tests],
+        "repeats": repeats,
+    }
+    bench = new_run("model", config, label)
+    if note := load_warning():
+        progress.note(note)
+    per_model = len(backends) * len(threads)
+    progress.start("model bench", len(specs) * per_model * (len(tests) * (repeats + 1) + 1))
+    for spec in specs:
+        name, path = resolve(spec)
+        bench.results += run_model_bench(
+            path, backends, threads, tests, repeats, progress.step, model_name=name
+        )
+    return bench
+
+
+def rows(run: Run) -> Table:
+    """The throughput table: one row per (model, backend, threads, test)."""
+    return Table(
+        "Model throughput (llama-bench style)",
+        ("model", "backend", "threads", "test", "tok/s"),
+        [
+            (r.model, r.backend, str(r.threads), r.test, f"{r.tps_mean:.2f} ± {r.tps_std:.2f}")
+            for r in run.results
+        ],
+        right=frozenset({2, 4}),
+    )

@@ -24,7 +24,9 @@ from urllib.parse import urlparse
 
 import httpx
 
-from edgeinfer.bench.stats import summary
+from edgeinfer.bench.runs import Progress, Run, from_fields, new_run
+from edgeinfer.bench.stats import Percentiles, summary
+from edgeinfer.bench.table import Table, fmt_num
 
 PROMPTS = (
     "Explain in a few sentences why the sky is blue.",
@@ -80,6 +82,7 @@ class ServeConfig:
     request_timeout: float = 300.0
     prompts: tuple[str, ...] = PROMPTS
     warmup: bool = True
+    api_key: str | None = field(default=None, repr=False)  # sent as 'Authorization: Bearer'; never recorded
 
 
 def _payload(cfg: ServeConfig, prompt: str) -> tuple[str, dict[str, Any]]:
@@ -147,6 +150,63 @@ async def one_request(client: httpx.AsyncClient, cfg: ServeConfig, prompt: str) 
     return rec
 
 
+@dataclass(frozen=True)
+class ServerUsage:
+    """The server process's (and its children's) CPU % and RSS, sampled while a level ran."""
+
+    pid: int | None
+    samples: int
+    cpu_percent_mean: float
+    cpu_percent_max: float
+    rss_bytes_max: int
+    rss_bytes_mean: float
+
+
+@dataclass
+class ServeLevel:
+    """One concurrency level of the sweep (latencies in ms over the completed requests)."""
+
+    concurrency: int
+    requests: int
+    completed: int
+    failed: int
+    errors: list[str]
+    duration_s: float
+    request_throughput: float
+    output_tokens: int
+    output_throughput: float
+    prompt_tokens: int
+    text_chunks: int
+    usage_completion_tokens: int
+    requests_with_usage: int
+    requests_usage_mismatch: int
+    ttft_ms: Percentiles | None
+    tpot_ms: Percentiles | None
+    itl_ms: Percentiles | None
+    e2e_ms: Percentiles | None
+    server: ServerUsage | None = None
+    requests_detail: list[dict[str, Any]] | None = None  # every request's timings, with --keep-requests
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.requests_detail is None:
+            del d["requests_detail"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServeLevel:
+        pct = Percentiles.from_dict
+        return from_fields(
+            cls,
+            d,
+            ttft_ms=pct,
+            tpot_ms=pct,
+            itl_ms=pct,
+            e2e_ms=pct,
+            server=lambda v: from_fields(ServerUsage, v),
+        )
+
+
 class ProcessSampler:
     """Samples CPU % and RSS of a process (and its children) in a background thread."""
 
@@ -187,17 +247,17 @@ class ProcessSampler:
         if self._thread:
             self._thread.join(5)
 
-    def result(self) -> dict[str, Any] | None:
+    def result(self) -> ServerUsage | None:
         if not self.cpu:
             return None
-        return {
-            "pid": self.pid,
-            "samples": len(self.cpu),
-            "cpu_percent_mean": sum(self.cpu) / len(self.cpu),
-            "cpu_percent_max": max(self.cpu),
-            "rss_bytes_max": max(self.rss),
-            "rss_bytes_mean": sum(self.rss) / len(self.rss),
-        }
+        return ServerUsage(
+            pid=self.pid,
+            samples=len(self.cpu),
+            cpu_percent_mean=sum(self.cpu) / len(self.cpu),
+            cpu_percent_max=max(self.cpu),
+            rss_bytes_max=max(self.rss),
+            rss_bytes_mean=sum(self.rss) / len(self.rss),
+        )
 
 
 def find_server_pid(url: str) -> int | None:
@@ -240,41 +300,41 @@ async def run_level(
             records.append(rec)
             on_done(rec)
 
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else None
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     return records, time.perf_counter() - t0
 
 
-def level_stats(records: Sequence[RequestRecord], duration: float, concurrency: int) -> dict[str, Any]:
+def level_stats(records: Sequence[RequestRecord], duration: float, concurrency: int) -> ServeLevel:
     ok = [r for r in records if r.ok]
     out_tokens = sum(r.output_tokens for r in ok)
     with_usage = [r for r in ok if r.usage_completion_tokens is not None]
     mismatched = [r for r in with_usage if r.usage_completion_tokens != r.text_chunks]
 
-    def ms(values: Sequence[float | None]) -> dict[str, float] | None:
-        s = summary([1000 * v for v in values if v is not None])
-        return s
+    def ms(values: Sequence[float | None]) -> Percentiles | None:
+        return summary([1000 * v for v in values if v is not None])
 
-    return {
-        "concurrency": concurrency,
-        "requests": len(records),
-        "completed": len(ok),
-        "failed": len(records) - len(ok),
-        "errors": sorted({r.error for r in records if r.error})[:5],
-        "duration_s": duration,
-        "request_throughput": len(ok) / duration if duration > 0 else 0.0,
-        "output_tokens": out_tokens,
-        "output_throughput": out_tokens / duration if duration > 0 else 0.0,
-        "prompt_tokens": sum(r.usage_prompt_tokens or 0 for r in ok),
-        "text_chunks": sum(r.text_chunks for r in ok),
-        "usage_completion_tokens": sum(r.usage_completion_tokens or 0 for r in with_usage),
-        "requests_with_usage": len(with_usage),
-        "requests_usage_mismatch": len(mismatched),
-        "ttft_ms": ms([r.ttft for r in ok]),
-        "tpot_ms": ms([r.tpot for r in ok]),
-        "itl_ms": ms([x for r in ok for x in r.itl]),
-        "e2e_ms": ms([r.e2e for r in ok]),
-    }
+    return ServeLevel(
+        concurrency=concurrency,
+        requests=len(records),
+        completed=len(ok),
+        failed=len(records) - len(ok),
+        errors=sorted({r.error for r in records if r.error})[:5],
+        duration_s=duration,
+        request_throughput=len(ok) / duration if duration > 0 else 0.0,
+        output_tokens=out_tokens,
+        output_throughput=out_tokens / duration if duration > 0 else 0.0,
+        prompt_tokens=sum(r.usage_prompt_tokens or 0 for r in ok),
+        text_chunks=sum(r.text_chunks for r in ok),
+        usage_completion_tokens=sum(r.usage_completion_tokens or 0 for r in with_usage),
+        requests_with_usage=len(with_usage),
+        requests_usage_mismatch=len(mismatched),
+        ttft_ms=ms([r.ttft for r in ok]),
+        tpot_ms=ms([r.tpot for r in ok]),
+        itl_ms=ms([x for r in ok for x in r.itl]),
+        e2e_ms=ms([r.e2e for r in ok]),
+    )
 
 
 def run_sweep(
@@ -283,7 +343,7 @@ def run_sweep(
     on_level: Callable[[int], None] = lambda _: None,
     on_done: Callable[[RequestRecord], None] = lambda _: None,
     keep_requests: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[ServeLevel]:
     """One result per concurrency level (see ``level_stats``), plus the server's CPU % and RSS."""
     if cfg.num_requests < 1 or cfg.max_seconds <= 0 or cfg.max_tokens < 1:
         raise ValueError("num_requests and max_tokens must be >= 1 and max_seconds > 0")
@@ -302,10 +362,82 @@ def run_sweep(
         with ProcessSampler(server_pid) as sampler:
             records, duration = asyncio.run(run_level(cfg, c, on_done))
         row = level_stats(records, duration, c)
-        row["server"] = sampler.result()
+        row.server = sampler.result()
         if keep_requests:
-            row["requests_detail"] = [
+            row.requests_detail = [
                 {**asdict(r), "tpot": r.tpot, "output_tokens": r.output_tokens} for r in records
             ]
         rows.append(row)
     return rows
+
+
+def run(
+    cfg: ServeConfig,
+    server_pid: int | None = None,
+    keep_requests: bool = False,
+    label: str | None = None,
+    progress: Progress | None = None,
+) -> Run:
+    """The `bench serve` run: the sweep, with a note for failed requests and token-count disagreements."""
+    progress = progress or Progress()
+    if server_pid is None:
+        progress.note("server process not found on this machine: no CPU % / RSS sampling")
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("prompts", "api_key")} | {
+        "n_prompts": len(cfg.prompts),
+        "server_pid": server_pid,
+    }
+    bench = new_run("serve", config, label)
+    progress.start("serve bench", len(cfg.concurrency) * cfg.num_requests)
+    bench.results = run_sweep(
+        cfg,
+        server_pid,
+        on_level=lambda c: progress.step(f"concurrency {c}", 0),
+        on_done=lambda _: progress.step(),
+        keep_requests=keep_requests,
+    )
+    for r in bench.results:
+        if r.failed:
+            progress.note(f"{r.failed} request(s) failed at concurrency {r.concurrency}: {r.errors}")
+        if r.requests_usage_mismatch:
+            progress.note(f"{r.requests_usage_mismatch} request(s): usage tokens != streamed text chunks")
+    return bench
+
+
+def rows(run: Run) -> Table:
+    """Latency percentiles, throughput and the server's CPU and memory per concurrency level."""
+
+    def p(s: Percentiles | None, *qs: str) -> str:
+        return " / ".join(fmt_num(getattr(s, q) if s else None, 0) for q in qs)
+
+    body = []
+    for r in run.results:
+        srv = r.server
+        body.append(
+            (
+                str(r.concurrency),
+                f"{r.completed}/{r.requests}",
+                p(r.ttft_ms, "p50", "p90", "p99"),
+                p(r.tpot_ms, "p50", "p90", "p99"),
+                p(r.itl_ms, "p50", "p99"),
+                p(r.e2e_ms, "p50", "p90", "p99"),
+                fmt_num(r.request_throughput, 2),
+                fmt_num(r.output_throughput, 1),
+                fmt_num(srv.cpu_percent_mean if srv else None, 0),
+                fmt_num(srv.rss_bytes_max / 2**20 if srv else None, 0),
+                f"{r.usage_completion_tokens} / {r.text_chunks}",
+            )
+        )
+    header = (
+        "conc.",
+        "ok",
+        "TTFT p50/90/99 ms",
+        "TPOT p50/90/99 ms",
+        "ITL p50/99 ms",
+        "E2E p50/90/99 ms",
+        "req/s",
+        "out tok/s",
+        "server CPU %",
+        "server RSS MiB",
+        "usage / counted tokens",
+    )
+    return Table("Serving load (concurrency sweep)", header, body, right=frozenset(range(len(header))))

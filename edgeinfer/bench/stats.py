@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 
 def mean_std(xs: Sequence[float]) -> tuple[float, float]:
@@ -29,15 +31,31 @@ def percentile(xs: Sequence[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def summary(xs: Sequence[float], qs: Sequence[float] = (50, 90, 99)) -> dict[str, float] | None:
-    """mean, std and the given percentiles (keys ``p50`` ...), or None for no samples."""
+@dataclass(frozen=True)
+class Percentiles:
+    """mean, standard deviation, sample count and the 50th / 90th / 99th percentiles of a sample."""
+
+    mean: float
+    std: float
+    n: float
+    p50: float
+    p90: float
+    p99: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Percentiles:
+        return cls(**{k: float(d[k]) for k in ("mean", "std", "n", "p50", "p90", "p99")})
+
+
+def summary(xs: Sequence[float]) -> Percentiles | None:
+    """mean, std and the 50th / 90th / 99th percentiles, or None for no samples."""
     if not xs:
         return None
     m, sd = mean_std(xs)
-    out = {"mean": m, "std": sd, "n": float(len(xs))}
-    for q in qs:
-        out[f"p{q:g}"] = percentile(xs, q)
-    return out
+    return Percentiles(m, sd, float(len(xs)), percentile(xs, 50), percentile(xs, 90), percentile(xs, 99))
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:

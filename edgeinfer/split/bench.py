@@ -22,9 +22,11 @@ from pathlib import Path
 
 import httpx
 
+from edgeinfer.bench.table import Table, fmt_num
+
 
 @dataclass
-class BenchConfig:
+class SplitBenchConfig:
     model: str = "digitnet"
     rates: list[str] = field(default_factory=lambda: ["1mbit", "5mbit", "20mbit", "100mbit", "1gbit"])
     requests: int = 15
@@ -71,17 +73,17 @@ def start_edge(tb, i: int, model: str, port: int, delay_ms: float, log: Path) ->
     raise RuntimeError(f"edge server not healthy after 120 s; log: {log}")
 
 
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict:
     import torch
 
     from edgeinfer.models.dnn import zoo
     from edgeinfer.models.dnn.data import digits
-    from edgeinfer.split.profile import load_device, profile_model
-    from edgeinfer.split.planner import all_paths, evaluate
     from edgeinfer.split.compress import wire_key
     from edgeinfer.split.device import ClientConfig, DeviceClient
     from edgeinfer.split.exits import CRITERIA, calibrate_on_val
     from edgeinfer.split.linkshape import shape
+    from edgeinfer.split.planner import all_paths, evaluate
+    from edgeinfer.split.profile import load_device, profile_model
     from edgeinfer.testbed.netns import Testbed, available
 
     reason = available()
@@ -218,6 +220,67 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         for i, nm in enumerate(names)
     ]
     return result
+
+
+def tables(result: dict) -> list[Table]:
+    """The run's results as the bench harness's tables (terminal, Markdown or JSON like `edgeinfer bench`)."""
+    rates = Table(
+        f"Split latency vs link rate ({result['config']['model']}, device {result['device']['name']})",
+        (
+            "rate",
+            "estimate Mbit/s",
+            "device-only ms",
+            "edge-only ms",
+            "best split",
+            "best ms",
+            "chosen splits",
+            "chosen ms",
+            "fallbacks",
+            "re-plans",
+        ),
+        [
+            (
+                r["rate"],
+                fmt_num(r["link_estimate_mbit"], 2),
+                fmt_num(r["device_only_ms"], 2),
+                fmt_num(r["edge_only_ms"], 2),
+                str(r["best_split"]),
+                fmt_num(r["best_ms"], 2),
+                ", ".join(f"{k}×{v}" for k, v in r["chosen_splits"].items()),
+                fmt_num(r["chosen_ms"], 2),
+                str(r["chosen_fallbacks"]),
+                str(r["chosen_replans"]),
+            )
+            for r in result["rates"]
+        ],
+        right=frozenset({1, 2, 3, 4, 5, 7, 8, 9}),
+    )
+    exits = Table(
+        "Accuracy vs device-only latency of the exits and early-exit cascades",
+        ("exit / cascade", "test accuracy", "median ms", "mean ms"),
+        [
+            (e["exit"], f"{e['test_accuracy']:.3f}", fmt_num(e["device_ms"], 2), fmt_num(e["mean_ms"], 2))
+            for e in result["exits"]
+        ]
+        + [
+            (
+                f"cascade ({c['criterion']})",
+                f"{c['test_accuracy']:.3f}",
+                fmt_num(c["device_ms"], 2),
+                fmt_num(c["mean_ms"], 2),
+            )
+            for c in result["cascades"]
+        ],
+        right=frozenset({1, 2, 3}),
+    )
+    keys = [k for k in result["bytes"][0] if k not in ("cut", "after")] if result["bytes"] else []
+    wire = Table(
+        "Bytes on the wire at every cut",
+        ("cut", "after", *keys),
+        [(str(c["cut"]), c["after"], *(f"{c[k]:,}" for k in keys)) for c in result["bytes"]],
+        right=frozenset({0, *range(2, 2 + len(keys))}),
+    )
+    return [rates, exits, wire]
 
 
 def plot(result: dict, outdir: Path) -> list[Path]:

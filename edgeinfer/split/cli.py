@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgeinfer.bench.table import Format
+
 app = typer.Typer(help="Device<->edge split computing and early exit for DNNs.", no_args_is_help=True)
 out = Console()
 err = Console(stderr=True)
@@ -201,8 +203,8 @@ def plan(
 ) -> None:
     """Choose the exit and split point for a link (minimum latency or device energy; with --deadline-ms the
     most accurate exit that meets it) and show every split of that exit."""
-    from edgeinfer.split.planner import LinkEstimate, all_paths, best_split, evaluate, plan_split
     from edgeinfer.split.compress import wire_key
+    from edgeinfer.split.planner import LinkEstimate, all_paths, best_split, evaluate, plan_split
     from edgeinfer.units import parse_rate_bps
 
     _check_wire(dtype, codec)
@@ -363,23 +365,34 @@ def bench(
     ] = "1mbit,5mbit,20mbit,100mbit,1gbit",
     requests: Annotated[int, typer.Option("-n", help="Requests per measured point.", min=3)] = 15,
     model: ModelOpt = "digitnet",
+    fmt: Annotated[
+        Format | None,
+        typer.Option(
+            "--format", "-f", help="table, md or json; default: table on a terminal, md when piped."
+        ),
+    ] = None,
 ) -> None:
     """Latency vs bandwidth (device-only, edge-only, best split, chosen split) over real test-bed links
     (needs root: network namespaces + tbf), accuracy vs latency of the exits, bytes on the wire."""
-    from edgeinfer.split.bench import BenchConfig, run_bench
+    from edgeinfer.bench.table import Output
+    from edgeinfer.split.bench import SplitBenchConfig, run_bench, tables
     from edgeinfer.units import parse_rate_bps
 
     try:
         rate_list = [r.strip() for r in rates.split(",") if r.strip()]
         for r in rate_list:
             parse_rate_bps(r)
-        result = run_bench(BenchConfig(model=model, rates=rate_list, requests=requests), log=err.print)
+        result = run_bench(SplitBenchConfig(model=model, rates=rate_list, requests=requests), log=err.print)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     output.write_text(json.dumps(result, indent=1))
-    out.print(f"wrote {output}")
+    show = Output(fmt)
+    for table in tables(result):
+        show.table(table)
+    show.document(result)
+    err.print(f"wrote {output}")
     if plots:
         from edgeinfer.split.bench import plot
 
         for p in plot(result, plots):
-            out.print(f"wrote {p}")
+            err.print(f"wrote {p}")

@@ -20,11 +20,11 @@ import httpx
 import torch
 
 from edgeinfer.models.dnn.zoo import BranchyModel
-from edgeinfer.split.profile import Profile, emulated_call, settle, torch_threads
-from edgeinfer.split.planner import LinkEstimate, SplitOption, all_paths, evaluate, plan_split
 from edgeinfer.split.compress import encode, wire_key
 from edgeinfer.split.exits import Thresholds
 from edgeinfer.split.monitor import LinkMonitor, changed
+from edgeinfer.split.planner import LinkEstimate, SplitOption, all_paths, evaluate, plan_split
+from edgeinfer.split.profile import Profile, emulated_call, settle, torch_threads
 from edgeinfer.split.runner import Segment, local_answer, run_segment
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from edgeinfer.models.dnn.zoo import BranchyModel
-from edgeinfer.split.profile import emulated_call, settle
 from edgeinfer.split.exits import Thresholds
+from edgeinfer.split.profile import emulated_call, settle
 
 
 @dataclass

@@ -93,10 +93,10 @@ class _Oracle:
 def test_evaluate_counts_and_gives_a_wilson_interval(es) -> None:
     right = {"What is 17 + 25?": "42", "What is 9 times 8?": "72", "What is 100 minus 37?": "63"}
     (res,) = evaluate(_Oracle(right), es, ["zero-shot"], limit=10)
-    assert res["n"] == 10 and res["correct"] == 3 and res["accuracy"] == pytest.approx(0.3)
-    lo, hi = res["ci95"]
+    assert res.n == 10 and res.correct == 3 and res.accuracy == pytest.approx(0.3)
+    lo, hi = res.ci95
     assert lo < 0.3 < hi and lo == pytest.approx(0.1078, abs=1e-3)
-    assert res["by_category"] == {"arithmetic": pytest.approx(0.3)}
+    assert res.by_category == {"arithmetic": pytest.approx(0.3)}
     with pytest.raises(ValueError, match="unknown template"):
         evaluate(_Oracle(right), es, ["ten-shot"])
 
@@ -123,7 +123,7 @@ def test_gemma_base_model_on_a_handful_of_items(gemma_path: Path, es) -> None:
         (res,) = evaluate(answerer, subset, ["few-shot"])
     finally:
         backend.close()
-    assert res["n"] == 5 and res["mode"] == "completion"
-    assert all(d["answer"] is not None and "\nQuestion:" not in d["answer"] for d in res["items"])
+    assert res.n == 5 and res.mode == "completion"
+    assert all(d.answer is not None and "\nQuestion:" not in d.answer for d in res.items)
     # few-shot Gemma 270M knows the capital of France
-    assert res["items"][0]["id"] == "fact-01" and res["items"][0]["correct"], res["items"][0]
+    assert res.items[0].id == "fact-01" and res.items[0].correct, res.items[0]

@@ -38,16 +38,16 @@ def test_token_counts_agree_with_usage_and_server_metrics(
     after = _generated_tokens(real_server, model)
     total = 0
     for row in rows:
-        assert row["completed"] == row["requests"] == 3, row["errors"]
-        assert row["requests_with_usage"] == 3 and row["requests_usage_mismatch"] == 0
-        for req in row["requests_detail"]:
+        assert row.completed == row.requests == 3, row.errors
+        assert row.requests_with_usage == 3 and row.requests_usage_mismatch == 0
+        for req in row.requests_detail:
             # every streamed text chunk is one token, and the usage fields say how many there were
             assert req["text_chunks"] == req["usage_completion_tokens"] > 0
             assert req["usage_completion_tokens"] <= 16 and req["usage_prompt_tokens"] > 0
-        assert row["ttft_ms"]["p50"] > 0 and row["tpot_ms"]["p50"] > 0 and row["output_throughput"] > 0
-        srv = row["server"]
-        assert srv is not None and srv["rss_bytes_max"] > 200e6  # two models are loaded in that process
-        total += row["output_tokens"]
+        assert row.ttft_ms.p50 > 0 and row.tpot_ms.p50 > 0 and row.output_throughput > 0
+        srv = row.server
+        assert srv is not None and srv.rss_bytes_max > 200e6  # two models are loaded in that process
+        total += row.output_tokens
     # the server's own counter saw exactly the tokens we counted (no other client uses this model now)
     assert after - before == total
 
@@ -59,6 +59,6 @@ def test_accuracy_through_the_server_on_a_handful_of_items(real_server: str) -> 
         (res,) = evaluate(answerer, es, ["system"], limit=4)
     finally:
         answerer.close()
-    assert res["n"] == 4 and res["mode"] == "chat"
-    assert all(d["answer"].strip() for d in res["items"])
-    assert res["correct"] >= 2, res["items"]  # 17 + 25, 9 x 8, 100 - 37, 144 / 12: Qwen gets most
+    assert res.n == 4 and res.mode == "chat"
+    assert all(d.answer.strip() for d in res.items)
+    assert res.correct >= 2, res.items  # 17 + 25, 9 x 8, 100 - 37, 144 / 12: Qwen gets most

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,76 @@ def test_roofline_measures_the_model_itself_without_a_model_run(tmp_path: Path) 
         r["decode"]["achieved_tps"] > 0 and r["prefill"]["achieved_tps"] > 0 and r["prefill"]["tokens"] == 16
     )
     assert r["decode"]["context"] == 2  # tg 4 from an empty context: 2 positions on average
+
+
+DOCS_BENCH = Path(__file__).resolve().parents[2] / "docs" / "bench"
+
+
+def _recorded_runs() -> list[Path]:
+    from edgeinfer.bench.runs import KINDS
+
+    return [p for p in sorted(DOCS_BENCH.glob("*.json")) if json.loads(p.read_text()).get("kind") in KINDS]
+
+
+def test_recorded_run_files_load_typed_and_write_back_unchanged(tmp_path: Path) -> None:
+    from edgeinfer.bench.report import build_report
+    from edgeinfer.bench.runs import load
+
+    paths = _recorded_runs()
+    assert {load(p).kind for p in paths} == {"model", "serve", "accuracy", "roofline", "fit"}
+    for p in paths:
+        run = load(p)
+        assert run.to_dict() == json.loads(p.read_text()), p  # the on-disk format is kept field for field
+    text = build_report([load(p) for p in paths], tmp_path, "recorded").read_text()
+    for heading in ("## Model throughput", "## Serving load", "## Roofline", "## Accuracy", "## Fit"):
+        assert heading in text, heading
+
+
+def _piped(args: list[str]) -> str:
+    """Run `edgeinfer bench ...` as a process with stdout on a pipe (not a terminal)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeinfer.cli", "bench", *args], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_piped_tables_are_full_width_markdown(tmp_path: Path) -> None:
+    out = _piped(
+        ["fit", "-m", "7B", "-q", "int4", "-d", "rpi5-8gb", "--no-measure", "-o", str(tmp_path / "f.json")]
+    )
+    header = ("model", "quant", "device", "context", "needs GB", "usable GB", "fits", "bandwidth GB/s",
+              "projected decode tok/s")  # fmt: skip
+    assert "| " + " | ".join(header) + " |" in out
+    assert "| 7B | int4 | rpi5-8gb | 4096 |" in out and "…" not in out
+    out = _piped(
+        [
+            "roofline",
+            "-m",
+            "gemma-3-270m",
+            "-t",
+            "1",
+            "--model-run",
+            str(DOCS_BENCH / "model.json"),
+            "--array-mib",
+            "16",
+            "-o",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    for name in (
+        "decode MB/token",
+        "decode achieved",
+        "achieved/bound",
+        "prefill bound tok/s",
+        "prefill achieved",
+    ):
+        assert f" {name} |" in out, name
+    assert "…" not in out and "| gemma-3-270m |" in out and "device: bandwidth" in out
+
+
+def test_json_format_prints_the_run_document(tmp_path: Path) -> None:
+    target = tmp_path / "f.json"
+    out = _piped(["fit", "-m", "270M", "-q", "q8_0", "--no-measure", "-f", "json", "-o", str(target)])
+    doc = json.loads(out)
+    assert doc == json.loads(target.read_text()) and doc["kind"] == "fit" and len(doc["results"]) > 3

@@ -40,18 +40,18 @@ def test_decode_is_memory_bound_with_a_cpu_like_balance() -> None:
     r = analyse(
         TOY, bandwidth_gbs=10.0, matmul_gflops=200.0, decode_tps=5.0, prefill_tps=50.0, decode_context=0
     )
-    d = r["decode"]
-    assert d["memory_bound_tps"] == pytest.approx(10.0)  # 10 GB/s / 1 GB per token
-    assert d["compute_bound_tps"] == pytest.approx(100.0)  # 200 GFLOP/s / 2 GFLOP per token
-    assert d["bound_by"] == "memory" and d["bound_tps"] == pytest.approx(10.0)
-    assert d["achieved_over_bound"] == pytest.approx(0.5)
-    assert d["achieved_bandwidth_gbs"] == pytest.approx(5.0)
-    assert d["intensity_flop_per_byte"] == pytest.approx(2.0)
-    assert r["machine_balance_flop_per_byte"] == pytest.approx(20.0)
-    p = r["prefill"]
-    assert p["bound_by"] == "compute"
-    assert p["bound_tps"] == pytest.approx(200e9 / TOY.flops_per_token(256))  # no output projection in TOY
-    assert p["achieved_over_bound"] == pytest.approx(50 / p["bound_tps"])
+    d = r.decode
+    assert d.memory_bound_tps == pytest.approx(10.0)  # 10 GB/s / 1 GB per token
+    assert d.compute_bound_tps == pytest.approx(100.0)  # 200 GFLOP/s / 2 GFLOP per token
+    assert d.bound_by == "memory" and d.bound_tps == pytest.approx(10.0)
+    assert d.achieved_over_bound == pytest.approx(0.5)
+    assert d.achieved_bandwidth_gbs == pytest.approx(5.0)
+    assert d.intensity_flop_per_byte == pytest.approx(2.0)
+    assert r.machine_balance_flop_per_byte == pytest.approx(20.0)
+    p = r.prefill
+    assert p.bound_by == "compute"
+    assert p.bound_tps == pytest.approx(200e9 / TOY.flops_per_token(256))  # no output projection in TOY
+    assert p.achieved_over_bound == pytest.approx(50 / p.bound_tps)
 
 
 def test_prefill_runs_the_output_projection_for_the_last_token_only() -> None:
@@ -61,22 +61,22 @@ def test_prefill_runs_the_output_projection_for_the_last_token_only() -> None:
     assert toy.prefill_flops_per_token(512) == pytest.approx(per_token)
     assert toy.prefill_flops_per_token(1) == pytest.approx(toy.flops_per_token(0))  # one token: all of it
     r = analyse(toy, 10.0, 200.0, prefill_tps=50.0, prefill_tokens=512)
-    assert r["prefill"]["bound_tps"] == pytest.approx(200e9 / per_token)
+    assert r.prefill.bound_tps == pytest.approx(200e9 / per_token)
     with pytest.raises(ValueError):
         toy.prefill_flops_per_token(0)
 
 
 def test_decode_turns_compute_bound_when_bandwidth_is_huge() -> None:
     r = analyse(TOY, bandwidth_gbs=10_000.0, matmul_gflops=200.0, decode_context=0)
-    assert r["decode"]["bound_by"] == "compute"
-    assert r["decode"]["bound_tps"] == pytest.approx(100.0)
-    assert "achieved_tps" not in r["decode"]
+    assert r.decode.bound_by == "compute"
+    assert r.decode.bound_tps == pytest.approx(100.0)
+    assert r.decode.achieved_tps is None and "achieved_tps" not in r.to_dict()["decode"]
 
 
 def test_kv_cache_reads_lower_the_decode_bound_with_context() -> None:
     big_kv = replace(TOY, n_head_kv=64)
-    short = analyse(big_kv, 10.0, 200.0, decode_context=16)["decode"]["bound_tps"]
-    long = analyse(big_kv, 10.0, 200.0, decode_context=8192)["decode"]["bound_tps"]
+    short = analyse(big_kv, 10.0, 200.0, decode_context=16).decode.bound_tps
+    long = analyse(big_kv, 10.0, 200.0, decode_context=8192).decode.bound_tps
     assert long < short
 
 

@@ -28,9 +28,10 @@ def test_percentile_interpolates_like_numpy() -> None:
         percentile(xs, 101)
 
 
-def test_summary_keys() -> None:
+def test_summary_fields() -> None:
     s = summary([1.0, 2.0, 3.0])
-    assert s is not None and set(s) == {"mean", "std", "n", "p50", "p90", "p99"}
+    assert s is not None and set(s.to_dict()) == {"mean", "std", "n", "p50", "p90", "p99"}
+    assert (s.mean, s.n, s.p50, s.p90) == (2.0, 3.0, 2.0, pytest.approx(2.8))
     assert summary([]) is None
 
 

@@ -9,10 +9,10 @@ import torch
 
 from edgeinfer.models.dnn import zoo
 from edgeinfer.models.dnn.data import digits
-from edgeinfer.split.profile import load_device, profile_model
 from edgeinfer.split.compress import encode
 from edgeinfer.split.device import ClientConfig, DeviceClient
 from edgeinfer.split.exits import Thresholds
+from edgeinfer.split.profile import load_device, profile_model
 
 from .conftest import EdgeProcess
 

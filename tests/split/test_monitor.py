@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgeinfer.split.planner import LinkEstimate
 from edgeinfer.split.monitor import LinkMonitor, changed
+from edgeinfer.split.planner import LinkEstimate
 
 
 def _send_over(link: LinkEstimate):

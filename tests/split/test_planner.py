@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from edgeinfer.split.profile import PowerModel
 from edgeinfer.split.planner import LinkEstimate, PathCosts, evaluate, exhaustive, plan_split
+from edgeinfer.split.profile import PowerModel
 
 
 def _chain(rng: random.Random, name: str, n: int, acc: float) -> PathCosts:

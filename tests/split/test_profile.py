@@ -9,6 +9,7 @@ import pytest
 
 from edgeinfer.models.dnn import zoo
 from edgeinfer.models.dnn.data import digits
+from edgeinfer.split.planner import LinkEstimate, all_paths, plan_split
 from edgeinfer.split.predict import Predictor, Sample, from_profile, measure_bank, split_holdout
 from edgeinfer.split.profile import (
     DeviceSpec,
@@ -19,7 +20,6 @@ from edgeinfer.split.profile import (
     profile_model,
     settle,
 )
-from edgeinfer.split.planner import LinkEstimate, all_paths, plan_split
 
 
 @pytest.fixture(scope="module")
