@@ -50,10 +50,10 @@ def testbed() -> Iterator[Testbed]:
 def test_split_follows_the_link_and_survives_a_cut(tmp_path, testbed):
     from edgeinfer.models.dnn import zoo
     from edgeinfer.models.dnn.data import digits
-    from edgeinfer.split.profile import load_device, profile_model
     from edgeinfer.split.bench import start_edge
     from edgeinfer.split.device import ClientConfig, DeviceClient
     from edgeinfer.split.linkshape import shape
+    from edgeinfer.split.profile import load_device, profile_model
 
     m = zoo.load("digitnet")
     data = digits(64)
