@@ -32,13 +32,15 @@ from pathlib import Path
 import yaml
 
 from edgeinfer.bench.table import Format, Output, Table
-from edgeinfer.cluster.gateway import ClusterError, load_cluster
+from edgeinfer.cluster.bringup import load_cluster
+from edgeinfer.cluster.config import load_config
+from edgeinfer.cluster.gateway import ClusterError
+from edgeinfer.cluster.testbed import start_nodes
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.generate import complete
 from edgeinfer.engine.shard import layer_count
 from edgeinfer.engine.shard_backend import ShardBackend
 from edgeinfer.models.registry import resolve
-from edgeinfer.testbed.cluster import start_nodes
 from edgeinfer.testbed.netns import Testbed
 
 PROMPT = "Write a short story about a robot who learns to paint."
@@ -47,7 +49,7 @@ med = statistics.median
 
 def measure(cfg_path: Path, tokens: int) -> dict:
     t0 = time.monotonic()
-    backend = load_cluster(cfg_path)
+    backend = load_cluster(load_config(cfg_path))
     try:
         params = SamplingParams(temperature=0.0, max_tokens=tokens)
         complete(backend, backend.tokenize("Hello"), SamplingParams(temperature=0.0, max_tokens=4))  # warm-up
@@ -69,8 +71,8 @@ def measure(cfg_path: Path, tokens: int) -> dict:
         return {
             "plan": backend.plan.describe(),
             "predicted_ms": backend.plan.latency * 1e3,
-            "predicted_compute_ms": sum(x["compute"] for x in rows) * 1e3,
-            "predicted_hop_ms": sum(x["hop"] for x in rows) * 1e3,
+            "predicted_compute_ms": sum(x.compute for x in rows) * 1e3,
+            "predicted_hop_ms": sum(x.hop for x in rows) * 1e3,
             "measured_ms": ms,
             "compute_ms": sum(s["compute_ms"] for s in stages),
             "rpc_ms": sum(s["rpc_ms"] for s in stages),

@@ -5,13 +5,11 @@ How a model spec becomes a backend is ``engine.load``'s business; this module on
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgeinfer.api.app import create_app
 from edgeinfer.api.metrics import Metrics
 from edgeinfer.api.worker import ModelWorker
-from edgeinfer.engine.base import Backend
 from edgeinfer.engine.load import LoadOptions, backend_opener
 
 
@@ -24,15 +22,11 @@ class ServerConfig:
     allow_special_tokens: bool = False  # parse control tokens written in chat message contents
 
 
-def cluster_opener(path: str) -> tuple[str, Callable[[], Backend]]:
-    from edgeinfer.cluster.gateway import cluster_model_name, load_cluster
-
-    return cluster_model_name(path), lambda: load_cluster(path)
-
-
 def build_app(cfg: ServerConfig):  # -> FastAPI
     metrics = Metrics()
     if cfg.cluster:
+        from edgeinfer.cluster.bringup import cluster_opener
+
         openers = [cluster_opener(cfg.cluster)]
     else:
         openers = [backend_opener(spec, cfg.load) for spec in cfg.models]

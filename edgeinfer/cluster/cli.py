@@ -47,8 +47,9 @@ def node(
 
     # idle OpenMP threads must sleep, not spin: several nodes may share one machine's cores (set before torch)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from edgeinfer.cluster.host import ShardHost, parse_bytes
+    from edgeinfer.cluster.host import ShardHost
     from edgeinfer.cluster.node import serve_forever
+    from edgeinfer.units import parse_bytes
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -81,9 +82,10 @@ def plan(
 ) -> None:
     """Profile every node and link of the cluster, then print the plan, the predicted tok/s and why nodes
     were left out."""
+    from edgeinfer.cluster.bringup import plan_cluster
     from edgeinfer.cluster.config import ConfigError, load_config
-    from edgeinfer.cluster.gateway import ClusterError, plan_cluster
-    from edgeinfer.planner.pipeline import InfeasiblePlan, equal_split, memory_weighted
+    from edgeinfer.cluster.gateway import ClusterError
+    from edgeinfer.cluster.planner import InfeasiblePlan, equal_split, memory_weighted
 
     try:
         cfg = load_config(cluster)
@@ -105,15 +107,15 @@ def plan(
     ):
         nodes.add_column(col, overflow="fold")  # never cut an address short on a narrow terminal
     for p in profile.nodes:
-        bw = "local" if p.local else f"{p.bandwidth * 8 / 1e6:.0f}"
+        bw = "local" if p.local else f"{p.bytes_per_s * 8 / 1e6:.0f}"
         nodes.add_row(
             p.name,
             p.address,
-            f"{p.caps['layer_seconds'] * 1e3:.2f}",
-            f"{p.caps['head_seconds'] * 1e3:.2f}",
+            f"{p.layers.layer_seconds * 1e3:.2f}",
+            f"{p.layers.head_seconds * 1e3:.2f}",
             f"{p.memory / 2**20:.0f}",
-            f"{p.rtt * 1e3:.2f}",
-            f"{p.call * 1e3:.2f}" if p.call else "-",
+            f"{p.rtt_s * 1e3:.2f}",
+            f"{p.call_s * 1e3:.2f}" if p.call_s else "-",
             bw,
         )
     out.print(nodes)
@@ -123,11 +125,11 @@ def plan(
     for i, r in enumerate(chosen.breakdown):
         stages.add_row(
             str(i),
-            r["node"],
-            f"{r['start']}-{r['end'] - 1}",
-            f"{r['compute'] * 1e3:.2f}",
-            f"{r['hop'] * 1e3:.2f}",
-            f"{r['memory'] / 2**20:.0f}",
+            r.node,
+            f"{r.start}-{r.end - 1}",
+            f"{r.compute * 1e3:.2f}",
+            f"{r.hop * 1e3:.2f}",
+            f"{r.memory / 2**20:.0f}",
         )
     out.print(stages)
     out.print(
@@ -177,11 +179,12 @@ def testbed_up(
     """Build N namespaces joined by rate-limited veth links, start a node in each, write the cluster YAML.
     The test-bed keeps running until `edgeinfer testbed down`."""
     from edgeinfer.cluster.config import write_config
-    from edgeinfer.testbed.cluster import start_nodes
-    from edgeinfer.testbed.netns import Testbed, TestbedError, rate_bits
+    from edgeinfer.cluster.testbed import start_nodes
+    from edgeinfer.testbed.netns import Testbed, TestbedError
+    from edgeinfer.units import parse_rate_bps
 
     try:
-        rate_bits(rate)
+        parse_rate_bps(rate)
         tb = Testbed(nodes, rate=rate, name=name)
         with err.status(f"building test-bed {tb.name} ({nodes} hosts, {rate}) ..."):
             tb.up()

@@ -1,4 +1,5 @@
-"""gRPC client of a node: every call has a timeout and fails with a ``NodeError`` that names the node."""
+"""gRPC client of a node: every call has a timeout and fails with a ``NodeError`` that names the node. The
+client side of the proto conversion: callers get the dataclasses of ``host.py``, never proto messages."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 import grpc
 
 from edgeinfer.cluster import wire
+from edgeinfer.cluster.host import Capabilities, ForwardResult, LayerProfile, LoadResult, ShardStatus
 from edgeinfer.cluster.node import GRPC_OPTIONS
 from edgeinfer.cluster.proto import node_pb2, node_pb2_grpc
 
@@ -44,11 +46,12 @@ class NodeClient:
                 self.name, self.address, "connect", "UNAVAILABLE", f"not reachable within {timeout:.0f} s"
             ) from None
 
-    def load(self, model: str, start: int, end: int, threads: int = 0, max_seq_len: int = 0):
+    def load(self, model: str, start: int, end: int, threads: int = 0, max_seq_len: int = 0) -> LoadResult:
         req = node_pb2.LoadRequest(
             model=model, start_layer=start, end_layer=end, threads=threads, max_seq_len=max_seq_len
         )
-        return self._call("load", self.stub.Load, req, timeout=self.load_timeout)
+        r = self._call("load", self.stub.Load, req, timeout=self.load_timeout)
+        return LoadResult(r.shard_id, r.weight_bytes, r.load_seconds, r.n_layers, r.hidden_size, r.vocab_size)
 
     def unload(self, shard_id: str) -> None:
         self._call("unload", self.stub.Unload, node_pb2.ShardRef(shard_id=shard_id))
@@ -61,12 +64,11 @@ class NodeClient:
         start_pos: int,
         output: str = "logits",
         wire_dtype: str = "f16",
-        input_dtype: str | None = None,
-    ):
-        """x: token ids (sent as i32) or hidden states (sent as ``wire_dtype``). Returns (tensor, reply)."""
+    ) -> ForwardResult:
+        """x: token ids (sent as i32) or hidden states (sent as ``wire_dtype``)."""
         import torch
 
-        dtype = input_dtype or ("i32" if not torch.is_floating_point(x) else wire_dtype)
+        dtype = wire_dtype if torch.is_floating_point(x) else "i32"
         req = node_pb2.ForwardRequest(
             shard_id=shard_id,
             seq_id=seq_id,
@@ -76,18 +78,51 @@ class NodeClient:
             wire_dtype=wire_dtype,
         )
         reply = self._call("forward", self.stub.Forward, req)
-        return wire.decode(reply.output), reply
+        return ForwardResult(wire.decode(reply.output), reply.compute_seconds, reply.seq_len)
 
     def drop(self, seq_id: str, shard_id: str = "") -> None:
         self._call("drop", self.stub.Drop, node_pb2.DropRequest(shard_id=shard_id, seq_id=seq_id))
 
-    def capabilities(self, model: str = "", measure: bool = False, timeout: float | None = None):
+    def capabilities(
+        self, model: str = "", measure: bool = False, timeout: float | None = None
+    ) -> Capabilities:
+        """The node's state; with ``model`` and ``measure`` also its measured ``LayerProfile`` of it."""
         req = node_pb2.CapabilitiesRequest(model=model, measure=measure)
-        return self._call(
+        m = self._call(
             "capabilities",
             self.stub.GetCapabilities,
             req,
             timeout=timeout or (self.load_timeout if measure else self.timeout),
+        )
+        profile = None
+        if m.n_layers:  # measured
+            profile = LayerProfile(
+                layer_seconds=m.layer_seconds,
+                stage_seconds=m.stage_seconds,
+                head_seconds=m.head_seconds,
+                layer_bytes=m.layer_bytes,
+                layer_sizes=tuple(m.layer_sizes),
+                head_bytes=m.head_bytes,
+                embed_bytes=m.embed_bytes,
+                n_layers=m.n_layers,
+                hidden_size=m.hidden_size,
+                vocab_size=m.vocab_size,
+            )
+        shards = tuple(
+            ShardStatus(s.shard_id, s.model, s.start_layer, s.end_layer, s.weight_bytes, s.sequences)
+            for s in m.shards
+        )
+        return Capabilities(
+            node_id=m.node_id,
+            free_ram=m.free_ram,
+            total_ram=m.total_ram,
+            cores=m.cores,
+            load1=m.load1,
+            active_requests=m.active_requests,
+            memory_limit=m.memory_limit,
+            shards=shards,
+            version=m.version,
+            profile=profile,
         )
 
     def ping(self, payload_bytes: int = 0, reply_bytes: int = 0) -> float:
@@ -113,3 +148,31 @@ class NodeClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+class NodePool:
+    """The gateway's connections to its nodes, by node name; the one owner that closes them."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, NodeClient] = {}
+
+    def connect(self, name: str, address: str, timeout: float) -> NodeClient:
+        client = NodeClient(address, name, timeout=timeout)
+        self._clients[name] = client
+        return client
+
+    def __getitem__(self, name: str) -> NodeClient:
+        return self._clients[name]
+
+    def names(self) -> list[str]:
+        return list(self._clients)
+
+    def keep(self, names: set[str]) -> None:
+        """Close the connections to every node not in ``names`` (the nodes a plan left out)."""
+        for name in [n for n in self._clients if n not in names]:
+            self._clients.pop(name).close()
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()

@@ -1,63 +1,150 @@
-"""The cluster YAML (documented in docs/cluster.md): which model, which nodes, how to plan."""
+"""The cluster YAML (documented in docs/cluster.md): which model, which nodes, how to plan.
+
+A pydantic model with ``extra="forbid"`` at every level, so a typo names the key and where it is; read once
+per command (``load_config``) and passed around as a ``ClusterConfig``.
+"""
 
 from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydantic
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgeinfer.cluster.host import parse_bytes
-from edgeinfer.planner.pipeline import OBJECTIVES, STRATEGIES
+from edgeinfer.cluster.planner import Objective, Strategy
+from edgeinfer.cluster.wire import WireDtype
+from edgeinfer.units import parse_bytes
 
-WIRE = ("f16", "bf16", "f32")
+LOCAL = "local"  # the name of the gateway's own device in plans and fixed stages
 
 
 class ConfigError(ValueError):
     pass
 
 
-@dataclass
-class NodeSpec:
-    name: str
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSpec(_Strict):
+    name: str = ""  # default: the address
     address: str  # host:port
-    memory_limit: int | None = None  # caps what the planner may put on the node (bytes)
+    memory_limit: int | None = None  # caps what the planner may put on the node (bytes; YAML: 300MB, 1.5GiB)
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _size(cls, v: str | int | None) -> int | None:
+        return parse_bytes(v)  # a ValueError becomes an error that names the field
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if ":" not in v:
+            raise ValueError(f"{v!r} must be host:port")
+        return v
+
+    @model_validator(mode="after")
+    def _default_name(self) -> NodeSpec:
+        if not self.name:
+            object.__setattr__(self, "name", self.address)
+        return self
 
 
-@dataclass
-class FixedStage:
+class Discovery(_Strict):
+    """Nodes found as the A records of a DNS name (a Kubernetes headless Service)."""
+
+    dns: str
+    port: int = 50051
+    expect: int = Field(1, ge=1)  # wait until at least this many addresses resolve
+    timeout: float = Field(60.0, ge=0)
+
+
+class FixedStage(_Strict):
     node: str  # a node name, or "local"
-    start: int
-    end: int
+    layers: tuple[int, int]  # [start, end)
+
+    @property
+    def start(self) -> int:
+        return self.layers[0]
+
+    @property
+    def end(self) -> int:
+        return self.layers[1]
 
 
-@dataclass
-class ClusterConfig:
-    model: str
-    nodes: list[NodeSpec]
-    name: str | None = None
-    ctx_size: int = 4096
-    wire_dtype: str = "f16"
-    rpc_timeout: float = 60.0
-    threads: int = 0
-    objective: str = "latency"
-    strategy: str = "auto"
+class PlannerOptions(_Strict):
+    objective: Objective = "latency"
+    strategy: Strategy = "auto"
     local: bool = False  # the gateway itself may hold the first layers (device<->edge)
     local_memory_limit: int | None = None
-    local_threads: int | None = None
-    stages: list[FixedStage] = field(default_factory=list)
-    dns: str | None = None
-    dns_port: int = 50051
-    dns_expect: int = 1
-    dns_timeout: float = 60.0
-    path: str | None = None
+    local_threads: int | None = Field(None, ge=1)
+    stages: tuple[FixedStage, ...] = ()  # a fixed plan instead of the planner's (still checked for memory)
+
+    @field_validator("local_memory_limit", mode="before")
+    @classmethod
+    def _size(cls, v: str | int | None) -> int | None:
+        return parse_bytes(v)
 
 
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
+class ClusterConfig(_Strict):
+    model: str = Field(min_length=1)  # bundled model name or GGUF path (resolved on every node)
+    name: str | None = None  # served model name; default: the model's
+    nodes: tuple[NodeSpec, ...] = ()
+    discovery: Discovery | None = None
+    planner: PlannerOptions = PlannerOptions()
+    ctx_size: int = Field(4096, gt=0)
+    wire_dtype: WireDtype = "f16"
+    rpc_timeout: float = Field(60.0, gt=0)
+    threads: int = Field(0, ge=0)  # per shard on the nodes; 0 = the node's default
+
+    @model_validator(mode="after")
+    def _nodes(self) -> ClusterConfig:
+        names = [n.name for n in self.nodes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"node names must be unique: {names}")
+        if LOCAL in names:
+            raise ValueError(f"{LOCAL!r} is reserved for the gateway's own device")
+        if bool(self.nodes) == bool(self.discovery):
+            raise ValueError("give either 'nodes' or 'discovery: {dns: ...}'")
+        return self
+
+    @property
+    def wants_local(self) -> bool:
+        """The gateway's own device takes part (planned device<->edge or named in fixed stages)."""
+        return self.planner.local or any(s.node == LOCAL for s in self.planner.stages)
+
+
+def _location(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _explain(exc: pydantic.ValidationError, where: str) -> ConfigError:
+    problems = []
+    for e in exc.errors():
+        at, kind = _location(e["loc"]), e["type"]
+        if kind == "extra_forbidden":
+            problems.append(f"unknown key {at!r}")
+        elif kind == "missing":
+            problems.append(f"{at!r} is required")
+        else:
+            message = e["msg"].removeprefix("Value error, ")
+            problems.append(f"{at}: {message}" if at else message)
+    return ConfigError(f"{where}: {'; '.join(problems)}")
+
+
+def parse_config(raw: object, where: str = "cluster config") -> ClusterConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping")
+    try:
+        return ClusterConfig.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise _explain(exc, where) from None
 
 
 def load_config(path: str | Path) -> ClusterConfig:
@@ -68,101 +155,28 @@ def load_config(path: str | Path) -> ClusterConfig:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    _require(isinstance(raw, dict), f"{path}: the top level must be a mapping")
     return parse_config(raw, str(path))
-
-
-def parse_config(raw: dict, where: str = "cluster config") -> ClusterConfig:
-    known = {
-        "model",
-        "name",
-        "nodes",
-        "discovery",
-        "planner",
-        "ctx_size",
-        "wire_dtype",
-        "rpc_timeout",
-        "threads",
-    }
-    unknown = set(raw) - known
-    _require(not unknown, f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-    _require(
-        isinstance(raw.get("model"), str) and raw["model"],
-        f"{where}: 'model' (name or GGUF path) is required",
-    )
-    nodes = []
-    for i, n in enumerate(raw.get("nodes") or []):
-        _require(isinstance(n, dict) and "address" in n, f"{where}: nodes[{i}] needs an 'address: host:port'")
-        addr = str(n["address"])
-        _require(":" in addr, f"{where}: nodes[{i}].address {addr!r} must be host:port")
-        try:
-            limit = parse_bytes(n.get("memory_limit"))
-        except ValueError as exc:
-            raise ConfigError(f"{where}: nodes[{i}]: {exc}") from None
-        nodes.append(NodeSpec(str(n.get("name") or addr), addr, limit))
-    names = [n.name for n in nodes]
-    _require(len(set(names)) == len(names), f"{where}: node names must be unique: {names}")
-    _require("local" not in names, f"{where}: 'local' is reserved for the gateway's own device")
-    disc = raw.get("discovery") or {}
-    _require(isinstance(disc, dict), f"{where}: 'discovery' must be a mapping")
-    _require(
-        bool(nodes) != bool(disc.get("dns")), f"{where}: give either 'nodes' or 'discovery: {{dns: ...}}'"
-    )
-    planner = raw.get("planner") or {}
-    _require(isinstance(planner, dict), f"{where}: 'planner' must be a mapping")
-    cfg = ClusterConfig(
-        model=raw["model"],
-        nodes=nodes,
-        name=raw.get("name"),
-        ctx_size=int(raw.get("ctx_size", 4096)),
-        wire_dtype=str(raw.get("wire_dtype", "f16")),
-        rpc_timeout=float(raw.get("rpc_timeout", 60)),
-        threads=int(raw.get("threads", 0)),
-        objective=str(planner.get("objective", "latency")),
-        strategy=str(planner.get("strategy", "auto")),
-        local=bool(planner.get("local", False)),
-        local_memory_limit=parse_bytes(planner.get("local_memory_limit")),
-        local_threads=planner.get("local_threads"),
-        dns=disc.get("dns"),
-        dns_port=int(disc.get("port", 50051)),
-        dns_expect=int(disc.get("expect", 1)),
-        dns_timeout=float(disc.get("timeout", 60)),
-        path=where,
-    )
-    _require(cfg.wire_dtype in WIRE, f"{where}: wire_dtype must be one of {WIRE}")
-    _require(cfg.objective in OBJECTIVES, f"{where}: planner.objective must be one of {OBJECTIVES}")
-    _require(cfg.strategy in STRATEGIES, f"{where}: planner.strategy must be one of {STRATEGIES}")
-    _require(cfg.ctx_size > 0 and cfg.rpc_timeout > 0, f"{where}: ctx_size and rpc_timeout must be positive")
-    for i, s in enumerate(planner.get("stages") or []):
-        ok = (
-            isinstance(s, dict)
-            and "node" in s
-            and isinstance(s.get("layers"), list)
-            and len(s["layers"]) == 2
-        )
-        _require(ok, f"{where}: planner.stages[{i}] must be {{node: NAME, layers: [start, end]}}")
-        cfg.stages.append(FixedStage(str(s["node"]), int(s["layers"][0]), int(s["layers"][1])))
-    return cfg
 
 
 def discover(cfg: ClusterConfig) -> list[NodeSpec]:
     """Static nodes, or the A records of a Kubernetes headless Service (waits for ``expect`` of them)."""
     if cfg.nodes:
-        return cfg.nodes
-    assert cfg.dns
-    deadline = time.monotonic() + cfg.dns_timeout
+        return list(cfg.nodes)
+    d = cfg.discovery
+    assert d is not None
+    deadline = time.monotonic() + d.timeout
     while True:
         try:
-            infos = socket.getaddrinfo(cfg.dns, cfg.dns_port, socket.AF_INET, socket.SOCK_STREAM)
+            infos = socket.getaddrinfo(d.dns, d.port, socket.AF_INET, socket.SOCK_STREAM)
             ips = sorted({i[4][0] for i in infos})
         except socket.gaierror:
             ips = []
-        if len(ips) >= cfg.dns_expect:
-            return [NodeSpec(f"node-{ip}", f"{ip}:{cfg.dns_port}") for ip in ips]
+        if len(ips) >= d.expect:
+            return [NodeSpec(name=f"node-{ip}", address=f"{ip}:{d.port}") for ip in ips]
         if time.monotonic() > deadline:
             raise ConfigError(
-                f"DNS discovery: {cfg.dns} resolves to {len(ips)} address(es) after {cfg.dns_timeout:.0f} s, "
-                f"expected at least {cfg.dns_expect}"
+                f"DNS discovery: {d.dns} resolves to {len(ips)} address(es) after {d.timeout:.0f} s, "
+                f"expected at least {d.expect}"
             )
         time.sleep(1.0)
 

@@ -1,31 +1,29 @@
 """The gateway: a ``Backend`` that runs one model as a pipeline of shards on remote nodes (and optionally on
 this device), so the OpenAI server serves a cluster exactly like a single model.
 
-``load_cluster(path)`` reads the cluster YAML, profiles every node and link, plans (edgeinfer.planner), loads
-the shards and returns a ``PipelineBackend``. Tokenization and sampling happen here; the gateway calls the
-stages in turn (star topology), each RPC with a timeout, so a failing node surfaces as a clear error.
+``bringup.load_cluster(cfg)`` profiles every node and link, plans (``cluster/planner.py``), loads the shards
+and builds a ``PipelineBackend``. Tokenization and sampling happen here; the gateway calls the stages in
+turn (star topology), each RPC with a timeout, so a failing node surfaces as a clear error.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from edgeinfer.cluster.client import NodeClient, NodeError
-from edgeinfer.cluster.config import ClusterConfig, load_config
+from edgeinfer.cluster.client import NodeClient, NodeError, NodePool
+from edgeinfer.cluster.config import LOCAL
 from edgeinfer.cluster.host import ShardHost
-from edgeinfer.cluster.profile import LOCAL, ClusterProfile, build_problem, profile_cluster
+from edgeinfer.cluster.planner import Plan, Problem, Stage
 from edgeinfer.engine.base import ModelInfo, SamplingParams
 from edgeinfer.engine.sampling import Sampler
 from edgeinfer.engine.vocab import Vocab, VocabMixin
-from edgeinfer.cluster.planner import Plan, Problem, Stage, plan
 
 log = logging.getLogger("edgeinfer.cluster")
 
@@ -37,12 +35,32 @@ class ClusterError(RuntimeError):
 TIMINGS_KEPT = 1024
 
 
-class RemoteStage:
-    def __init__(self, client: NodeClient, shard_id: str, stage: Stage, wire_dtype: str):
-        self.client, self.shard_id, self.stage, self.wire_dtype = client, shard_id, stage, wire_dtype
-        self.name = client.name
-        # recent forwards: (positions, seconds of the whole RPC, seconds the node computed)
+class PipelineStage(ABC):
+    """One loaded shard of the pipeline: ``placement`` says which node holds which layers."""
+
+    def __init__(self, name: str, shard_id: str, placement: Stage):
+        self.name, self.shard_id, self.placement = name, shard_id, placement
+        # recent forwards: (positions, seconds of the whole call, seconds the node computed)
         self.timings: deque[tuple[int, float, float]] = deque(maxlen=TIMINGS_KEPT)
+
+    def describe(self) -> str:
+        return f"{self.name}, layers {self.placement.start}-{self.placement.end - 1}"
+
+    @abstractmethod
+    def forward(self, seq_id: str, x, start_pos: int, output: str): ...
+
+    @abstractmethod
+    def drop(self, seq_id: str) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Unload the shard (the node connection stays open: the ``NodePool`` owns it)."""
+
+
+class RemoteStage(PipelineStage):
+    def __init__(self, client: NodeClient, shard_id: str, placement: Stage, wire_dtype: str):
+        super().__init__(client.name, shard_id, placement)
+        self.client, self.wire_dtype = client, wire_dtype
 
     def forward(self, seq_id: str, x, start_pos: int, output: str):
         t0 = time.perf_counter()
@@ -57,12 +75,12 @@ class RemoteStage:
         self.client.unload(self.shard_id)
 
 
-class LocalStage:
+class LocalStage(PipelineStage):
     """Layers run in this process (device<->edge: the requesting device holds the first layers)."""
 
-    def __init__(self, host: ShardHost, shard_id: str, stage: Stage):
-        self.host, self.shard_id, self.stage, self.name = host, shard_id, stage, LOCAL
-        self.timings: deque[tuple[int, float, float]] = deque(maxlen=TIMINGS_KEPT)
+    def __init__(self, host: ShardHost, shard_id: str, placement: Stage):
+        super().__init__(LOCAL, shard_id, placement)
+        self.host = host
 
     def forward(self, seq_id: str, x, start_pos: int, output: str):
         t0 = time.perf_counter()
@@ -81,12 +99,14 @@ class PipelineBackend(VocabMixin):
     def __init__(
         self,
         model_path: str | Path,
-        stages: list,
+        stages: list[PipelineStage],
         name: str | None = None,
         n_ctx: int = 4096,
         plan: Plan | None = None,
         problem: Problem | None = None,
+        nodes: NodePool | None = None,
     ):
+        """``nodes``: the connections the remote stages use; the backend closes them on ``close``."""
         if not stages:
             raise ClusterError("a pipeline needs at least one stage")
         path = Path(model_path)
@@ -95,6 +115,7 @@ class PipelineBackend(VocabMixin):
         arch = meta.get("general.architecture", "unknown")
         train_ctx = int(meta.get(f"{arch}.context_length", n_ctx))
         self.stages = stages
+        self.nodes = nodes
         self.plan = plan
         self.problem = problem
         self._lock = threading.Lock()  # one sequence at a time through the pipeline
@@ -118,10 +139,7 @@ class PipelineBackend(VocabMixin):
             try:
                 x = stage.forward(seq_id, x, start_pos, output if last else "logits")
             except NodeError as exc:
-                raise ClusterError(
-                    f"pipeline stage {i} ({stage.name}, layers {stage.stage.start}-"
-                    f"{stage.stage.end - 1}): {exc}"
-                ) from exc
+                raise ClusterError(f"pipeline stage {i} ({stage.describe()}): {exc}") from exc
         return x
 
     def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
@@ -155,87 +173,6 @@ class PipelineBackend(VocabMixin):
                 stage.close()
             except Exception as exc:  # noqa: BLE001
                 log.warning("unloading from %s failed: %s", stage.name, exc)
-        for stage in self.stages:
-            if isinstance(stage, RemoteStage):
-                stage.client.close()
+        if self.nodes is not None:
+            self.nodes.close()
         self.vocab.close()
-
-
-def cluster_model_name(path: str | Path) -> str:
-    from edgeinfer.models.registry import served_name
-
-    cfg = load_config(path)
-    return cfg.name or served_name(cfg.model)
-
-
-def plan_cluster(
-    cfg: ClusterConfig, strategy: str | None = None, objective: str | None = None, progress=None
-) -> tuple[Plan, Problem, ClusterProfile]:
-    """Profile the cluster and plan (or check the fixed ``planner.stages`` of the YAML)."""
-    profile = profile_cluster(cfg, progress)
-    try:
-        wire_bytes = 4 if cfg.wire_dtype == "f32" else 2
-        problem = build_problem(profile, wire_bytes=wire_bytes)
-        if cfg.stages:
-            stages = [Stage(s.node, s.start, s.end) for s in cfg.stages]
-            latency, bottleneck, rows = problem.evaluate(stages)
-            memory = {n.name: n.memory for n in problem.nodes}
-            over = [
-                f"{r.node} (layers {r.start}-{r.end - 1}) needs {r.memory / 2**20:.0f} MiB of "
-                f"{memory[r.node] / 2**20:.0f} MiB"
-                for r in rows
-                if not r.fits
-            ]
-            if over:
-                raise ClusterError(f"fixed stages do not fit in memory: {'; '.join(over)}")
-            chosen = Plan(stages, latency, bottleneck, cfg.objective, "fixed", breakdown=rows)
-        else:
-            chosen = plan(problem, objective or cfg.objective, strategy or cfg.strategy)
-    except BaseException:
-        profile.close()
-        raise
-    return chosen, problem, profile
-
-
-def load_cluster(
-    path: str | Path, strategy: str | None = None, objective: str | None = None, progress=None
-) -> PipelineBackend:
-    """Read the cluster YAML, profile, plan, load the shards; returns the gateway backend."""
-    from edgeinfer.models.registry import resolve
-
-    cfg = load_config(path)
-    _, model_path = resolve(cfg.model, progress=False)
-    chosen, problem, profile = plan_cluster(cfg, strategy, objective, progress)
-    log.info("plan: %s, predicted %.1f tok/s", chosen.describe(), chosen.tokens_per_second)
-
-    def load_one(st: Stage):
-        if st.node == LOCAL:
-            assert profile.local_host is not None
-            r = profile.local_host.load(cfg.model, st.start, st.end, max_seq_len=cfg.ctx_size)
-            return LocalStage(profile.local_host, r.shard_id, st)
-        client = profile.clients[st.node]
-        client.load_timeout = max(client.load_timeout, 300.0)
-        r = client.load(cfg.model, st.start, st.end, cfg.threads, cfg.ctx_size)
-        return RemoteStage(client, r.shard_id, st, cfg.wire_dtype)
-
-    with ThreadPoolExecutor(max_workers=len(chosen.stages)) as pool:
-        futures = [pool.submit(load_one, st) for st in chosen.stages]
-        stages, errors = [], []
-        for f in futures:
-            try:
-                stages.append(f.result())
-            except Exception as exc:  # noqa: BLE001 - collected and re-raised below
-                errors.append(exc)
-    if errors:
-        for st in stages:
-            with contextlib.suppress(Exception):
-                st.close()
-        profile.close()
-        raise ClusterError(f"loading the planned shards failed: {'; '.join(map(str, errors))}")
-    used = {st.node for st in chosen.stages}
-    for name, client in profile.clients.items():
-        if name not in used:
-            client.close()
-    return PipelineBackend(
-        model_path, stages, name=cluster_model_name(path), n_ctx=cfg.ctx_size, plan=chosen, problem=problem
-    )

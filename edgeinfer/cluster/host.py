@@ -22,6 +22,63 @@ class HostError(RuntimeError):
         self.kind = kind
 
 
+@dataclass(frozen=True)
+class LoadResult:
+    shard_id: str
+    weight_bytes: int
+    load_seconds: float
+    n_layers: int  # of the whole model
+    hidden_size: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class ForwardResult:
+    output: object  # torch tensor: hidden [T, hidden], logits [vocab] or top1 [id, logit]
+    compute_seconds: float
+    seq_len: int  # positions cached after this call
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    shard_id: str
+    model: str
+    start_layer: int
+    end_layer: int  # exclusive
+    weight_bytes: int
+    sequences: int
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """Measured decode costs of one model on one node (``ShardHost.profile``)."""
+
+    layer_seconds: float  # one middle layer, one token
+    stage_seconds: float  # fixed cost of one shard forward besides its layers
+    head_seconds: float  # extra time of the output head
+    layer_bytes: int  # weight bytes of the largest layer
+    layer_sizes: tuple[int, ...]  # weight bytes of every layer
+    head_bytes: int
+    embed_bytes: int
+    n_layers: int
+    hidden_size: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    node_id: str
+    free_ram: int  # bytes the node may still use for weights (free RAM, capped by the memory limit)
+    total_ram: int
+    cores: int
+    load1: float
+    active_requests: int
+    memory_limit: int  # 0 = none
+    shards: tuple[ShardStatus, ...] = ()
+    version: str = ""
+    profile: LayerProfile | None = None  # set when asked to measure a model
+
+
 @dataclass
 class _Loaded:
     shard: object  # edgeinfer.engine.shard.Shard
@@ -30,27 +87,6 @@ class _Loaded:
     end: int
     weight_bytes: int
     seqs: set[str] = field(default_factory=set)
-
-
-def parse_bytes(text: str | int | None) -> int | None:
-    """'300MB', '1.5GiB', '500000000' -> bytes; None/'' -> None."""
-    if text is None or text == "" or text == 0:
-        return None
-    if isinstance(text, int | float):
-        return int(text)
-    s = str(text).strip().upper().replace(" ", "")
-    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
-    units |= {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "B": 1}
-    for unit, factor in units.items():
-        if s.endswith(unit):
-            try:
-                return int(float(s[: -len(unit)]) * factor)
-            except ValueError:
-                break
-    try:
-        return int(s)
-    except ValueError:
-        raise ValueError(f"bad size {text!r}: use e.g. 300MB, 1.5GiB or a number of bytes") from None
 
 
 class ShardHost:
@@ -68,7 +104,7 @@ class ShardHost:
         self.shards: dict[str, _Loaded] = {}
         self.active = 0
         self._lock = threading.Lock()  # one forward at a time: shards share the node's cores
-        self._profiles: dict[str, dict] = {}
+        self._profiles: dict[str, LayerProfile] = {}
 
     # --- shards ------------------------------------------------------------------------------------------
     def used_bytes(self) -> int:
@@ -82,7 +118,7 @@ class ShardHost:
             free = min(free, self.memory_limit - self.used_bytes())
         return max(0, int(free))
 
-    def load(self, model: str, start: int, end: int, threads: int = 0, max_seq_len: int = 0) -> dict:
+    def load(self, model: str, start: int, end: int, threads: int = 0, max_seq_len: int = 0) -> LoadResult:
         from edgeinfer.engine.shard import Shard, layer_count
         from edgeinfer.models.registry import ModelNotFound, resolve
 
@@ -109,14 +145,14 @@ class ShardHost:
                 )
             shard_id = uuid.uuid4().hex[:12]
             self.shards[shard_id] = _Loaded(shard, model, start, end, weight)
-        return {
-            "shard_id": shard_id,
-            "weight_bytes": weight,
-            "load_seconds": time.perf_counter() - t0,
-            "n_layers": n,
-            "hidden_size": int(shard.hidden_size),
-            "vocab_size": int(shard.vocab_size),
-        }
+        return LoadResult(
+            shard_id=shard_id,
+            weight_bytes=weight,
+            load_seconds=time.perf_counter() - t0,
+            n_layers=n,
+            hidden_size=int(shard.hidden_size),
+            vocab_size=int(shard.vocab_size),
+        )
 
     def _get(self, shard_id: str) -> _Loaded:
         try:
@@ -130,8 +166,8 @@ class ShardHost:
             del self.shards[shard_id]
             loaded.shard.close()
 
-    def forward(self, shard_id: str, seq_id: str, x, start_pos: int, output: str = "logits"):
-        """Run x through the shard after ``start_pos`` cached positions; returns (tensor, seconds, seq_len).
+    def forward(self, shard_id: str, seq_id: str, x, start_pos: int, output: str = "logits") -> ForwardResult:
+        """Run x through the shard after ``start_pos`` cached positions.
 
         On the last shard ``output`` selects full logits of the last position or 'top1' = [id, logit]."""
         import torch
@@ -167,7 +203,7 @@ class ShardHost:
                     logits = out.reshape(-1).float()
                     i = int(torch.argmax(logits))
                     out = torch.tensor([float(i), float(logits[i])], dtype=torch.float32)
-                return out, seconds, shard.seq_len(seq_id)
+                return ForwardResult(out, seconds, shard.seq_len(seq_id))
             finally:
                 self.active -= 1
 
@@ -183,34 +219,28 @@ class ShardHost:
             self.unload(shard_id)
 
     # --- capabilities and profiling ----------------------------------------------------------------------
-    def capabilities(self, model: str | None = None, measure: bool = False) -> dict:
+    def capabilities(self, model: str | None = None, measure: bool = False) -> Capabilities:
         import psutil
 
-        caps = {
-            "node_id": self.node_id,
-            "free_ram": self.free_bytes(),
-            "total_ram": int(psutil.virtual_memory().total),
-            "cores": psutil.cpu_count(logical=False) or os.cpu_count() or 1,
-            "load1": os.getloadavg()[0],
-            "active_requests": self.active,
-            "memory_limit": self.memory_limit or 0,
-            "shards": [
-                {
-                    "shard_id": k,
-                    "model": v.model,
-                    "start_layer": v.start,
-                    "end_layer": v.end,
-                    "weight_bytes": v.weight_bytes,
-                    "sequences": len(v.seqs),
-                }
-                for k, v in self.shards.items()
-            ],
-        }
-        if model and measure:
-            caps |= self.profile(model)
-        return caps
+        from edgeinfer import __version__
 
-    def profile(self, model: str, steps: int = 12, context: int = 32) -> dict:
+        return Capabilities(
+            node_id=self.node_id,
+            free_ram=self.free_bytes(),
+            total_ram=int(psutil.virtual_memory().total),
+            cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
+            load1=os.getloadavg()[0],
+            active_requests=self.active,
+            memory_limit=self.memory_limit or 0,
+            shards=tuple(
+                ShardStatus(k, v.model, v.start, v.end, v.weight_bytes, len(v.seqs))
+                for k, v in self.shards.items()
+            ),
+            version=__version__,
+            profile=self.profile(model) if model and measure else None,
+        )
+
+    def profile(self, model: str, steps: int = 12, context: int = 32) -> LayerProfile:
         """Measure, as median decode times after ``context`` cached positions: the time per middle layer and
         the fixed cost of one shard forward (from interleaved 1-layer and k-layer shards), the extra time of
         the output head (last-layer shard), and the weight bytes of a layer and of the head."""
@@ -263,17 +293,17 @@ class ShardHost:
             finally:
                 for s in shards:
                     s.close()
-        prof = {
-            "layer_seconds": per_layer,
-            "stage_seconds": max(0.0, one - per_layer),
-            "head_seconds": max(0.0, last - one),
-            "layer_bytes": layer_b,
-            "layer_sizes": sizes,
-            "head_bytes": head_b,
-            "embed_bytes": 0,  # the shard engine reads embedding rows from the memory-mapped file
-            "n_layers": n,
-            "hidden_size": hidden,
-            "vocab_size": vocab,
-        }
+        prof = LayerProfile(
+            layer_seconds=per_layer,
+            stage_seconds=max(0.0, one - per_layer),
+            head_seconds=max(0.0, last - one),
+            layer_bytes=int(layer_b),
+            layer_sizes=tuple(int(v) for v in sizes),
+            head_bytes=head_b,
+            embed_bytes=0,  # the shard engine reads embedding rows from the memory-mapped file
+            n_layers=n,
+            hidden_size=hidden,
+            vocab_size=vocab,
+        )
         self._profiles[model] = prof
         return prof

@@ -1,4 +1,5 @@
-"""gRPC transport of a node: a thin servicer over ``ShardHost`` (see proto/node.proto)."""
+"""gRPC transport of a node: a thin servicer over ``ShardHost`` (see proto/node.proto). The server side of the
+proto conversion lives here (the client side in ``client.py``); ``host.py`` speaks dataclasses."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent import futures
+from dataclasses import asdict
 
 import grpc
 
-from edgeinfer import __version__
 from edgeinfer.cluster import wire
-from edgeinfer.cluster.host import HostError, ShardHost
+from edgeinfer.cluster.host import Capabilities, HostError, ShardHost
 from edgeinfer.cluster.proto import node_pb2, node_pb2_grpc
 
 log = logging.getLogger("edgeinfer.node")
@@ -57,9 +58,9 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             request.model, request.start_layer, request.end_layer, request.threads, request.max_seq_len
         )
         log.info(
-            "loaded %s [%d, %d) as %s", request.model, request.start_layer, request.end_layer, r["shard_id"]
+            "loaded %s [%d, %d) as %s", request.model, request.start_layer, request.end_layer, r.shard_id
         )
-        return node_pb2.LoadReply(**r)
+        return node_pb2.LoadReply(**asdict(r))
 
     @_guard
     def Unload(self, request, context):
@@ -72,12 +73,14 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         if dtype not in wire.WIRE_DTYPES:
             raise ValueError(f"wire_dtype must be one of {wire.WIRE_DTYPES}, got {dtype!r}")
         x = wire.decode(request.input)
-        out, seconds, seq_len = self.host.forward(
+        r = self.host.forward(
             request.shard_id, request.seq_id, x, request.start_pos, request.output or "logits"
         )
-        if out.numel() == 2 and request.output == "top1":
+        if r.output.numel() == 2 and request.output == "top1":
             dtype = "f32"  # (id, logit) must stay exact
-        return node_pb2.ForwardReply(output=wire.encode(out, dtype), compute_seconds=seconds, seq_len=seq_len)
+        return node_pb2.ForwardReply(
+            output=wire.encode(r.output, dtype), compute_seconds=r.compute_seconds, seq_len=r.seq_len
+        )
 
     @_guard
     def Drop(self, request, context):
@@ -86,15 +89,18 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
 
     @_guard
     def GetCapabilities(self, request, context):
-        caps = self.host.capabilities(request.model or None, request.measure)
-        shards = [node_pb2.ShardStatus(**s) for s in caps.pop("shards")]
-        fields = set(node_pb2.Capabilities.DESCRIPTOR.fields_by_name)
-        return node_pb2.Capabilities(
-            shards=shards, version=__version__, **{k: v for k, v in caps.items() if k in fields}
-        )
+        return capabilities_to_proto(self.host.capabilities(request.model or None, request.measure))
 
     def Ping(self, request, context):
         return node_pb2.PingReply(payload=b"\0" * max(0, request.reply_bytes))
+
+
+def capabilities_to_proto(caps: Capabilities) -> node_pb2.Capabilities:
+    """The measured profile's fields are flat in the message (zero when not measured)."""
+    fields = asdict(caps)
+    shards = [node_pb2.ShardStatus(**s) for s in fields.pop("shards")]
+    profile = fields.pop("profile") or {}
+    return node_pb2.Capabilities(shards=shards, **fields, **profile)
 
 
 def start(host: ShardHost, listen: str, max_workers: int = 8) -> tuple[grpc.Server, int]:

@@ -4,17 +4,15 @@ Plain Python, no transport. Inputs are measured costs:
 
 * per node: decode time of each layer (seconds per token), extra time of the embedding / output head when
   the node holds the first / last layer, and the memory it can give to weights;
-* per link: round-trip time and bandwidth, between the gateway and every node and between nodes;
+* per link: round-trip time and bandwidth between the gateway and every node;
 * per model: bytes of every layer, of the embedding and of the head; bytes crossing the wire per token.
 
 Cost model of one decoded token (seconds), for stages ``s_0 .. s_k`` (node, layer range):
 
   compute(s) = stage_time[node] + sum(layer_time[node][l] for l in range)
                (+ embed_time if first) (+ head_time if last)
-  topology "star"  (the gateway calls every stage in turn; what the gRPC gateway does):
-      hop(s) = rtt(gw, node) + (bytes in + bytes out) / bandwidth(gw, node)
-  topology "chain" (each stage calls the next, replies travel back):
-      hop(s) = rtt(prev, node) + (bytes in + output bytes) / bandwidth(prev, node)
+  hop(s)   = rtt(gw, node) + (bytes in + bytes out) / bandwidth(gw, node)
+             (star topology: the gateway calls every stage in turn, as the gRPC gateway does)
   latency  = sum(compute(s) + hop(s))
   throughput (micro-batched, stages overlap) = 1 / max(compute(s) + transfer(s))
 
@@ -33,11 +31,13 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 GATEWAY = "gateway"
-OBJECTIVES = ("latency", "throughput")
-STRATEGIES = ("auto", "single", "pipeline", "device-edge")
-TOPOLOGIES = ("star", "chain")
+Objective = Literal["latency", "throughput"]
+Strategy = Literal["auto", "single", "pipeline", "device-edge"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 class InfeasiblePlan(ValueError):
@@ -46,11 +46,13 @@ class InfeasiblePlan(ValueError):
 
 @dataclass(frozen=True)
 class Link:
-    rtt: float  # seconds
-    bandwidth: float  # bytes per second
+    """A measured gateway<->node link (the split planner's ``split.planner.Link`` is in bits per second)."""
+
+    rtt_s: float  # seconds
+    bytes_per_s: float  # bandwidth
 
     def cost(self, nbytes: float) -> float:
-        return self.rtt + nbytes / self.bandwidth
+        return self.rtt_s + nbytes / self.bytes_per_s
 
 
 FREE = Link(0.0, math.inf)
@@ -89,6 +91,20 @@ class Stage:
         return self.end - self.start
 
 
+@dataclass(frozen=True)
+class StageCost:
+    """The predicted cost of one stage of a plan (``Problem.evaluate``)."""
+
+    node: str
+    start: int
+    end: int  # exclusive
+    compute: float  # seconds per token
+    hop: float  # seconds per token of the hop into the stage (and back)
+    memory: float  # weight bytes
+    fits: bool  # in the node's memory
+    local: bool  # on the gateway's own device
+
+
 @dataclass
 class Plan:
     stages: list[Stage]
@@ -97,7 +113,7 @@ class Plan:
     objective: str = "latency"
     strategy: str = "auto"
     excluded: dict[str, str] = field(default_factory=dict)  # node -> why it is not used
-    breakdown: list[dict] = field(default_factory=list)  # per stage: compute, hop, memory
+    breakdown: list[StageCost] = field(default_factory=list)
 
     @property
     def tokens_per_second(self) -> float:
@@ -111,7 +127,7 @@ class Plan:
     def strategy_used(self) -> str:
         if len(self.stages) == 1:
             return "single"
-        return "device-edge" if self.breakdown and self.breakdown[0].get("local") else "pipeline"
+        return "device-edge" if self.breakdown and self.breakdown[0].local else "pipeline"
 
     def describe(self) -> str:
         parts = [f"{s.node}[{s.start}:{s.end}]" for s in self.stages]
@@ -143,10 +159,7 @@ class Problem:
         nodes: Sequence[NodeCost],
         model: ModelCost,
         links: dict[tuple[str, str], Link],
-        topology: str = "star",
     ):
-        if topology not in TOPOLOGIES:
-            raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
         names = [n.name for n in nodes]
         if len(set(names)) != len(names) or GATEWAY in names:
             raise ValueError(f"node names must be unique and not {GATEWAY!r}: {names}")
@@ -155,7 +168,6 @@ class Problem:
         self.nodes = list(nodes)
         self.model = model
         self.links = dict(links)
-        self.topology = topology
         L = model.n_layers
         self._time = [_prefix(_per_layer(n.layer_time, L, f"layer_time of {n.name}")) for n in nodes]
         self._mem = _prefix(_per_layer(model.layer_bytes, L, "layer_bytes"))
@@ -173,13 +185,13 @@ class Problem:
         raise ValueError(f"no link cost measured between {a!r} and {b!r}")
 
     # --- costs of one stage ------------------------------------------------------------------------------
-    def stage_memory(self, j: int, start: int, end: int) -> float:
+    def stage_memory(self, start: int, end: int) -> float:
         m = self.model
         mem = self._mem[end] - self._mem[start]
         return mem + (m.embed_bytes if start == 0 else 0.0) + (m.head_bytes if end == m.n_layers else 0.0)
 
     def fits(self, j: int, start: int, end: int) -> bool:
-        return self.stage_memory(j, start, end) <= self.nodes[j].memory
+        return self.stage_memory(start, end) <= self.nodes[j].memory
 
     def compute(self, j: int, start: int, end: int) -> float:
         n = self.nodes[j]
@@ -188,24 +200,19 @@ class Problem:
             t + (n.embed_time if start == 0 else 0.0) + (n.head_time if end == self.model.n_layers else 0.0)
         )
 
-    def hop(self, prev: int | None, j: int, start: int, end: int) -> tuple[float, float]:
-        """(latency of the hop into stage j, its pure transfer time) — see the module docstring."""
+    def hop(self, j: int, start: int, end: int) -> tuple[float, float]:
+        """(latency of the hop into stage j and back, its pure transfer time) — see the module docstring."""
         m = self.model
         bytes_in = m.input_bytes if start == 0 else m.activation_bytes
-        if self.topology == "star":
-            link = self.link(GATEWAY, self.nodes[j].name)
-            bytes_out = m.output_bytes if end == m.n_layers else m.activation_bytes
-        else:
-            src = GATEWAY if prev is None else self.nodes[prev].name
-            link = self.link(src, self.nodes[j].name)
-            bytes_out = m.output_bytes
+        link = self.link(GATEWAY, self.nodes[j].name)
+        bytes_out = m.output_bytes if end == m.n_layers else m.activation_bytes
         nbytes = bytes_in + bytes_out
-        return link.cost(nbytes), nbytes / link.bandwidth
+        return link.cost(nbytes), nbytes / link.bytes_per_s
 
-    def evaluate(self, stages: Sequence[Stage]) -> tuple[float, float, list[dict]]:
+    def evaluate(self, stages: Sequence[Stage]) -> tuple[float, float, list[StageCost]]:
         """(latency, bottleneck stage time, breakdown) of an explicit plan; checks it is a valid partition."""
         index = {n.name: i for i, n in enumerate(self.nodes)}
-        pos, prev, latency, bottleneck, rows = 0, None, 0.0, 0.0, []
+        pos, latency, bottleneck, rows = 0, 0.0, 0.0, []
         for k, s in enumerate(stages):
             if s.node not in index:
                 raise ValueError(f"unknown node {s.node!r}")
@@ -215,23 +222,14 @@ class Problem:
             if self.nodes[j].local and k != 0:
                 raise ValueError(f"local node {s.node!r} may only hold the first layers")
             c = self.compute(j, s.start, s.end)
-            h, transfer = self.hop(prev, j, s.start, s.end)
-            mem = self.stage_memory(j, s.start, s.end)
+            h, transfer = self.hop(j, s.start, s.end)
+            mem = self.stage_memory(s.start, s.end)
             rows.append(
-                {
-                    "node": s.node,
-                    "start": s.start,
-                    "end": s.end,
-                    "compute": c,
-                    "hop": h,
-                    "memory": mem,
-                    "fits": mem <= self.nodes[j].memory,
-                    "local": self.nodes[j].local,
-                }
+                StageCost(s.node, s.start, s.end, c, h, mem, mem <= self.nodes[j].memory, self.nodes[j].local)
             )
             latency += c + h
             bottleneck = max(bottleneck, c + transfer)
-            pos, prev = s.end, j
+            pos = s.end
         if pos != self.model.n_layers:
             raise ValueError(f"stages cover layers 0..{pos}, the model has {self.model.n_layers}")
         if len({s.node for s in stages}) != len(stages):
@@ -274,7 +272,7 @@ def plan(problem: Problem, objective: str = "latency", strategy: str = "auto") -
     for _ in range(max_stages):
         nxt: dict[tuple[int, int, int], tuple[float, tuple | None, Stage | None]] = {}
         for key, (cost, _p, _s) in frontier.items():
-            k, mask, last = key
+            k, mask, _last = key
             if k == L:
                 continue
             for j in allowed:
@@ -291,7 +289,7 @@ def plan(problem: Problem, objective: str = "latency", strategy: str = "auto") -
                     if local_first and k == 0 and e == L:
                         continue  # device-edge needs at least one edge stage
                     c = problem.compute(j, k, e)
-                    h, transfer = problem.hop(None if last < 0 else last, j, k, e)
+                    h, transfer = problem.hop(j, k, e)
                     step = c + h if objective == "latency" else c + transfer
                     total = combine(cost, step)
                     nkey = (e, mask | 1 << j, j)
@@ -319,7 +317,7 @@ def plan(problem: Problem, objective: str = "latency", strategy: str = "auto") -
 
 def _infeasible_reason(problem: Problem, allowed: list[int], strategy: str) -> str:
     m = problem.model
-    total = problem.stage_memory(0, 0, m.n_layers)
+    total = problem.stage_memory(0, m.n_layers)
     mem = sum(problem.nodes[j].memory for j in allowed)
     gib = 1 << 30
     detail = ", ".join(f"{problem.nodes[j].name}: {problem.nodes[j].memory / gib:.2f} GiB" for j in allowed)
@@ -335,7 +333,7 @@ def _why_excluded(problem: Problem, finals: dict, stages: list[Stage], allowed: 
     best_cost = min(v[0] for v in finals.values())
     reasons = {}
     one_layer = min(
-        problem.stage_memory(0, k, k + 1) - (problem.model.embed_bytes if k == 0 else 0)
+        problem.stage_memory(k, k + 1) - (problem.model.embed_bytes if k == 0 else 0)
         for k in range(problem.model.n_layers)
     )
     for j, node in enumerate(problem.nodes):
@@ -354,7 +352,7 @@ def _why_excluded(problem: Problem, finals: dict, stages: list[Stage], allowed: 
         delta = min(with_j) - best_cost
         what = "per-token latency" if objective == "latency" else "bottleneck stage time"
         try:
-            rtt = f"; hop latency {problem.link(GATEWAY, node.name).rtt * 1e3:.2f} ms"
+            rtt = f"; hop latency {problem.link(GATEWAY, node.name).rtt_s * 1e3:.2f} ms"
         except ValueError:
             rtt = ""
         reasons[node.name] = f"using it would add {delta * 1e3:.2f} ms to the {what}{rtt}"
@@ -364,8 +362,8 @@ def _why_excluded(problem: Problem, finals: dict, stages: list[Stage], allowed: 
 # --- baselines and oracle ---------------------------------------------------------------------------
 def _finish(problem: Problem, stages: list[Stage], objective: str, strategy: str) -> Plan:
     latency, bottleneck, rows = problem.evaluate(stages)
-    if not all(r["fits"] for r in rows):
-        over = ", ".join(f"{r['node']} needs {r['memory'] / 2**20:.0f} MiB" for r in rows if not r["fits"])
+    if not all(r.fits for r in rows):
+        over = ", ".join(f"{r.node} needs {r.memory / 2**20:.0f} MiB" for r in rows if not r.fits)
         raise InfeasiblePlan(f"{strategy}: split does not fit in memory ({over})")
     return Plan(stages, latency, bottleneck, objective, strategy, breakdown=rows)
 
@@ -430,7 +428,7 @@ def brute_force(problem: Problem, objective: str = "latency", strategy: str = "a
             for ranges in _compositions(L, k):
                 stages = [Stage(problem.nodes[j].name, a, b) for j, (a, b) in zip(order, ranges, strict=True)]
                 latency, bottleneck, rows = problem.evaluate(stages)
-                if not all(r["fits"] for r in rows):
+                if not all(r.fits for r in rows):
                     continue
                 cost = latency if objective == "latency" else bottleneck
                 if best is None or cost < best[0] - 1e-15:

@@ -48,7 +48,7 @@ def start_nodes(
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             out = (Path(log_dir) / f"{tb.name}-{name}.log").open("ab")
         procs.append(tb.popen(i, node_argv(port, name, threads, memory_limit), stdout=out, stderr=out))
-        specs.append(NodeSpec(name, f"{host.ip}:{port}"))
+        specs.append(NodeSpec(name=name, address=f"{host.ip}:{port}"))
     deadline = time.monotonic() + timeout
     for spec, proc in zip(specs, procs, strict=True):
         client = NodeClient(spec.address, spec.name, timeout=5)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 from edgeinfer.cluster.proto import node_pb2
 
-WIRE_DTYPES = ("f16", "bf16", "f32")
+WireDtype = Literal["f16", "bf16", "f32"]  # hidden states and logits; token ids always travel as i32
+WIRE_DTYPES: tuple[str, ...] = get_args(WireDtype)
 F16_SAFE = 32768.0  # largest magnitude sent unscaled as f16 (max finite is 65504)
 
 
@@ -37,8 +39,8 @@ def encode(x, dtype: str) -> node_pb2.Tensor:
     return node_pb2.Tensor(data=raw.numpy().tobytes(), shape=list(t.shape), dtype=dtype, scale=scale)
 
 
-def decode(msg: node_pb2.Tensor, as_float32: bool = True):
-    """Decode into a torch tensor (floats widened to float32 unless ``as_float32`` is False)."""
+def decode(msg: node_pb2.Tensor):
+    """Decode into a torch tensor (floats widened to float32)."""
     import numpy as np
     import torch
 
@@ -57,15 +59,8 @@ def decode(msg: node_pb2.Tensor, as_float32: bool = True):
     t = torch.from_numpy(arr.copy())
     if msg.dtype == "bf16":
         t = t.view(torch.bfloat16)
-    if as_float32 and msg.dtype in ("f16", "bf16"):
+    if msg.dtype in ("f16", "bf16"):
         t = t.float()
     if msg.scale not in (0.0, 1.0):
         t = t.float() * msg.scale
     return t
-
-
-def nbytes(shape: tuple[int, ...], dtype: str) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n * {"f16": 2, "bf16": 2, "f32": 4, "i32": 4}[dtype]

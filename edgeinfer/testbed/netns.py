@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
-import ipaddress
 import json
 import os
 import re
@@ -39,14 +38,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeinfer.units import parse_rate_bps
+
 PREFIX = "ei"
 SUBNET_BASE = "10.77"
 HOST_OFFSET = 10  # host i has address .(10 + i)
 MAX_HOSTS = 64
 _NAME_RE = re.compile(r"^[a-z0-9]{1,8}$")
-_RATE_RE = re.compile(r"^(\d+(\.\d+)?)(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps)$", re.IGNORECASE)
-_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12, "bps": 8, "kbps": 8e3}
-_UNITS |= {"mbps": 8e6, "gbps": 8e9}
 
 
 class TestbedError(RuntimeError):
@@ -105,14 +103,6 @@ def available() -> str | None:
     return None
 
 
-def rate_bits(rate: str) -> float:
-    """Parse a tc rate ('100mbit', '1gbit', '12.5mbps') into bits per second."""
-    m = _RATE_RE.match(rate.strip())
-    if not m:
-        raise ValueError(f"bad rate {rate!r}: use a tc rate such as 10mbit, 100mbit, 1gbit")
-    return float(m.group(1)) * _UNITS[m.group(3).lower()]
-
-
 @dataclass
 class Host:
     index: int
@@ -134,7 +124,7 @@ def _tbf(dev: str, rate: str | None, ns: str | None = None) -> None:
     if rate is None:
         _run([*pre, "tc", "qdisc", "del", "dev", dev, "root"], check=False)
         return
-    bits = rate_bits(rate)
+    bits = parse_rate_bps(rate)
     burst = max(128 * 1024, int(bits / 8 / 100))  # >= 10 ms of traffic, and never below a GSO packet
     _run(
         [*pre, "tc", "qdisc", "replace", "dev", dev, "root", "tbf"]
@@ -172,7 +162,7 @@ class Testbed:
         if not 1 <= n_hosts <= MAX_HOSTS:
             raise ValueError(f"n_hosts must be 1..{MAX_HOSTS}, got {n_hosts}")
         if rate is not None:
-            rate_bits(rate)
+            parse_rate_bps(rate)
         self.name = name or secrets.token_hex(3)
         if not _NAME_RE.match(self.name):
             raise ValueError(f"test-bed name {self.name!r}: use 1-8 lowercase letters or digits")
@@ -412,7 +402,3 @@ def cleanup_leftovers(include_detached: bool = False) -> list[str]:
             teardown(parts[1])
             removed.append(parts[1])
     return sorted(set(removed))
-
-
-def subnet_of(ip: str) -> ipaddress.IPv4Network:
-    return ipaddress.ip_network(f"{ip}/24", strict=False)

@@ -38,8 +38,9 @@ def test_manifests_are_consistent():
 
     cm = by_kind[("ConfigMap", "edgeinfer-cluster")]
     cfg = parse_config(yaml.safe_load(cm["data"]["cluster.yaml"]))
-    assert cfg.dns == f"edgeinfer-node.{svc['metadata']['namespace']}.svc.cluster.local"
-    assert cfg.dns_port == port and cfg.dns_expect == sts["spec"]["replicas"]
+    assert cfg.discovery is not None
+    assert cfg.discovery.dns == f"edgeinfer-node.{svc['metadata']['namespace']}.svc.cluster.local"
+    assert cfg.discovery.port == port and cfg.discovery.expect == sts["spec"]["replicas"]
     gw = by_kind[("Deployment", "edgeinfer-gateway")]["spec"]["template"]["spec"]
     cmd = gw["containers"][0]["command"]
     assert cmd[:2] == ["edgeinfer", "serve"] and "--cluster" in cmd

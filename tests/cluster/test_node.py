@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeinfer.api.process import free_port
 from edgeinfer.cluster.client import NodeClient, NodeError
 from edgeinfer.cluster.host import ShardHost
 from edgeinfer.cluster.node import start
 from edgeinfer.engine.shard import Shard
 from edgeinfer.models.synthetic import write_tiny_gguf
+from edgeinfer.process import free_port
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +40,19 @@ def test_two_shards_on_the_wire_equal_the_whole_model(node, tiny):
     whole = Shard(tiny, 0, 4, threads=1)
     ids = torch.tensor([5, 17, 33, 2, 99])
     ref = whole.forward("r", ids)
-    h, reply = client.forward(a.shard_id, "s", ids, 0, wire_dtype="f32")
-    assert h.shape == (5, 128) and reply.seq_len == 5
-    logits, _ = client.forward(b.shard_id, "s", h, 0, output="logits", wire_dtype="f32")
+    ra = client.forward(a.shard_id, "s", ids, 0, wire_dtype="f32")
+    h = ra.output
+    assert h.shape == (5, 128) and ra.seq_len == 5 and ra.compute_seconds > 0
+    logits = client.forward(b.shard_id, "s", h, 0, output="logits", wire_dtype="f32").output
     assert torch.allclose(logits, ref, atol=1e-4)
-    top1, _ = client.forward(b.shard_id, "s", h[-1:], 5, output="top1")  # appends position 5
+    top1 = client.forward(b.shard_id, "s", h[-1:], 5, output="top1").output  # appends position 5
     assert top1.shape == (2,)
     # decode continues from the cache; a repeated step at the same start_pos truncates and recomputes
     tok = torch.tensor([int(torch.argmax(ref))])
     ref2 = whole.forward("r", tok)
     for _ in range(2):
-        h2, r2 = client.forward(a.shard_id, "s", tok, 5, wire_dtype="f32")
-        out, _ = client.forward(b.shard_id, "s", h2, 5, output="top1")
+        r2 = client.forward(a.shard_id, "s", tok, 5, wire_dtype="f32")
+        out = client.forward(b.shard_id, "s", r2.output, 5, output="top1").output
         assert r2.seq_len == 6
         assert int(out[0]) == int(torch.argmax(ref2))
     client.drop("s")
@@ -59,7 +60,8 @@ def test_two_shards_on_the_wire_equal_the_whole_model(node, tiny):
         client.forward(a.shard_id, "s", tok, 6)
     caps = client.capabilities()
     assert {s.shard_id for s in caps.shards} >= {a.shard_id, b.shard_id}
-    assert caps.cores >= 1 and caps.free_ram > 0
+    assert {(s.start_layer, s.end_layer) for s in caps.shards} >= {(0, 2), (2, 4)}
+    assert caps.cores >= 1 and caps.free_ram > 0 and caps.profile is None
     client.unload(a.shard_id)
     client.unload(b.shard_id)
     with pytest.raises(NodeError, match="NOT_FOUND.*no shard"):
@@ -68,9 +70,11 @@ def test_two_shards_on_the_wire_equal_the_whole_model(node, tiny):
 
 def test_capabilities_measure_layer_time_and_sizes(node, tiny):
     client, _ = node
-    caps = client.capabilities(str(tiny), measure=True)
-    assert caps.layer_seconds > 0 and caps.layer_bytes > 0 and caps.head_bytes > 0
-    assert (caps.n_layers, caps.hidden_size, caps.vocab_size) == (4, 128, 384)
+    prof = client.capabilities(str(tiny), measure=True).profile
+    assert prof is not None
+    assert prof.layer_seconds > 0 and prof.layer_bytes > 0 and prof.head_bytes > 0
+    assert (prof.n_layers, prof.hidden_size, prof.vocab_size) == (4, 128, 384)
+    assert len(prof.layer_sizes) == 4 and max(prof.layer_sizes) == prof.layer_bytes
 
 
 def test_bad_requests_are_clear_errors(node, tiny):

@@ -19,18 +19,19 @@ import pytest
 import torch
 import yaml
 
-from edgeinfer.api.process import ServerProcess
 from edgeinfer.cluster import wire
+from edgeinfer.cluster.bringup import load_cluster
 from edgeinfer.cluster.client import NodeClient
-from edgeinfer.cluster.gateway import load_cluster
+from edgeinfer.cluster.config import load_config
+from edgeinfer.cluster.planner import InfeasiblePlan
+from edgeinfer.cluster.testbed import start_nodes
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.generate import complete
 from edgeinfer.engine.shard import Shard
 from edgeinfer.engine.shard_backend import ShardBackend
 from edgeinfer.models.synthetic import write_tiny_gguf
-from edgeinfer.planner.pipeline import InfeasiblePlan
+from edgeinfer.process import ServerProcess
 from edgeinfer.testbed import netns
-from edgeinfer.testbed.cluster import start_nodes
 
 REASON = netns.available()
 pytestmark = [
@@ -120,7 +121,7 @@ def test_device_edge_runs_first_layers_on_the_gateway(bed, tiny, reference, tmp_
     _, specs, _ = bed
     planner = {"strategy": "device-edge", "local": True}
     cfg = _yaml(tmp_path / "dev.yaml", tiny, specs[:1], planner=planner, wire_dtype="f32")
-    backend = load_cluster(cfg)
+    backend = load_cluster(load_config(cfg))
     try:
         assert backend.plan.stages[0].node == "local" and len(backend.plan.stages) == 2
         text = complete(
@@ -139,7 +140,7 @@ def test_f16_wire_only_rounds(bed, tiny, tmp_path):
         {"node": "n1", "layers": [2, 4]},
         {"node": "n2", "layers": [4, 6]},
     ]
-    backend = load_cluster(_yaml(tmp_path / "f16.yaml", tiny, specs, planner={"stages": stages}))
+    backend = load_cluster(load_config(_yaml(tmp_path / "f16.yaml", tiny, specs, planner={"stages": stages})))
     try:
         ids = backend.tokenize(PROMPT)
         got = list(itertools.islice(backend.generate_tokens(ids, SamplingParams(temperature=0.0)), N_TOKENS))
@@ -161,14 +162,14 @@ def test_cluster_too_small_is_refused_clearly(bed, tiny, tmp_path):
     _, specs, limit = bed
     cfg = _yaml(tmp_path / "one.yaml", tiny, specs[:1])  # one node holds only 60 % of the model
     with pytest.raises(InfeasiblePlan, match=r"needs .* GiB for weights but the 1 usable node\(s\)"):
-        load_cluster(cfg)
+        load_cluster(load_config(cfg))
     assert _loaded_nodes(specs) == set()
 
 
 def test_node_failure_is_a_clear_error_not_a_hang(bed, tiny, tmp_path):
     tb, specs, _ = bed
     cfg = _yaml(tmp_path / "two.yaml", tiny, specs[:2], rpc_timeout=3)
-    backend = load_cluster(cfg)
+    backend = load_cluster(load_config(cfg))
     try:
         tb.cut(1)
         with pytest.raises(Exception, match=r"node n1 .*failed during forward"):

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgeinfer.cluster.gateway import load_cluster
+from edgeinfer.cluster.bringup import load_cluster
+from edgeinfer.cluster.config import load_config
+from edgeinfer.cluster.testbed import start_nodes
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.generate import complete
 from edgeinfer.testbed import netns
-from edgeinfer.testbed.cluster import start_nodes
 
 REASON = netns.available()
 ATTEMPTS = 3
@@ -41,7 +42,7 @@ def _predicted_and_measured(model: Path, work: Path) -> tuple[float, float]:
         }
         cfg = work / "cluster.yaml"
         cfg.write_text(yaml.safe_dump(doc))
-        backend = load_cluster(cfg)
+        backend = load_cluster(load_config(cfg))
         try:
             predicted = backend.plan.latency
             params = SamplingParams(temperature=0.0, max_tokens=40)
