@@ -6,7 +6,7 @@ for validation problems becomes 400, as in vLLM and llama-server.
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -19,10 +19,11 @@ M = TypeVar("M", bound=BaseModel)
 
 _TYPES = {
     400: "invalid_request_error",
-    401: "authentication_error",
+    401: "invalid_request_error",  # what OpenAI sends with code invalid_api_key
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_exceeded",
     500: "internal_server_error",
     503: "service_unavailable",
@@ -73,19 +74,27 @@ def _describe_validation(exc: RequestValidationError | ValidationError) -> tuple
 
 
 async def parse_body(request: Request, model: type[M]) -> M:
-    """Parse a JSON body whatever its Content-Type (curl -d sends form encoding), as llama-server does."""
+    """Read the JSON body (its size and Content-Type were checked by ``guard.Guard``) and validate it in a
+    worker thread, so that a large body does not hold up the event loop."""
     raw = await request.body()
+    return await asyncio.to_thread(parse_json, raw, model)
+
+
+def parse_json(raw: bytes, model: type[M]) -> M:
+    """Strict JSON -> request model: invalid UTF-8 and lone surrogates (``"\\ud800"``) are invalid JSON."""
     if not raw.strip():
         raise APIError(400, "request body is empty; send a JSON object", code="invalid_json")
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(data, dict):
+    if not raw.lstrip().startswith(b"{"):
         raise APIError(400, "request body must be a JSON object", code="invalid_json")
     try:
-        return model.model_validate(data)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
+        errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":
+            detail = (errors[0].get("ctx") or {}).get("error") or errors[0].get("msg", "")
+            if "surrogate" in detail or "hex escape" in detail:
+                detail += " (a lone UTF-16 surrogate such as \\ud800 is not text)"
+            raise APIError(400, f"request body is not valid JSON: {detail}", code="invalid_json") from None
         message, param = _describe_validation(exc)
         raise APIError(400, message, param=param, code="invalid_value") from None
 

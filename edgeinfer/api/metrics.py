@@ -68,3 +68,31 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+
+class CountRequests:
+    """ASGI middleware: every answer counted by route and status, refusals and crashes included."""
+
+    def __init__(self, app, metrics: Metrics, routes: frozenset[str] = frozenset()):  # type: ignore[no-untyped-def]
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def send_status(message) -> None:  # type: ignore[no-untyped-def]
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:  # refused before routing: name the path only if it is a known route
+                route = scope["path"] if scope["path"] in self.routes else "unmatched"
+            self.metrics.http_requests.labels(route, str(status)).inc()
+            if status >= 400:
+                self.metrics.request_errors.labels(str(status)).inc()

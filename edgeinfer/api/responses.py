@@ -1,17 +1,20 @@
-"""OpenAI response bodies: whole responses, SSE chunks, and the loops that turn worker events into them."""
+"""OpenAI response bodies: whole responses, SSE chunks, and the loops that turn worker events into them.
+
+Both loops watch the connection while they wait: a client that goes away, streaming or not, queued or
+running, has its job withdrawn from the queue or stopped between two tokens at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from edgeinfer.api.errors import APIError, error_body
-from edgeinfer.api.worker import Job
+from edgeinfer.api.worker import Job, ModelWorker
 from edgeinfer.engine.generate import Delta, Result
 
 
@@ -30,8 +33,9 @@ def _sse(payload: dict[str, Any] | str) -> str:
 class Shape:
     """Builds response objects in the chat or the completion flavour."""
 
-    def __init__(self, rid: str, created: int, model: str, chat: bool):
+    def __init__(self, rid: str, created: int, model: str, chat: bool, include_usage: bool = False):
         self.rid, self.created, self.model, self.chat = rid, created, model, chat
+        self.include_usage = include_usage  # streams only: every chunk carries usage (null until the last)
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -48,9 +52,19 @@ class Shape:
             if text is not None:
                 delta["content"] = text
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return self._envelope("chat.completion.chunk", [choice])
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        return self._envelope("text_completion", [choice])
+            out = self._envelope("chat.completion.chunk", [choice])
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            out = self._envelope("text_completion", [choice])
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
+    def usage_chunk(self, result: Result) -> dict[str, Any]:
+        """The extra last chunk of ``stream_options.include_usage``: no choices, the request's usage."""
+        out = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [])
+        out["usage"] = _usage(result)
+        return out
 
     def final(self, result: Result) -> dict[str, Any]:
         if self.chat:
@@ -69,45 +83,63 @@ class Shape:
         return out
 
 
-async def stream_events(job: Job, shape: Shape, include_usage: bool) -> AsyncIterator[str]:
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+class _Gone:
+    """Put in a job's event queue when its client disconnects."""
+
+
+GONE = _Gone()
+
+
+async def _watch(receive: Receive, job: Job, worker: ModelWorker) -> None:
+    """Wait for the client to go away, then stop its job: out of the queue at once, or between two tokens."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    job.cancel.set()
+    worker.withdraw(job)
+    job.events.put_nowait(GONE)
+
+
+async def stream_events(receive: Receive, job: Job, worker: ModelWorker, shape: Shape) -> AsyncIterator[str]:
+    watcher = asyncio.create_task(_watch(receive, job, worker))
     try:
         if shape.chat:
             yield _sse(shape.chunk("", None, role=True))
         while True:
             item = await job.events.get()
+            if item is GONE:
+                return
             if isinstance(item, Delta):
                 yield _sse(shape.chunk(item.text, None))
             elif isinstance(item, Result):
-                last = shape.chunk(None if shape.chat else "", item.finish_reason)
-                last["usage"] = _usage(item)
-                yield _sse(last)
-                if include_usage:
-                    usage_chunk = shape.chunk(None, None)
-                    usage_chunk["choices"] = []
-                    usage_chunk["usage"] = _usage(item)
-                    yield _sse(usage_chunk)
+                yield _sse(shape.chunk(None if shape.chat else "", item.finish_reason))
+                if shape.include_usage:  # usage once, in its own chunk, as OpenAI sends it
+                    yield _sse(shape.usage_chunk(item))
                 break
             else:  # an exception from the worker: the stream has started, so report it in-band
                 yield _sse(error_body(500, f"generation failed: {item}", code="internal_error"))
                 break
         yield _sse("[DONE]")
     finally:
+        watcher.cancel()
         job.cancel.set()  # client gone or stream over: stop generating and free the slot
+        worker.withdraw(job)
 
 
-async def collect_events(request: Request, job: Job, shape: Shape) -> JSONResponse:
+async def collect_events(receive: Receive, job: Job, worker: ModelWorker, shape: Shape) -> JSONResponse:
+    watcher = asyncio.create_task(_watch(receive, job, worker))
     try:
         while True:
-            try:
-                item = await asyncio.wait_for(job.events.get(), timeout=0.5)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    job.cancel.set()
-                    return JSONResponse(error_body(499, "client closed the request"), status_code=499)
-                continue
+            item = await job.events.get()
+            if item is GONE:  # nobody will read this answer
+                return JSONResponse(error_body(499, "client closed the request"), status_code=499)
             if isinstance(item, Result):
                 return JSONResponse(shape.final(item))
             if isinstance(item, Exception):
                 raise APIError(500, f"generation failed: {item}", code="internal_error")
     finally:
+        watcher.cancel()
         job.cancel.set()
+        worker.withdraw(job)

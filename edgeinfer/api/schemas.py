@@ -1,4 +1,8 @@
-"""Request bodies of the OpenAI routes, validated strictly enough to give useful 400s."""
+"""Request bodies of the OpenAI routes, validated strictly enough to give useful 400s.
+
+Types are strict, as in OpenAI's API: ``"max_tokens": "8"``, ``"stream": "yes"`` or ``[true]`` as a token id
+are errors, not coerced (an integer is still accepted where a number is expected).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from edgeinfer.engine.base import SamplingParams
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     include_usage: bool = False
 
 
@@ -18,7 +24,7 @@ _DEFAULTED = ("temperature", "top_p", "top_k", "stream", "n")  # fields whose de
 
 class _Sampling(BaseModel):
     # Unknown fields are accepted and ignored only if they are harmless OpenAI extras; see UNSUPPORTED.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
@@ -61,7 +67,7 @@ class _Sampling(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None  # required; null only in an assistant message (OpenAI's rule)

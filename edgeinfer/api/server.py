@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from edgeinfer.api.app import create_app
+from edgeinfer.api.guard import HTTPPolicy
 from edgeinfer.api.metrics import Metrics
 from edgeinfer.api.worker import ModelWorker
 from edgeinfer.engine.load import LoadOptions, backend_opener
@@ -20,6 +21,7 @@ class ServerConfig:
     max_queue: int = 16
     cluster: str | None = None  # serve as a gateway over the nodes of this cluster YAML instead of ``models``
     allow_special_tokens: bool = False  # parse control tokens written in chat message contents
+    http: HTTPPolicy = field(default_factory=HTTPPolicy)  # API keys, hosts, CORS, body size (api/guard.py)
 
 
 def build_app(cfg: ServerConfig):  # -> FastAPI
@@ -34,7 +36,7 @@ def build_app(cfg: ServerConfig):  # -> FastAPI
     if len(set(names)) != len(names):
         raise ValueError(f"two served models share a name: {names}")
     workers = [ModelWorker(n, load, metrics, max_queue=cfg.max_queue) for n, load in openers]
-    return create_app(workers, metrics)
+    return create_app(workers, metrics, policy=cfg.http)
 
 
 def run(cfg: ServerConfig, host: str, port: int, log_level: str = "info") -> None:

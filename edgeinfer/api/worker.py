@@ -2,17 +2,17 @@
 
 A llama.cpp context (or a shard chain) runs one sequence at a time; requests wait in a FIFO of bounded depth
 and are refused with 429 when it is full. Events flow back to the asyncio side through the loop's
-thread-safe callback. A cancelled request (client gone) is skipped if still waiting, or stops between two
-tokens if running, so the slot is freed at once.
+thread-safe callback. A cancelled request (client gone) leaves the queue at once if still waiting
+(``withdraw``), or stops between two tokens if running, so its slot is freed at once either way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +49,10 @@ class ModelWorker:
         self.backend: Backend | None = None
         self.error: str | None = None
         self.ready = threading.Event()
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"model-{name}", daemon=True)
 
     def start(self) -> None:
@@ -62,14 +65,42 @@ class ModelWorker:
         return "ready" if self.ready.is_set() else "loading"
 
     def submit(self, job: Job) -> None:
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise QueueFull from None
-        self.metrics.waiting.labels(self.name).inc()
+        with self._cond:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull
+            self._waiting.append(job)
+            self.metrics.waiting.labels(self.name).inc()
+            self._cond.notify()
+
+    def withdraw(self, job: Job) -> bool:
+        """Take a job that has not started out of the queue; False if it already started (or ended)."""
+        with self._cond:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return False
+            self.metrics.waiting.labels(self.name).dec()
+            return True
+
+    def _next(self) -> Job | None:
+        with self._cond:
+            while not self._waiting and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            job = self._waiting.popleft()
+            self.metrics.waiting.labels(self.name).dec()
+            return job
 
     def close(self, timeout: float = 10.0) -> None:
-        self._queue.put(None)
+        with self._cond:
+            self._closed = True
+            abandoned = list(self._waiting)
+            self._waiting.clear()
+            self.metrics.waiting.labels(self.name).dec(len(abandoned))
+            self._cond.notify_all()
+        for job in abandoned:
+            job.emit(RuntimeError("the server is shutting down"))
         self._thread.join(timeout)
         if self.backend is not None:
             self.backend.close()
@@ -82,8 +113,7 @@ class ModelWorker:
             traceback.print_exc()
             return
         self.ready.set()
-        while (job := self._queue.get()) is not None:
-            self.metrics.waiting.labels(self.name).dec()
+        while (job := self._next()) is not None:
             if job.cancel.is_set():
                 continue
             self.metrics.queue_time.labels(self.name).observe(time.perf_counter() - job.arrived)

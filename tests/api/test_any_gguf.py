@@ -8,8 +8,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from edgeinfer.api.process import ServerProcess
 from edgeinfer.models.synthetic import write_tiny_gguf
+from edgeinfer.process import ServerProcess
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgeinfer.api.process import free_port
+from edgeinfer.process import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -202,4 +202,8 @@ def test_sse_wire_format(real_server: str) -> None:
     assert all(line.startswith("data: ") for line in lines)
     assert lines[-1] == "data: [DONE]"
     last = json.loads(lines[-2][6:])
-    assert last["choices"][0]["finish_reason"] == "length" and last["usage"]["completion_tokens"] == 4
+    assert last["choices"][0]["finish_reason"] == "length" and "usage" not in last  # usage only if asked
+    body["stream_options"] = {"include_usage": True}
+    with httpx.stream("POST", real_server + "/v1/completions", json=body, timeout=60) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
