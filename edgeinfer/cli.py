@@ -183,10 +183,10 @@ def generate(
 ) -> None:
     """Generate text locally and stream it to the terminal (chat template applied unless --raw or the model
     is a base model)."""
-    from edgeinfer.engine.base import SamplingParams
-    from edgeinfer.engine.chat import ChatFormatError, build_chat_prompt
-    from edgeinfer.engine.generate import ContextLengthExceeded, Delta, Result, stream
     from edgeinfer.engine.load import BackendUnavailable, LoadOptions, open_backend
+    from edgeinfer.engine.base import SamplingParams
+    from edgeinfer.engine.chat import ChatFormatter
+    from edgeinfer.engine.generate import ContextLengthExceeded, Delta, Result, stream
     from edgeinfer.models.registry import ModelNotFound
 
     if prompt == "-":
@@ -205,12 +205,9 @@ def generate(
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}
         ]
-        try:
-            chat = build_chat_prompt(b, messages)
-        except ChatFormatError as exc:
-            b.close()
-            _fail(str(exc))
-        tokens, extra = chat.tokens, chat.stops
+        chat = ChatFormatter(b.info.chat_template, b.info.bos_token, b.info.eos_token)
+        formatted = chat.format(messages)
+        tokens, extra = b.tokenize(formatted.text, add_bos=formatted.add_bos), formatted.extra_stops
     params = SamplingParams(
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()) + extra, seed=seed
     )
