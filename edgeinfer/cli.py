@@ -78,43 +78,18 @@ def serve(
             help="Serve as a gateway over the nodes listed in this cluster YAML (see docs/cluster.md)."
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
-    api_key: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--api-key",
-            help="Require 'Authorization: Bearer KEY' on every route but /health (repeatable). Also read "
-            "from --api-key-file and the EDGEINFER_API_KEY environment variable.",
-        ),
-    ] = None,
-    api_key_file: Annotated[
-        str | None, typer.Option(help="File of API keys, one per line ('#' comments allowed).")
-    ] = None,
-    metrics_need_key: Annotated[
+    allow_special_tokens: Annotated[
         bool,
-        typer.Option("--metrics-need-key", help="Require the API key on /metrics too (open by default)."),
+        typer.Option(
+            "--allow-special-tokens",
+            help="Read special-token spellings in chat messages (e.g. <|im_end|>) as the model's control "
+            "tokens. Default: message text is plain text, so a user cannot end their turn or fake a role.",
+        ),
     ] = False,
-    allowed_host: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allowed-host",
-            help="Host header value to accept (repeatable; '*' any, '*.example.com' a domain). Default: "
-            "localhost, 127.0.0.1, ::1 and --host; any host when --host is 0.0.0.0 or ::.",
-        ),
-    ] = None,
-    cors_origin: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--cors-origin", help="Browser origin allowed to call the API (repeatable). Default: none."
-        ),
-    ] = None,
-    max_body_bytes: Annotated[
-        str, typer.Option(help="Largest request body accepted, e.g. 8MiB; larger ones get HTTP 413.")
-    ] = "8MiB",
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve models behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,
     /health, /metrics). /health answers 503 until every model has loaded."""
-    from edgeinfer.api.guard import build_policy
     from edgeinfer.api.server import ServerConfig, run
     from edgeinfer.engine.load import LoadOptions
 
@@ -124,22 +99,9 @@ def serve(
             load=LoadOptions(backend, ctx_size, threads, weight_format),
             max_queue=max_queue,
             cluster=cluster,
-            http=build_policy(
-                host,
-                api_keys=api_key or (),
-                api_key_file=api_key_file,
-                allowed_hosts=allowed_host or (),
-                cors_origins=cors_origin or (),
-                max_body=max_body_bytes,
-                metrics_need_key=metrics_need_key,
-            ),
+            allow_special_tokens=allow_special_tokens,
         )
         _check_models(cfg.models if not cluster else ())
-        if not cfg.http.api_keys.enabled and host not in ("127.0.0.1", "localhost", "::1"):
-            err.print(
-                f"[yellow]warning:[/] serving on {host} without an API key: anyone who reaches the port "
-                "can use it (see --api-key and docs/security.md)"
-            )
         run(cfg, host, port, log_level=log_level)
     except ValueError as exc:
         _fail(str(exc))
@@ -183,10 +145,10 @@ def generate(
 ) -> None:
     """Generate text locally and stream it to the terminal (chat template applied unless --raw or the model
     is a base model)."""
-    from edgeinfer.engine.load import BackendUnavailable, LoadOptions, open_backend
     from edgeinfer.engine.base import SamplingParams
-    from edgeinfer.engine.chat import ChatFormatter
+    from edgeinfer.engine.chat import ChatFormatError, build_chat_prompt
     from edgeinfer.engine.generate import ContextLengthExceeded, Delta, Result, stream
+    from edgeinfer.engine.load import BackendUnavailable, LoadOptions, open_backend
     from edgeinfer.models.registry import ModelNotFound
 
     if prompt == "-":
@@ -205,9 +167,12 @@ def generate(
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}
         ]
-        chat = ChatFormatter(b.info.chat_template, b.info.bos_token, b.info.eos_token)
-        formatted = chat.format(messages)
-        tokens, extra = b.tokenize(formatted.text, add_bos=formatted.add_bos), formatted.extra_stops
+        try:
+            chat = build_chat_prompt(b, messages)
+        except ChatFormatError as exc:
+            b.close()
+            _fail(str(exc))
+        tokens, extra = chat.tokens, chat.stops
     params = SamplingParams(
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()) + extra, seed=seed
     )

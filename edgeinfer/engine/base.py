@@ -52,7 +52,9 @@ class Backend(Protocol):
 
     info: ModelInfo
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]: ...
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        """Token ids; with ``special=False`` special-token spellings in ``text`` stay plain text."""
+        ...
 
     def token_bytes(self, ids: Sequence[int]) -> bytes:
         """Raw bytes of tokens (may end inside a UTF-8 sequence)."""

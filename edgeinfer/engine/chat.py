@@ -1,16 +1,24 @@
-"""Turning OpenAI chat messages into a prompt.
+"""Turning OpenAI chat messages into prompt tokens: one recipe for the API, the CLI and the benchmarks.
 
 Models that carry a chat template in their GGUF (``tokenizer.chat_template``) are formatted with it, rendered
 in a sandboxed Jinja environment as Hugging Face does. Base models have no template and were never trained on
 chat tokens; for them we use a plain-text transcript that a base model continues sensibly, and stop at the
 next speaker's turn.
+
+Message contents are user text: a user who types ``<|im_end|>`` must not close their turn with the control
+token. The template's own text is tokenized with special tokens parsed; a content that spells a special
+token is tokenized as plain text (unless ``allow_special_tokens``). The template is rendered once more with a
+unique placeholder per content to find where each content sits in the prompt.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from edgeinfer.engine.base import Backend, ModelInfo
 
 PLAIN_STOPS = ("\nUser:", "\nuser:", "\nSystem:")
 
@@ -20,10 +28,32 @@ class ChatFormatError(ValueError):
 
 
 @dataclass(frozen=True)
-class ChatPrompt:
+class Segment:
     text: str
+    content: bool  # True: a message's content (user text); False: text the template wrote
+
+
+@dataclass(frozen=True)
+class RenderedChat:
+    """The formatted conversation, as pieces that say which text came from the messages."""
+
+    segments: tuple[Segment, ...]
+    contents: tuple[str, ...]  # the messages' contents, as sent
+    separated: bool = True  # False: the template changed or inspected contents, ``segments`` is one piece
     extra_stops: tuple[str, ...] = ()
     add_bos: bool = True  # False when the template writes the BOS token itself
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.segments)
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """What a generation needs from a chat: the prompt's token ids and the stop strings the format adds."""
+
+    tokens: list[int]
+    stops: tuple[str, ...] = ()
 
 
 def _content_text(content: Any) -> str:
@@ -43,7 +73,6 @@ def _content_text(content: Any) -> str:
 
 class ChatFormatter:
     def __init__(self, template: str | None, bos_token: str = "", eos_token: str = ""):
-        self.template_source = template
         self.bos_token = bos_token
         self.eos_token = eos_token
         self._template = None
@@ -58,11 +87,11 @@ class ChatFormatter:
             env.globals["raise_exception"] = raise_exception
             self._template = env.from_string(template)
 
-    @property
-    def has_template(self) -> bool:
-        return self._template is not None
+    @classmethod
+    def for_model(cls, info: ModelInfo) -> ChatFormatter:
+        return cls(info.chat_template, info.bos_token, info.eos_token)
 
-    def format(self, messages: Sequence[dict[str, Any]]) -> ChatPrompt:
+    def format(self, messages: Sequence[dict[str, Any]]) -> RenderedChat:
         # "developer" is OpenAI's newer name for the system role; templates only know "system"
         msgs = [
             {
@@ -73,23 +102,88 @@ class ChatFormatter:
         ]
         if self._template is None:
             return self._plain(msgs)
+        text = self._render(msgs)
+        add_bos = not (self.bos_token and text.startswith(self.bos_token))
+        segments = self._segments(msgs, text)
+        contents = tuple(m["content"] for m in msgs)
+        separated = segments is not None
+        return RenderedChat(segments or (Segment(text, False),), contents, separated, add_bos=add_bos)
+
+    def _render(self, msgs: list[dict[str, str]]) -> str:
+        assert self._template is not None
         try:
-            text = self._template.render(
-                messages=msgs,
-                add_generation_prompt=True,
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
+            return self._template.render(
+                messages=msgs, add_generation_prompt=True, bos_token=self.bos_token, eos_token=self.eos_token
             )
         except ChatFormatError:
             raise
         except Exception as exc:  # a template bug must not take the server down
             raise ChatFormatError(f"the model's chat template failed: {exc}") from exc
-        add_bos = not (self.bos_token and text.startswith(self.bos_token))
-        return ChatPrompt(text=text, add_bos=add_bos)
+
+    def _segments(self, msgs: list[dict[str, str]], text: str) -> tuple[Segment, ...] | None:
+        """Split the rendered text into template text and contents, by rendering placeholders in place of
+        the contents; None when the template changes or inspects contents (the placeholders do not give back
+        ``text``)."""
+        nonce = uuid.uuid4().hex
+        marks = [f"\ue000{nonce}{i}\ue001" for i in range(len(msgs))]
+        try:
+            marked = self._render([{**m, "content": mark} for m, mark in zip(msgs, marks, strict=True)])
+        except ChatFormatError:
+            return None
+        segments: list[Segment] = []
+        rest = marked
+        for m, mark in zip(msgs, marks, strict=True):
+            if rest.count(mark) != 1:
+                return None
+            before, rest = rest.split(mark)
+            segments += [Segment(before, content=False), Segment(m["content"], content=True)]
+        segments.append(Segment(rest, content=False))
+        if "".join(s.text for s in segments) != text:
+            return None
+        return tuple(s for s in segments if s.text)
 
     @staticmethod
-    def _plain(msgs: list[dict[str, str]]) -> ChatPrompt:
+    def _plain(msgs: list[dict[str, str]]) -> RenderedChat:
         names = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
-        lines = [f"{names.get(m['role'], m['role'].title())}: {m['content'].strip()}" for m in msgs]
-        lines.append("Assistant:")
-        return ChatPrompt(text="\n".join(lines), extra_stops=PLAIN_STOPS)
+        segments: list[Segment] = []
+        for m in msgs:
+            segments.append(Segment(f"{names.get(m['role'], m['role'].title())}: ", content=False))
+            segments.append(Segment(m["content"].strip(), content=True))
+            segments.append(Segment("\n", content=False))
+        segments.append(Segment("Assistant:", content=False))
+        contents = tuple(m["content"] for m in msgs)
+        return RenderedChat(tuple(s for s in segments if s.text), contents, extra_stops=PLAIN_STOPS)
+
+
+def _spells_special_tokens(backend: Backend, text: str) -> bool:
+    return backend.tokenize(text, add_bos=False, special=True) != backend.tokenize(
+        text, add_bos=False, special=False
+    )
+
+
+def build_chat_prompt(
+    backend: Backend,
+    messages: Sequence[dict[str, Any]],
+    formatter: ChatFormatter | None = None,
+    allow_special_tokens: bool = False,
+) -> ChatPrompt:
+    """Format ``messages`` for ``backend``'s model and tokenize them, contents as plain text.
+
+    ``formatter`` (built from the model's info when not given) can be kept between calls: compiling a chat
+    template costs more than rendering it. Raises ``ChatFormatError`` for messages the template refuses."""
+    formatter = formatter or ChatFormatter.for_model(backend.info)
+    rendered = formatter.format(messages)
+    if allow_special_tokens or not any(_spells_special_tokens(backend, c) for c in rendered.contents):
+        # the usual case: nothing to keep apart, one pass over the whole text
+        tokens = backend.tokenize(rendered.text, add_bos=rendered.add_bos, special=True)
+        return ChatPrompt(tokens, rendered.extra_stops)
+    if not rendered.separated:
+        raise ChatFormatError(
+            "a message spells a special token (such as an end-of-turn marker) and this model's chat "
+            "template does not allow keeping message text apart; remove it"
+        )
+    tokens = []
+    for i, seg in enumerate(rendered.segments):
+        add_bos = rendered.add_bos and i == 0
+        tokens += backend.tokenize(seg.text, add_bos=add_bos, special=not seg.content)
+    return ChatPrompt(tokens, rendered.extra_stops)

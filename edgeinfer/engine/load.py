@@ -1,4 +1,4 @@
-"""How a model becomes a ``Backend``: one entry point for serve, generate, bench and the gateway's local stage.
+"""How a model becomes a ``Backend``: one entry point for serve, generate and bench.
 
 ``LoadOptions`` is checked when it is built (backend kind, weight format), so a bad flag fails before any
 model is read; ``open_backend`` does the heavy work (assembling a bundled model, loading weights);

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from edgeinfer import kernels
-from edgeinfer.models.kv_cache import KVCache
 from edgeinfer.engine.threads import default_threads
 from edgeinfer.models import gemma3, llama
 from edgeinfer.models.common import WEIGHT_FORMATS, linear, loaded_bytes, rms_norm, rope_tables
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
+from edgeinfer.models.kv_cache import KVCache
 
 ARCH_MODULES: dict[str, ModuleType] = {a: m for m in (llama, gemma3) for a in m.ARCHS}
 

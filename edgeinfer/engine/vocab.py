@@ -73,8 +73,10 @@ class Vocab:
     def eos_token(self) -> str:
         return self.piece(self.llm.token_eos())
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        """Token ids of ``text``; ``special=False`` reads special-token spellings (``<|im_end|>``) as plain
+        text, for text a user wrote."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
     def token_bytes(self, ids: Sequence[int]) -> bytes:
         return self.llm.detokenize(list(ids))
@@ -92,8 +94,8 @@ class VocabMixin:
 
     vocab: Vocab
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.vocab.tokenize(text, add_bos=add_bos)
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        return self.vocab.tokenize(text, add_bos=add_bos, special=special)
 
     def token_bytes(self, ids: Sequence[int]) -> bytes:
         return self.vocab.token_bytes(ids)

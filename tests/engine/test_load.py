@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeinfer.engine.generate import complete
 from edgeinfer.engine.base import SamplingParams
+from edgeinfer.engine.generate import complete
 from edgeinfer.engine.load import BackendKind, LoadOptions, backend_opener, open_backend
 
 

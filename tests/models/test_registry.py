@@ -71,7 +71,9 @@ def test_real_bundled_models_verify(qwen_path: Path, gemma_path: Path) -> None:
 
 
 def test_served_name_is_one_rule_for_names_aliases_and_paths() -> None:
-    assert registry.served_name("qwen") == registry.served_name(registry.DEFAULT_MODEL) == registry.DEFAULT_MODEL
+    assert (
+        registry.served_name("qwen") == registry.served_name(registry.DEFAULT_MODEL) == registry.DEFAULT_MODEL
+    )
     assert registry.served_name("gemma") == "gemma-3-270m"
     assert registry.served_name("/models/tiny-llama.q4.gguf") == "tiny-llama.q4"
     assert registry.served_name("~/m.gguf") == "m"
