@@ -87,9 +87,42 @@ def serve(
         ),
     ] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            help="Require 'Authorization: Bearer KEY' on every route but /health (repeatable). Also read "
+            "from --api-key-file and the EDGEINFER_API_KEY environment variable.",
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        str | None, typer.Option(help="File of API keys, one per line ('#' comments allowed).")
+    ] = None,
+    metrics_need_key: Annotated[
+        bool,
+        typer.Option("--metrics-need-key", help="Require the API key on /metrics too (open by default)."),
+    ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Host header value to accept (repeatable; '*' any, '*.example.com' a domain). Default: "
+            "localhost, 127.0.0.1, ::1 and --host; any host when --host is 0.0.0.0 or ::.",
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin", help="Browser origin allowed to call the API (repeatable). Default: none."
+        ),
+    ] = None,
+    max_body_bytes: Annotated[
+        str, typer.Option(help="Largest request body accepted, e.g. 8MiB; larger ones get HTTP 413.")
+    ] = "8MiB",
 ) -> None:
     """Serve models behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models,
     /health, /metrics). /health answers 503 until every model has loaded."""
+    from edgeinfer.api.guard import build_policy
     from edgeinfer.api.server import ServerConfig, run
     from edgeinfer.engine.load import LoadOptions
 
@@ -100,8 +133,22 @@ def serve(
             max_queue=max_queue,
             cluster=cluster,
             allow_special_tokens=allow_special_tokens,
+            http=build_policy(
+                host,
+                api_keys=api_key or (),
+                api_key_file=api_key_file,
+                allowed_hosts=allowed_host or (),
+                cors_origins=cors_origin or (),
+                max_body=max_body_bytes,
+                metrics_need_key=metrics_need_key,
+            ),
         )
         _check_models(cfg.models if not cluster else ())
+        if not cfg.http.api_keys.enabled and host not in ("127.0.0.1", "localhost", "::1"):
+            err.print(
+                f"[yellow]warning:[/] serving on {host} without an API key: anyone who reaches the port "
+                "can use it (see --api-key and docs/security.md)"
+            )
         run(cfg, host, port, log_level=log_level)
     except ValueError as exc:
         _fail(str(exc))

@@ -10,16 +10,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edgeinfer.api.errors import APIError, install_handlers, parse_body
-from edgeinfer.api.metrics import Metrics
+from edgeinfer.api.guard import Guard, HostCheck, HTTPPolicy
+from edgeinfer.api.metrics import CountRequests, Metrics
 from edgeinfer.api.responses import Shape, collect_events, stream_events
 from edgeinfer.api.schemas import UNSUPPORTED, ChatCompletionRequest, CompletionRequest, _Sampling
 from edgeinfer.api.worker import Job, ModelWorker, QueueFull
 from edgeinfer.engine.chat import ChatFormatError, ChatFormatter, build_chat_prompt
 from edgeinfer.engine.generate import ContextLengthExceeded, check_context
+from edgeinfer.models.registry import lookup
 
 
 class ModelSet:
@@ -32,8 +35,17 @@ class ModelSet:
         self.default = workers[0].name
         self._formatters: dict[str, ChatFormatter] = {}
 
+    def find(self, name: str | None) -> ModelWorker | None:
+        """The worker serving ``name``: a served name or a bundled model's alias (``qwen``)."""
+        if name is None:
+            return self.workers[self.default]
+        if name in self.workers:
+            return self.workers[name]
+        bundled = lookup(name)
+        return self.workers.get(bundled.name) if bundled else None
+
     def get(self, name: str | None) -> ModelWorker:
-        worker = self.workers.get(name or self.default)
+        worker = self.find(name)
         if worker is None:
             served = ", ".join(self.workers)
             raise APIError(
@@ -55,9 +67,7 @@ class ModelSet:
     def formatter(self, worker: ModelWorker) -> ChatFormatter:
         if worker.name not in self._formatters:
             info = worker.backend.info
-            self._formatters[worker.name] = ChatFormatter(
-                info.chat_template, info.bos_token, info.eos_token
-            )
+            self._formatters[worker.name] = ChatFormatter(info.chat_template, info.bos_token, info.eos_token)
         return self._formatters[worker.name]
 
 
@@ -70,10 +80,14 @@ def _reject_unsupported(req: _Sampling) -> None:
 
 
 def create_app(
-    workers: list[ModelWorker], metrics: Metrics | None = None, allow_special_tokens: bool = False
+    workers: list[ModelWorker],
+    metrics: Metrics | None = None,
+    policy: HTTPPolicy | None = None,
+    allow_special_tokens: bool = False,
 ) -> FastAPI:
     models = ModelSet(workers)
     metrics = metrics or workers[0].metrics
+    policy = policy or HTTPPolicy()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -88,15 +102,16 @@ def create_app(
     app.state.metrics = metrics
     install_handlers(app)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.http_requests.labels(path, str(response.status_code)).inc()
-        if response.status_code >= 400:
-            metrics.request_errors.labels(str(response.status_code)).inc()
-        return response
+    # outermost last: count every answer, then the Host check, CORS, and keys / body limits
+    app.add_middleware(Guard, policy=policy)
+    if policy.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(policy.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(HostCheck, policy=policy)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -113,35 +128,46 @@ def create_app(
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def model_entry(w: ModelWorker) -> dict[str, Any]:
+        # no filesystem path: a client learns what it can ask for, not where the server keeps its files
+        entry: dict[str, Any] = {"id": w.name, "object": "model", "created": 0, "owned_by": "edgeinfer"}
+        if w.backend is not None:
+            info = w.backend.info
+            entry["meta"] = {
+                "architecture": info.architecture,
+                "n_ctx": info.n_ctx,
+                "chat_template": bool(info.chat_template),
+            }
+        entry["status"] = w.state
+        return entry
+
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        data = []
-        for name, w in models.workers.items():
-            entry: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "edgeinfer"}
-            if w.backend is not None:
-                info = w.backend.info
-                entry["meta"] = {
-                    "architecture": info.architecture,
-                    "n_ctx": info.n_ctx,
-                    "path": info.path,
-                    "chat_template": bool(info.chat_template),
-                }
-            entry["status"] = w.state
-            data.append(entry)
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [model_entry(w) for w in models.workers.values()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> dict[str, Any]:
+        worker = models.find(model_id)
+        if worker is None:
+            raise APIError(404, f"The model '{model_id}' does not exist", "model", "model_not_found")
+        return model_entry(worker)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = await parse_body(request, ChatCompletionRequest)
         _reject_unsupported(body)
         worker = models.get(body.model)
-        messages = [m.model_dump() for m in body.messages]
-        try:
+
+        def prepare() -> tuple[list[int], Any]:
+            messages = [m.model_dump() for m in body.messages]
             formatter = models.formatter(worker)
-            prompt = build_chat_prompt(worker.backend, messages, formatter, allow_special_tokens)
-        except ChatFormatError as exc:
-            raise APIError(400, str(exc), "messages", "invalid_messages") from exc
-        tokens, params = prompt.tokens, body.sampling(prompt.stops)
+            try:
+                prompt = build_chat_prompt(worker.backend, messages, formatter, allow_special_tokens)
+            except ChatFormatError as exc:
+                raise APIError(400, str(exc), "messages", "invalid_messages") from exc
+            return prompt.tokens, body.sampling(prompt.stops)
+
+        tokens, params = await asyncio.to_thread(prepare)  # O(prompt) work stays off the event loop
         return await _run(request, worker, tokens, params, body, chat=True, param="messages")
 
     @app.post("/v1/completions")
@@ -151,26 +177,27 @@ def create_app(
         if body.echo:
             raise APIError(400, "echo is not supported by this server", "echo", "unsupported")
         worker = models.get(body.model)
-        prompt = body.prompt
+        tokens = await asyncio.to_thread(_completion_tokens, worker, body.prompt)
+        return await _run(request, worker, tokens, body.sampling(), body, chat=False, param="prompt")
+
+    def _completion_tokens(worker: ModelWorker, prompt: str | list[str] | list[int]) -> list[int]:
         if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
             vocab = worker.backend.info.vocab_size
             if vocab and any(not 0 <= t < vocab for t in prompt):
                 raise APIError(400, f"token ids must be in [0, {vocab})", "prompt", "invalid_value")
-            tokens = list(prompt)
-        else:
-            if isinstance(prompt, list):
-                if len(prompt) != 1:
-                    raise APIError(
-                        400,
-                        "send one prompt per request (batched prompts are not supported)",
-                        "prompt",
-                        "unsupported",
-                    )
-                prompt = prompt[0]
-            if not prompt:
-                raise APIError(400, "prompt must not be empty", "prompt", "invalid_value")
-            tokens = worker.backend.tokenize(prompt, add_bos=True)
-        return await _run(request, worker, tokens, body.sampling(), body, chat=False, param="prompt")
+            return list(prompt)
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise APIError(
+                    400,
+                    "send one prompt per request (batched prompts are not supported)",
+                    "prompt",
+                    "unsupported",
+                )
+            prompt = prompt[0]
+        if not prompt:
+            raise APIError(400, "prompt must not be empty", "prompt", "invalid_value")
+        return worker.backend.tokenize(prompt, add_bos=True)
 
     async def _run(
         request: Request,
@@ -194,14 +221,15 @@ def create_app(
             ) from None
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        shape = Shape(rid, created, worker.name, chat)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            shape = Shape(rid, created, worker.name, chat, include_usage)
             return StreamingResponse(
-                stream_events(job, shape, include_usage),
+                stream_events(request.receive, job, worker, shape),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return await collect_events(request, job, shape)
+        return await collect_events(request.receive, job, worker, Shape(rid, created, worker.name, chat))
 
+    app.add_middleware(CountRequests, metrics=metrics, routes=frozenset(r.path for r in app.routes))
     return app

@@ -5,13 +5,12 @@ How a model spec becomes a backend is ``engine.load``'s business; this module on
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgeinfer.api.app import create_app
+from edgeinfer.api.guard import HTTPPolicy
 from edgeinfer.api.metrics import Metrics
 from edgeinfer.api.worker import ModelWorker
-from edgeinfer.engine.base import Backend
 from edgeinfer.engine.load import LoadOptions, backend_opener
 
 
@@ -22,17 +21,14 @@ class ServerConfig:
     max_queue: int = 16
     cluster: str | None = None  # serve as a gateway over the nodes of this cluster YAML instead of ``models``
     allow_special_tokens: bool = False  # parse control tokens written in chat message contents
-
-
-def cluster_opener(path: str) -> tuple[str, Callable[[], Backend]]:
-    from edgeinfer.cluster.gateway import cluster_model_name, load_cluster
-
-    return cluster_model_name(path), lambda: load_cluster(path)
+    http: HTTPPolicy = field(default_factory=HTTPPolicy)  # API keys, hosts, CORS, body size (api/guard.py)
 
 
 def build_app(cfg: ServerConfig):  # -> FastAPI
     metrics = Metrics()
     if cfg.cluster:
+        from edgeinfer.cluster.bringup import cluster_opener
+
         openers = [cluster_opener(cfg.cluster)]
     else:
         openers = [backend_opener(spec, cfg.load) for spec in cfg.models]
@@ -40,7 +36,7 @@ def build_app(cfg: ServerConfig):  # -> FastAPI
     if len(set(names)) != len(names):
         raise ValueError(f"two served models share a name: {names}")
     workers = [ModelWorker(n, load, metrics, max_queue=cfg.max_queue) for n, load in openers]
-    return create_app(workers, metrics, allow_special_tokens=cfg.allow_special_tokens)
+    return create_app(workers, metrics, policy=cfg.http, allow_special_tokens=cfg.allow_special_tokens)
 
 
 def run(cfg: ServerConfig, host: str, port: int, log_level: str = "info") -> None:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
+from edgeinfer.bench.runs import Progress, Run, from_fields, new_run
 from edgeinfer.bench.stats import wilson
+from edgeinfer.bench.table import Table
 
 CHECK_TYPES = ("number", "contains", "exact", "regex", "upper", "lower", "words", "lines", "starts", "ends",
                "json_keys")  # fmt: skip
@@ -40,6 +42,43 @@ class Template:
     system: str | None = None
     shots: bool = False
     suffix: str = ""
+
+
+@dataclass(frozen=True)
+class ItemAnswer:
+    id: str
+    category: str
+    answer: str
+    correct: bool
+
+
+@dataclass
+class AccuracyResult:
+    """One (model, template): accuracy with its Wilson 95 % interval, per category, and every answer."""
+
+    model: str
+    template: str
+    mode: str  # "chat" or "completion"
+    n: int
+    correct: int
+    accuracy: float
+    ci95: tuple[float, float]
+    by_category: dict[str, float]
+    items: list[ItemAnswer] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci95"] = list(self.ci95)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AccuracyResult:
+        return from_fields(
+            cls,
+            {"model": "?", **d},
+            ci95=lambda v: (float(v[0]), float(v[1])),
+            items=lambda v: [from_fields(ItemAnswer, i) for i in v],
+        )
 
 
 @dataclass
@@ -209,7 +248,8 @@ def evaluate(
     template_names: Sequence[str],
     limit: int | None = None,
     on_item: Callable[[str, Item, bool], None] = lambda *_: None,
-) -> list[dict[str, Any]]:
+    model: str = "?",
+) -> list[AccuracyResult]:
     """One result per template: accuracy, Wilson 95 % interval, per-category accuracy and every answer."""
     unknown = [t for t in template_names if t not in evalset.templates]
     if unknown:
@@ -226,23 +266,108 @@ def evaluate(
                 chat_messages(item, tpl, evalset.shots), completion_prompt(item, tpl, evalset.shots)
             )
             ok = passes(item, ans)
-            details.append({"id": item.id, "category": item.category, "answer": ans, "correct": ok})
+            details.append(ItemAnswer(item.id, item.category, ans, ok))
             on_item(name, item, ok)
-        correct = sum(d["correct"] for d in details)
-        lo, hi = wilson(correct, len(details))
+        correct = sum(d.correct for d in details)
         cats: dict[str, list[bool]] = {}
         for d in details:
-            cats.setdefault(d["category"], []).append(d["correct"])
+            cats.setdefault(d.category, []).append(d.correct)
         results.append(
-            {
-                "template": name,
-                "mode": "chat" if answerer.chat else "completion",
-                "n": len(details),
-                "correct": correct,
-                "accuracy": correct / len(details),
-                "ci95": [lo, hi],
-                "by_category": {c: sum(v) / len(v) for c, v in cats.items()},
-                "items": details,
-            }
+            AccuracyResult(
+                model=model,
+                template=name,
+                mode="chat" if answerer.chat else "completion",
+                n=len(details),
+                correct=correct,
+                accuracy=correct / len(details),
+                ci95=wilson(correct, len(details)),
+                by_category={c: sum(v) / len(v) for c, v in cats.items()},
+                items=details,
+            )
         )
     return results
+
+
+def server_model(url: str, model: str | None, mode: str | None) -> tuple[str | None, bool]:
+    """The model to ask a server for and whether to chat, from its /v1/models when not given."""
+    import httpx
+
+    try:
+        data = httpx.get(url.rstrip("/") + "/v1/models", timeout=10).json()["data"]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        raise ValueError(f"cannot list models at {url}/v1/models: {exc}") from exc
+    entry = next((d for d in data if d.get("id") == model), None) if model else (data[0] if data else None)
+    if model and entry is None:
+        served = ", ".join(d.get("id", "?") for d in data)
+        raise ValueError(f"the server does not serve {model!r}; it serves {served}")
+    if mode is not None:
+        return model, mode == "chat"
+    return model, bool(((entry or {}).get("meta") or {}).get("chat_template", True))
+
+
+def run(
+    evalset: EvalSet,
+    templates: Sequence[str],
+    models: Sequence[str] | None = None,
+    url: str | None = None,
+    mode: str | None = None,
+    limit: int | None = None,
+    max_tokens: int = 48,
+    backend: str = "llamacpp",
+    threads: int | None = None,
+    label: str | None = None,
+    progress: Progress | None = None,
+) -> Run:
+    """The `bench accuracy` run: every template on every local model, or through the server at ``url``."""
+    from edgeinfer.bench.model import BUNDLED_BOTH
+    from edgeinfer.models.registry import resolve
+
+    progress = progress or Progress()
+    config = {
+        "url": url,
+        "models": list(models) if models else None,
+        "templates": list(templates),
+        "limit": limit,
+        "max_tokens": max_tokens,
+    }
+    bench = new_run("accuracy", config, label)
+    n_items = min(limit or len(evalset.items), len(evalset.items))
+    targets: list[str | None] = [None] if url else list(models or BUNDLED_BOTH)
+    progress.start("accuracy", len(targets) * len(templates) * n_items)
+    for spec in targets:
+        answerer: Any
+        if url:
+            name, chat = server_model(url, models[0] if models else None, mode)
+            answerer = HTTPAnswerer(url, name, chat, max_tokens)
+            close = answerer.close
+        else:
+            from edgeinfer.engine.load import LoadOptions, open_backend
+
+            assert spec is not None
+            name, _ = resolve(spec)
+            progress.step(f"loading {name}", 0)
+            answerer = BackendAnswerer(
+                open_backend(spec, LoadOptions(backend, n_ctx=2048, threads=threads)), max_tokens
+            )
+            close = answerer.backend.close
+
+        def on_item(tpl: str, item: Item, ok: bool, name: str | None = name) -> None:
+            progress.step(f"{name} {tpl} {item.id}")
+
+        try:
+            bench.results += evaluate(answerer, evalset, templates, limit, on_item, model=name or "?")
+        finally:
+            close()
+    return bench
+
+
+def rows(run: Run) -> Table:
+    """Accuracy per model and template, with its interval and the per-category split."""
+    body = []
+    for r in run.results:
+        cats = ", ".join(f"{c} {100 * v:.0f} %" for c, v in r.by_category.items())
+        lo, hi = r.ci95
+        acc = f"{100 * r.accuracy:.0f} % [{100 * lo:.0f}, {100 * hi:.0f}]"
+        body.append((r.model or "?", r.template, r.mode, f"{r.correct}/{r.n}", acc, cats))
+    header = ("model", "template", "mode", "correct", "accuracy [95 % CI]", "by category")
+    return Table("Accuracy (Wilson 95 % interval)", header, body, right=frozenset({3, 4}))
