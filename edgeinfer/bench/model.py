@@ -242,8 +242,7 @@ def run(
         progress.note(note)
     per_model = len(backends) * len(threads)
     progress.start("model bench", len(specs) * per_model * (len(tests) * (repeats + 1) + 1))
-    for spec in specs:
-        name, path = resolve(spec)
+    for name, path in [resolve(spec) for spec in specs]:  # a bad name fails before any measurement
         bench.results += run_model_bench(
             path, backends, threads, tests, repeats, progress.step, model_name=name
         )

@@ -224,11 +224,11 @@ def run(
     bench = new_run(
         "roofline", {"models": list(specs), "threads": threads, "model_run": str(model_run or "")}, label
     )
+    models = [resolve(spec) for spec in specs]  # a bad name fails before the measurements
     progress.start("measuring memory bandwidth and matmul throughput", None)
     dev = measure_device(threads, array_mib)
     bench.device = dev
-    for spec in specs:
-        name, path = resolve(spec)
+    for name, path in models:
         stats = read_stats(path)
         got_pp, got_tg = measured.get((name, "pp")), measured.get((name, "tg"))
         if got_pp is None or got_tg is None:
