@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import httpx
-from edgeinfer.api.process import ServerProcess
 
 from edgeinfer.bench.table import Format, Output, Table
 from edgeinfer.models.registry import resolve
+from edgeinfer.process import ServerProcess
 
 PROMPT = "Story {i}: Write a long, detailed story about a lighthouse keeper who finds a strange map."
 

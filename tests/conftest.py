@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeinfer.api.process import ServerProcess
 from edgeinfer.models.registry import resolve
+from edgeinfer.process import ServerProcess
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgeinfer.api.process import ServerProcess
+from edgeinfer.process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

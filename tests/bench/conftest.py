@@ -2,50 +2,26 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
-import httpx
 import pytest
 
-from edgeinfer.api.process import free_port
+from edgeinfer.process import HttpProcess, free_port
 
 
-class SlowServer:
+class SlowServer(HttpProcess):
+    """Started (and healthy) on construction."""
+
     def __init__(self, ttft: float, token: float, slots: int = 0):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "edgeinfer.bench.fake_server", "--port", str(self.port),
+        port = free_port()
+        cmd = [sys.executable, "-m", "edgeinfer.bench.fake_server", "--port", str(port),
                "--ttft-delay", str(ttft), "--token-delay", str(token), "--slots", str(slots)]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"slow server exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}"
-                )
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise TimeoutError("slow server did not come up in 30 s")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        log = Path(tempfile.mkstemp(prefix="slow-server-", suffix=".log")[1])
+        super().__init__(cmd, port=port, log=log, what="slow server")
+        self.start(timeout=30)
 
 
 @pytest.fixture
