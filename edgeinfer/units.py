@@ -1,9 +1,9 @@
 """The one parser for sizes and link rates typed by users (CLI flags, cluster YAML, device profiles).
 
-Sizes: ``300MB`` / ``1.5GiB`` / ``512k`` / ``500000000`` -> bytes (decimal ``KB/MB/GB``, binary ``KiB/MiB/GiB``,
-and the short ``K/M/G`` that memory flags conventionally mean as binary).
+Sizes: ``300MB`` / ``1.5GiB`` / ``512k`` / ``500000000`` -> bytes (decimal ``KB/MB/GB``, binary
+``KiB/MiB/GiB``, and the short ``K/M/G`` that memory flags conventionally mean as binary).
 Rates follow ``tc``: ``500kbit`` / ``20mbit`` / ``1gbit`` / ``12.5mbps`` (bytes per second) / ``1000000``
-(plain bits) -> bits per second. One grammar everywhere, so a value accepted by one command is accepted by all.
+(plain bits) -> bits per second. One grammar everywhere: a value accepted by one command is accepted by all.
 """
 
 from __future__ import annotations
