@@ -22,7 +22,7 @@ from edgeinfer.cluster.config import LOCAL
 from edgeinfer.cluster.host import ShardHost
 from edgeinfer.cluster.planner import Plan, Problem, Stage
 from edgeinfer.engine.base import ModelInfo, SamplingParams
-from edgeinfer.engine.sampling import Sampler
+from edgeinfer.engine.decode import decode_tokens
 from edgeinfer.engine.vocab import Vocab, VocabMixin
 
 log = logging.getLogger("edgeinfer.cluster")
@@ -148,18 +148,15 @@ class PipelineBackend(VocabMixin):
         if not prompt:
             raise ValueError("the prompt is empty")
         seq_id = uuid.uuid4().hex
-        sampler = Sampler(params)
         output = "top1" if params.greedy else "logits"
-        x = torch.tensor(list(prompt), dtype=torch.int32)
-        pos = 0
+
+        def forward(ids: list[int], pos: int):
+            out = self.step(seq_id, torch.tensor(ids, dtype=torch.int32), pos, output)
+            return int(out[0]) if params.greedy else out  # top1: the last node picked the token
+
         with self._lock:
             try:
-                while True:
-                    out = self.step(seq_id, x, pos, output)
-                    pos += x.shape[0]
-                    token = int(out[0]) if params.greedy else sampler(out)
-                    yield token
-                    x = torch.tensor([token], dtype=torch.int32)
+                yield from decode_tokens(forward, prompt, params, self.info.n_ctx)
             finally:
                 for stage in self.stages:
                     try:

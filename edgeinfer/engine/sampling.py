@@ -54,11 +54,3 @@ class Sampler:
             return int(torch.argmax(logits))
         probs = torch.softmax(filter_logits(logits, p.temperature, p.top_k, p.top_p), dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
-
-
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> int:
-    """One-off draw (greedy if ``params.temperature == 0``)."""
-    if params.greedy:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(filter_logits(logits, params.temperature, params.top_k, params.top_p), dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from edgeinfer.engine.base import ModelInfo, SamplingParams
-from edgeinfer.engine.sampling import Sampler
+from edgeinfer.engine.decode import decode_tokens
 from edgeinfer.engine.shard import Shard, layer_count
 from edgeinfer.engine.vocab import Vocab, VocabMixin
 
@@ -87,17 +87,8 @@ class ShardBackend(VocabMixin):
 
     def _generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
         seq = uuid.uuid4().hex
-        sampler = Sampler(params)
         try:
-            logits = self.forward(seq, prompt)
-            n = len(prompt)
-            while True:
-                token = sampler(logits)
-                yield token
-                if n >= self.info.n_ctx:
-                    return
-                logits = self.forward(seq, [token])
-                n += 1
+            yield from decode_tokens(lambda ids, _: self.forward(seq, ids), prompt, params, self.info.n_ctx)
         finally:
             self.drop(seq)
 
