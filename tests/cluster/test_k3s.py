@@ -506,6 +506,7 @@ def test_manifests_run_on_the_testbed(tmp_path):
 
             # the kubelet: startup probe until it passes (or its budget is spent), then readiness
             t0 = time.monotonic()
+            ready_order: list[str] = []
             while not all(p.ready for p in pods):
                 for pod in pods:
                     if pod.proc.poll() is not None:
@@ -519,6 +520,7 @@ def test_manifests_run_on_the_testbed(tmp_path):
                         pod.started = _probe(pod, p)
                     if pod.started and not pod.ready and _probe(pod, probes["readinessProbe"]):
                         pod.ready = True
+                        ready_order.append(pod.name)
                         _publish_dns(pods, services, hosts_files)
                 time.sleep(0.5)
             print(f"all {len(pods)} pods ready after {time.monotonic() - t0:.0f} s")
@@ -527,6 +529,7 @@ def test_manifests_run_on_the_testbed(tmp_path):
                 assert _probe(pod, pod.container["readinessProbe"]), pod.name
 
             gw = next(p for p in pods if p.container["command"][:2] == ["edgeinfer", "serve"])
+            assert ready_order[-1] == gw.name, ready_order  # not ready before its nodes were in DNS
             port = _port_number(gw.container, "http")
             base_url = f"http://{gw.ip}:{port}/v1"
             key = gw.env["EDGEINFER_API_KEY"]
