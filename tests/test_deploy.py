@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -55,6 +56,35 @@ def test_dockerfile_builds_llama_cpp_for_both_architectures():
     assert "-march=native" not in build and 'CMAKE_ARGS="$LLAMA_CMAKE_ARGS"' in build
     assert "--platform linux/amd64,linux/arm64" in DOCKERFILE.read_text()
     assert "--platform linux/amd64,linux/arm64" in (ROOT / "docs" / "deploy.md").read_text()
+
+
+def test_the_llama_cpp_step_passes_each_architectures_flags_to_pip(tmp_path):
+    """The build step's shell, run with each TARGETARCH and a `pip` that only reports what it was given."""
+    build, _ = _stages()
+    step = next(line for line in build.splitlines() if line.startswith("RUN case"))[len("RUN ") :]
+    (tmp_path / "pip").write_text('#!/bin/sh\necho "$CMAKE_ARGS|$FORCE_CMAKE|$*"\n')
+    (tmp_path / "pip").chmod(0o755)
+    cases = dict(re.findall(r'(\w+)\) LLAMA_CMAKE_ARGS="([^"]+)"', build))
+    for arch, flags in cases.items():
+        env = {"TARGETARCH": arch, "PATH": f"{tmp_path}:/usr/bin:/bin"}
+        out = subprocess.run(["sh", "-c", step], env=env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and out.stdout.strip() == f"{flags}|1|install --no-cache-dir .", out
+    env = {"TARGETARCH": "riscv64", "PATH": f"{tmp_path}:/usr/bin:/bin"}
+    out = subprocess.run(["sh", "-c", step], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "unsupported TARGETARCH" in out.stderr
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None,
+                    reason="needs aarch64-linux-gnu-gcc (apt-get install gcc-aarch64-linux-gnu)")  # fmt: skip
+def test_the_arm64_baseline_is_a_valid_aarch64_target(tmp_path):
+    build, _ = _stages()
+    arch = re.search(r"-DGGML_CPU_ARM_ARCH=(\S+?)\"", build).group(1)
+    src = tmp_path / "dot.c"
+    src.write_text("#include <arm_neon.h>\nint32x4_t f(int32x4_t a, int8x16_t b, int8x16_t c)"
+                   " { return vdotq_s32(a, b, c); }\n")  # fmt: skip
+    out = subprocess.run(["aarch64-linux-gnu-gcc", f"-march={arch}", "-c", src, "-o", tmp_path / "dot.o"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr  # the dot-product instructions GGML's Q4/Q8 kernels use
 
 
 def test_the_image_runs_unprivileged_with_caches_where_the_manifests_mount_them():
