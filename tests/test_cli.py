@@ -23,7 +23,7 @@ def test_help_lists_every_command() -> None:
 def test_serve_help_documents_every_option() -> None:
     out = run("serve", "--help").stdout
     options = ("--model", "--host", "--port", "--backend", "--weight-format", "--ctx-size", "--threads")
-    for option in (*options, "--max-queue"):
+    for option in (*options, "--max-queue", "--allow-special-tokens"):
         assert option in out
 
 
