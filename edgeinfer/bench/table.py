@@ -102,7 +102,8 @@ class Output:
         from rich.table import Table as RichTable
         from rich.text import Text
 
-        console = Console(file=stream)
+        # on a terminal rich fits its width; written to a pipe or file (-f table), the table keeps its own
+        console = Console(file=stream, width=None if stream.isatty() else 400)
         for note in table.notes:
             console.print(Text(note))
         rt = RichTable(title=table.title)

@@ -154,6 +154,10 @@ def test_piped_tables_are_full_width_markdown(tmp_path: Path) -> None:
               "projected decode tok/s")  # fmt: skip
     assert "| " + " | ".join(header) + " |" in out
     assert "| 7B | int4 | rpi5-8gb | 4096 |" in out and "…" not in out
+    table = _piped(
+        ["fit", "-m", "7B", "-q", "int4", "--no-measure", "-f", "table", "-o", str(tmp_path / "t.json")]
+    )
+    assert "projected decode tok/s" in table and "┃ model ┃" in table and "…" not in table  # rich, unsqueezed
     out = _piped(
         [
             "roofline",
