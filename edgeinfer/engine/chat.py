@@ -7,8 +7,8 @@ next speaker's turn.
 
 Message contents are user text: a user who types ``<|im_end|>`` must not close their turn with the control
 token. The template's own text is tokenized with special tokens parsed; a content that spells a special
-token is tokenized as plain text (unless ``allow_special_tokens``). The template is rendered once more with a
-unique placeholder per content to find where each content sits in the prompt.
+token is tokenized as plain text (unless ``allow_special_tokens``): then the template is rendered once more
+with a unique placeholder per content, to find where each content sits in the prompt.
 """
 
 from __future__ import annotations
@@ -35,17 +35,14 @@ class Segment:
 
 @dataclass(frozen=True)
 class RenderedChat:
-    """The formatted conversation, as pieces that say which text came from the messages."""
+    """The formatted conversation; with ``separate=True`` also as pieces that say which text came from the
+    messages (None when the template changes or inspects contents, so that they cannot be told apart)."""
 
-    segments: tuple[Segment, ...]
+    text: str
     contents: tuple[str, ...]  # the messages' contents, as sent
-    separated: bool = True  # False: the template changed or inspected contents, ``segments`` is one piece
+    segments: tuple[Segment, ...] | None = None
     extra_stops: tuple[str, ...] = ()
     add_bos: bool = True  # False when the template writes the BOS token itself
-
-    @property
-    def text(self) -> str:
-        return "".join(s.text for s in self.segments)
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,7 @@ class ChatFormatter:
     def for_model(cls, info: ModelInfo) -> ChatFormatter:
         return cls(info.chat_template, info.bos_token, info.eos_token)
 
-    def format(self, messages: Sequence[dict[str, Any]]) -> RenderedChat:
+    def format(self, messages: Sequence[dict[str, Any]], separate: bool = False) -> RenderedChat:
         # "developer" is OpenAI's newer name for the system role; templates only know "system"
         msgs = [
             {
@@ -104,10 +101,8 @@ class ChatFormatter:
             return self._plain(msgs)
         text = self._render(msgs)
         add_bos = not (self.bos_token and text.startswith(self.bos_token))
-        segments = self._segments(msgs, text)
-        contents = tuple(m["content"] for m in msgs)
-        separated = segments is not None
-        return RenderedChat(segments or (Segment(text, False),), contents, separated, add_bos=add_bos)
+        segments = self._segments(msgs, text) if separate else None
+        return RenderedChat(text, tuple(m["content"] for m in msgs), segments, add_bos=add_bos)
 
     def _render(self, msgs: list[dict[str, str]]) -> str:
         assert self._template is not None
@@ -151,8 +146,9 @@ class ChatFormatter:
             segments.append(Segment(m["content"].strip(), content=True))
             segments.append(Segment("\n", content=False))
         segments.append(Segment("Assistant:", content=False))
+        pieces = tuple(s for s in segments if s.text)
         contents = tuple(m["content"] for m in msgs)
-        return RenderedChat(tuple(s for s in segments if s.text), contents, extra_stops=PLAIN_STOPS)
+        return RenderedChat("".join(s.text for s in pieces), contents, pieces, extra_stops=PLAIN_STOPS)
 
 
 def _spells_special_tokens(backend: Backend, text: str) -> bool:
@@ -177,12 +173,13 @@ def build_chat_prompt(
         # the usual case: nothing to keep apart, one pass over the whole text
         tokens = backend.tokenize(rendered.text, add_bos=rendered.add_bos, special=True)
         return ChatPrompt(tokens, rendered.extra_stops)
-    if not rendered.separated:
+    rendered = formatter.format(messages, separate=True)  # render again, to find the contents
+    if rendered.segments is None:
         raise ChatFormatError(
             "a message spells a special token (such as an end-of-turn marker) and this model's chat "
             "template does not allow keeping message text apart; remove it"
         )
-    tokens = []
+    tokens: list[int] = []
     for i, seg in enumerate(rendered.segments):
         add_bos = rendered.add_bos and i == 0
         tokens += backend.tokenize(seg.text, add_bos=add_bos, special=not seg.content)

@@ -30,7 +30,7 @@ def _special(backend, name: str) -> int:
 
 def test_ordinary_messages_give_the_same_tokens_as_the_whole_rendered_prompt(qwen) -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
-    rendered = ChatFormatter.for_model(qwen.info).format(messages)
+    rendered = ChatFormatter.for_model(qwen.info).format(messages, separate=True)
     prompt = build_chat_prompt(qwen, messages)
     assert prompt.tokens == qwen.tokenize(rendered.text, add_bos=rendered.add_bos, special=True)
     assert [s.text for s in rendered.segments if s.content] == ["Be brief.", "What is 2+2?"]
