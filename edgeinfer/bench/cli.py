@@ -27,7 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
-out = Console()
+out = Console(soft_wrap=True)  # a long line stays one line when piped
 err = Console(stderr=True)
 
 

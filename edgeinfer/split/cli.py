@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from edgeinfer.bench.table import Format
+from edgeinfer.bench.table import Format, Output
+from edgeinfer.bench.table import Table as ResultTable
 
 app = typer.Typer(help="Device<->edge split computing and early exit for DNNs.", no_args_is_help=True)
-out = Console()
+out = Console(soft_wrap=True)  # a long line stays one line when piped
 err = Console(stderr=True)
 
 ModelOpt = Annotated[
@@ -47,6 +47,11 @@ ObjectiveOpt = Annotated[
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(2)
+
+
+def _show(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int]) -> None:
+    """A result table as the bench harness prints it: rich on a terminal, Markdown when piped."""
+    Output().table(ResultTable(title, header, rows, frozenset(right)))
 
 
 def _load_model(name: str, retrain: bool = False):
@@ -112,14 +117,16 @@ def train(
     from edgeinfer.models.dnn.zoo import ZOO
 
     m = _load_model(model, retrain)
-    table = Table(title=f"{model}: {ZOO[model].description}")
-    for col in ("exit", "after backbone layer", "path layers", "val accuracy", "test accuracy"):
-        table.add_column(col)
-    for e in m.exits:
-        table.add_row(
-            e.name, str(e.at), str(len(m.path(e.name))), f"{e.val_accuracy:.3f}", f"{e.accuracy:.3f}"
-        )
-    out.print(table)
+    rows = [
+        (e.name, str(e.at), str(len(m.path(e.name))), f"{e.val_accuracy:.3f}", f"{e.accuracy:.3f}")
+        for e in m.exits
+    ]
+    _show(
+        f"{model}: {ZOO[model].description}",
+        ("exit", "after backbone layer", "path layers", "val accuracy", "test accuracy"),
+        rows,
+        {1, 2, 3, 4},
+    )
     n = m.meta.get("n", {})
     sizes = f"train {n.get('train')}, val {n.get('val')}, test {n.get('test')}"
     out.print(f"weights: {m.meta['weights']} ({sizes}; trained in {m.meta.get('train_seconds')} s)")
@@ -151,13 +158,24 @@ def profile(
     x = digits(m.backbone.in_shape[-1])["val"].x[:16]
     with err.status(f"profiling {model} as {spec.name} ({warmup} + {repeats} passes) ..."):
         prof = profile_model(m, spec, x, warmup, repeats)
-    table = Table(title=f"{model} on {spec.name}" + (" (emulated)" if spec.emulated else ""))
-    for col in ("layer", "kind", "MACs", "ms", "out bytes", "fp16+lz4", "int8+zstd"):
-        table.add_column(col, justify="right" if col not in ("layer", "kind") else "left")
-    for name, lp in prof.layers.items():
-        table.add_row(name, lp.kind, f"{lp.macs:,}", f"{lp.ms:.3f}", f"{lp.out_bytes:,}",
-                      f"{lp.wire['fp16+lz4']:,}", f"{lp.wire['int8+zstd']:,}")  # fmt: skip
-    out.print(table)
+    rows = [
+        (
+            name,
+            lp.kind,
+            f"{lp.macs:,}",
+            f"{lp.ms:.3f}",
+            f"{lp.out_bytes:,}",
+            f"{lp.wire['fp16+lz4']:,}",
+            f"{lp.wire['int8+zstd']:,}",
+        )
+        for name, lp in prof.layers.items()
+    ]
+    _show(
+        f"{model} on {spec.name}" + (" (emulated)" if spec.emulated else ""),
+        ("layer", "kind", "MACs", "ms", "out bytes", "fp16+lz4", "int8+zstd"),
+        rows,
+        {2, 3, 4, 5, 6},
+    )
     out.print(f"input: {prof.input_bytes:,} bytes fp32, {prof.input_wire['fp16+lz4']:,} fp16+lz4")
     if output:
         prof.save(output)
@@ -173,18 +191,20 @@ def _predictor_report(spec, prof, bank: int) -> None:
         samples = measure_bank(spec, n=bank)
     fit, held = split_holdout(samples)
     pred = Predictor(fit)
-    table = Table(title="latency predictor: absolute % error on held-out layers")
-    for col in ("held-out set", "kind", "n", "median error", "mean error"):
-        table.add_column(col)
-    for label, ev in (
-        ("random layers (25%)", pred.evaluate(held)),
-        (prof.model, pred.evaluate(from_profile(prof.layers))),
-    ):
-        for kind, st in ev.items():
-            table.add_row(
-                label, kind, str(st["n"]), f"{100 * st['median_ape']:.0f}%", f"{100 * st['mean_ape']:.0f}%"
-            )
-    out.print(table)
+    rows = [
+        (label, kind, str(st["n"]), f"{100 * st['median_ape']:.0f}%", f"{100 * st['mean_ape']:.0f}%")
+        for label, ev in (
+            ("random layers (25%)", pred.evaluate(held)),
+            (prof.model, pred.evaluate(from_profile(prof.layers))),
+        )
+        for kind, st in ev.items()
+    ]
+    _show(
+        "latency predictor: absolute % error on held-out layers",
+        ("held-out set", "kind", "n", "median error", "mean error"),
+        rows,
+        {2, 3, 4},
+    )
 
 
 @app.command()
@@ -221,8 +241,24 @@ def plan(
         _fail(str(exc))
     path = next(p for p in paths if p.exit == best.exit)
     names = dev.exits[best.exit]["path"]
-    table = Table(title=f"{model}, exit {best.exit}: every split at {link} ({dtype}+{codec})")
-    for col in (
+    rows = []
+    for s in range(path.n + 1):
+        o = evaluate(path, s, link, dev.device.power)
+        mark = " <-" if s == best.split else ""
+        rows.append(
+            (
+                f"{s}{mark}",
+                names[s - 1] if s else "(input)",
+                o.where,
+                f"{o.wire_bytes:,}",
+                f"{o.device_ms:.2f}",
+                f"{o.transfer_ms:.2f}",
+                f"{o.edge_ms:.2f}",
+                f"{o.total_ms:.2f}",
+                f"{1000 * o.energy_j:.2f}",
+            )
+        )
+    header = (
         "split",
         "after layer",
         "where",
@@ -232,15 +268,8 @@ def plan(
         "edge ms",
         "total ms",
         "energy mJ",
-    ):
-        table.add_column(col, justify="right")
-    for s in range(path.n + 1):
-        o = evaluate(path, s, link, dev.device.power)
-        mark = " <-" if s == best.split else ""
-        table.add_row(f"{s}{mark}", names[s - 1] if s else "(input)", o.where, f"{o.wire_bytes:,}",
-                      f"{o.device_ms:.2f}", f"{o.transfer_ms:.2f}", f"{o.edge_ms:.2f}", f"{o.total_ms:.2f}",
-                      f"{1000 * o.energy_j:.2f}")  # fmt: skip
-    out.print(table)
+    )
+    _show(f"{model}, exit {best.exit}: every split at {link} ({dtype}+{codec})", header, rows, set(range(9)))
     for p in paths:
         o = best_split(p, link, objective, dev.device.power, deadline_ms)
         acc = f"{p.accuracy:.3f}"
@@ -328,8 +357,7 @@ def _summary(results, replans: int) -> None:
 
     lat = [r.latency_ms for r, _ in results]
     acc = sum(r.pred == y for r, y in results) / len(results)
-    table = Table(title=f"{len(results)} inputs")
-    for col in (
+    header = (
         "accuracy",
         "median ms",
         "p90 ms",
@@ -339,16 +367,16 @@ def _summary(results, replans: int) -> None:
         "early exits",
         "fallbacks",
         "re-plans",
-    ):
-        table.add_column(col)
+    )
     where = [r.where for r, _ in results]
     lat_sorted = sorted(lat)
     p90 = lat_sorted[int(0.9 * (len(lat) - 1))]
     early, fallbacks = sum(r.early for r, _ in results), sum(r.fallback for r, _ in results)
     counts = [str(where.count(w)) for w in ("device", "split", "edge")]
     cells = [f"{acc:.3f}", f"{statistics.median(lat):.2f}", f"{p90:.2f}", *counts]
-    table.add_row(*cells, str(early), str(fallbacks), str(replans))
-    out.print(table)
+    _show(
+        f"{len(results)} inputs", header, [(*cells, str(early), str(fallbacks), str(replans))], set(range(9))
+    )
     reasons = {r.reason for r, _ in results if r.reason}
     for reason in sorted(reasons):
         out.print(f"[yellow]fallback:[/] {reason}")
