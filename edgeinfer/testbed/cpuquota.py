@@ -15,6 +15,7 @@ controller at ``/sys/fs/cgroup/cpu``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import threading
@@ -115,3 +116,18 @@ class Throttle:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_shared: dict[tuple[float, int], Throttle] = {}
+_lock = threading.Lock()
+
+
+def shared(fraction: float, period_us: int = 10_000) -> Throttle:
+    """One group per quota in this process: every device client of the process draws on the same budget, as
+    the layers of one device would (separate groups would each start with a full period's quota)."""
+    with _lock:
+        t = _shared.get((fraction, period_us))
+        if t is None:
+            t = _shared[(fraction, period_us)] = Throttle(fraction, period_us)
+            atexit.register(t.close)
+        return t

@@ -68,3 +68,10 @@ def test_effective_slowdown_is_measured_and_close_to_the_quota():
     with Throttle(0.25, period_us=10_000) as t:
         s = t.effective_slowdown(lambda: _spin(0.005), seconds=0.6)
     assert 2.0 < s < 8.0  # nominally 4; overruns lower it, other load on the machine raises it
+
+
+@needs_quota
+def test_device_clients_of_one_process_share_one_group():
+    a, b = cpuquota.shared(0.5, 8_000), cpuquota.shared(0.5, 8_000)
+    assert a is b and a.path.is_dir()
+    assert cpuquota.shared(0.25, 8_000) is not a
