@@ -119,3 +119,14 @@ def check_parallel(n_slots: int, per_slot: int, available: int, headroom: float 
 def default_parallel(per_slot: int, available: int, headroom: float = 0.5) -> int:
     """``DEFAULT_PARALLEL`` slots, or as many as fit in ``headroom`` of the available memory (at least 1)."""
     return max(1, min(DEFAULT_PARALLEL, int(headroom * available // max(per_slot, 1))))
+
+
+def plan_parallel(model_paths: Sequence[str], n_ctx: int, requested: int | None) -> int:
+    """The slots per model: ``requested`` if the KV caches of every model fit, else an error; the default
+    (``None``) is ``DEFAULT_PARALLEL`` or as many as fit."""
+    per_slot = sum(kv_shape(str(p)).bytes_per_slot(n_ctx) for p in model_paths)
+    available = available_memory()
+    if requested is None:
+        return default_parallel(per_slot, available)
+    check_parallel(requested, per_slot, available)
+    return requested
