@@ -9,7 +9,14 @@ import time
 import grpc
 
 from edgeinfer.cluster import wire
-from edgeinfer.cluster.host import Capabilities, ForwardResult, LayerProfile, LoadResult, ShardStatus
+from edgeinfer.cluster.host import (
+    Capabilities,
+    ForwardResult,
+    LayerProfile,
+    LoadResult,
+    PingResult,
+    ShardStatus,
+)
 from edgeinfer.cluster.node import GRPC_OPTIONS
 from edgeinfer.cluster.proto import node_pb2, node_pb2_grpc
 
@@ -64,8 +71,10 @@ class NodeClient:
         start_pos: int,
         output: str = "logits",
         wire_dtype: str = "f16",
+        timeout: float | None = None,
     ) -> ForwardResult:
-        """x: token ids (sent as i32) or hidden states (sent as ``wire_dtype``)."""
+        """x: token ids (sent as i32) or hidden states (sent as ``wire_dtype``); ``timeout``: this call's
+        deadline in seconds (default: the client's), the gateway derives it from the profiled step time."""
         import torch
 
         dtype = wire_dtype if torch.is_floating_point(x) else "i32"
@@ -77,7 +86,7 @@ class NodeClient:
             output=output,
             wire_dtype=wire_dtype,
         )
-        reply = self._call("forward", self.stub.Forward, req)
+        reply = self._call("forward", self.stub.Forward, req, timeout=timeout)
         return ForwardResult(wire.decode(reply.output), reply.compute_seconds, reply.seq_len)
 
     def drop(self, seq_id: str, shard_id: str = "") -> None:
@@ -125,21 +134,28 @@ class NodeClient:
             profile=profile,
         )
 
-    def ping(self, payload_bytes: int = 0, reply_bytes: int = 0) -> float:
-        """Seconds for one Ping round trip carrying ``payload_bytes`` out and ``reply_bytes`` back."""
+    def ping(self, payload_bytes: int = 0, reply_bytes: int = 0, timeout: float | None = None) -> PingResult:
+        """One Ping round trip carrying ``payload_bytes`` out and ``reply_bytes`` (<= 1 MiB) back: its time
+        in seconds and the node's load (the failover heartbeat)."""
         req = node_pb2.PingRequest(payload=b"\0" * payload_bytes, reply_bytes=reply_bytes)
         t0 = time.perf_counter()
-        self._call("ping", self.stub.Ping, req)
-        return time.perf_counter() - t0
+        r = self._call("ping", self.stub.Ping, req, timeout=timeout)
+        return PingResult(
+            seconds=time.perf_counter() - t0,
+            load1=r.load1,
+            free_bytes=r.free_bytes,
+            active_sequences=r.active_sequences,
+            uptime_s=r.uptime_s,
+        )
 
     def probe_link(self, n_rtt: int = 15, max_probe_seconds: float = 1.0) -> tuple[float, float]:
         """(median RTT in s, bandwidth in bytes/s): small pings, then payloads growing from 64 KiB up to 4 MiB
         until one takes >= 50 ms (or the next would exceed ``max_probe_seconds``)."""
         self.ping()  # warm the channel
-        rtt = statistics.median(self.ping() for _ in range(n_rtt))
+        rtt = statistics.median(self.ping().seconds for _ in range(n_rtt))
         size, samples = 64 * 1024, []
         while True:
-            t = min(self.ping(size) for _ in range(2))
+            t = min(self.ping(size).seconds for _ in range(2))
             samples.append(size / max(t - rtt, 1e-6))
             if t >= 0.05 or size >= 4 << 20 or t * 4 > max_probe_seconds:
                 break

@@ -79,6 +79,20 @@ class Capabilities:
     profile: LayerProfile | None = None  # set when asked to measure a model
 
 
+@dataclass(frozen=True)
+class PingResult:
+    """One Ping round trip: the failover heartbeat and the link probe's sample."""
+
+    seconds: float  # round trip measured by the caller (0 on the node's side)
+    load1: float  # 1-minute load average
+    free_bytes: int  # bytes the node may still use: its ceiling minus weights minus KV caches
+    active_sequences: int  # sequences with a KV cache on the node (over all shards)
+    uptime_s: float  # seconds since the node started
+
+
+MAX_PING_REPLY = 1 << 20  # bytes a Ping may ask back
+
+
 @dataclass
 class _Loaded:
     shard: object  # edgeinfer.engine.shard.Shard
@@ -105,10 +119,31 @@ class ShardHost:
         self.active = 0
         self._lock = threading.Lock()  # one forward at a time: shards share the node's cores
         self._profiles: dict[str, LayerProfile] = {}
+        self._started = time.monotonic()
 
     # --- shards ------------------------------------------------------------------------------------------
     def used_bytes(self) -> int:
         return sum(s.weight_bytes for s in self.shards.values())
+
+    def kv_bytes(self) -> int:
+        return sum(c.nbytes for s in list(self.shards.values()) for c in list(s.shard._caches.values()))
+
+    def sequence_count(self) -> int:
+        return sum(len(s.seqs) for s in list(self.shards.values()))
+
+    def heartbeat(self, reply_bytes: int = 0) -> PingResult:
+        """The node's load for a Ping; takes no lock (answers while a long forward runs)."""
+        if not 0 <= reply_bytes <= MAX_PING_REPLY:
+            raise HostError(
+                f"node {self.node_id}: reply_bytes must lie in [0, {MAX_PING_REPLY}], got {reply_bytes}"
+            )
+        return PingResult(
+            seconds=0.0,
+            load1=os.getloadavg()[0],
+            free_bytes=self.free_bytes(),
+            active_sequences=self.sequence_count(),
+            uptime_s=time.monotonic() - self._started,
+        )
 
     def free_bytes(self) -> int:
         import psutil

@@ -91,8 +91,12 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
     def GetCapabilities(self, request, context):
         return capabilities_to_proto(self.host.capabilities(request.model or None, request.measure))
 
+    @_guard
     def Ping(self, request, context):
-        return node_pb2.PingReply(payload=b"\0" * max(0, request.reply_bytes))
+        beat = self.host.heartbeat(request.reply_bytes)
+        fields = asdict(beat)
+        del fields["seconds"]
+        return node_pb2.PingReply(payload=b"\0" * request.reply_bytes, **fields)
 
 
 def capabilities_to_proto(caps: Capabilities) -> node_pb2.Capabilities:

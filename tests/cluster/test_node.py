@@ -115,3 +115,18 @@ def test_link_probe(node):
     client, _ = node
     rtt, bandwidth = client.probe_link()
     assert 0 < rtt < 1.0 and bandwidth > 1e6
+
+
+def test_ping_reports_the_node_load_and_caps_the_reply(node, tiny):
+    client, host = node
+    a = client.load(str(tiny), 0, 2)
+    client.forward(a.shard_id, "hb", torch.tensor([1, 2, 3]), 0)
+    beat = client.ping(reply_bytes=1 << 20)
+    assert beat.seconds > 0 and beat.uptime_s > 0 and beat.load1 >= 0
+    assert beat.active_sequences == 1 and beat.free_bytes > 0
+    with pytest.raises(NodeError, match="INVALID_ARGUMENT.*reply_bytes"):
+        client.ping(reply_bytes=(1 << 20) + 1)
+    with pytest.raises(NodeError, match="INVALID_ARGUMENT.*reply_bytes"):
+        client.ping(reply_bytes=-1)
+    client.unload(a.shard_id)
+    assert client.ping().active_sequences == 0
