@@ -9,6 +9,7 @@ import time
 import grpc
 
 from edgeinfer.cluster import wire
+from edgeinfer.cluster.auth import ClusterSecurity, call_metadata, open_channel
 from edgeinfer.cluster.host import (
     Capabilities,
     ForwardResult,
@@ -29,18 +30,26 @@ class NodeError(RuntimeError):
 
 class NodeClient:
     def __init__(
-        self, address: str, name: str | None = None, timeout: float = 30.0, load_timeout: float = 300.0
+        self,
+        address: str,
+        name: str | None = None,
+        timeout: float = 30.0,
+        load_timeout: float = 300.0,
+        security: ClusterSecurity | None = None,
     ):
+        """``security``: the cluster token and/or mutual TLS the node requires (None: an open node)."""
         self.address = address
         self.name = name or address
         self.timeout = timeout
         self.load_timeout = load_timeout
-        self.channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+        self.security = security
+        self.channel = open_channel(address, security, GRPC_OPTIONS)
+        self._metadata = call_metadata(security) if security else ()
         self.stub = node_pb2_grpc.NodeStub(self.channel)
 
     def _call(self, what: str, method, request, timeout: float | None = None):
         try:
-            return method(request, timeout=timeout or self.timeout)
+            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             code = exc.code().name if exc.code() else "UNKNOWN"
             raise NodeError(self.name, self.address, what, code, exc.details() or str(exc)) from None
@@ -169,11 +178,12 @@ class NodeClient:
 class NodePool:
     """The gateway's connections to its nodes, by node name; the one owner that closes them."""
 
-    def __init__(self) -> None:
+    def __init__(self, security: ClusterSecurity | None = None) -> None:
+        self.security = security  # the token / certificates every connection uses
         self._clients: dict[str, NodeClient] = {}
 
     def connect(self, name: str, address: str, timeout: float) -> NodeClient:
-        client = NodeClient(address, name, timeout=timeout)
+        client = NodeClient(address, name, timeout=timeout, security=self.security)
         self._clients[name] = client
         return client
 

@@ -89,6 +89,20 @@ class PlannerOptions(_Strict):
         return parse_bytes(v)
 
 
+class TlsOptions(_Strict):
+    """Mutual TLS towards the nodes (files from `edgeinfer cluster certs`, see docs/security.md)."""
+
+    ca: str  # the cluster CA certificate (PEM)
+    cert: str  # the gateway's certificate
+    key: str  # its private key
+    server_name: str = "edgeinfer-node"  # the name every node certificate carries
+
+
+class SecurityOptions(_Strict):
+    token_file: str | None = None  # the cluster token; default: $EDGEINFER_CLUSTER_TOKEN (none: no token)
+    tls: TlsOptions | None = None
+
+
 class ClusterConfig(_Strict):
     model: str = Field(min_length=1)  # bundled model name or GGUF path (resolved on every node)
     name: str | None = None  # served model name; default: the model's
@@ -99,6 +113,7 @@ class ClusterConfig(_Strict):
     wire_dtype: WireDtype = "f16"
     rpc_timeout: float = Field(60.0, gt=0)
     threads: int = Field(0, ge=0)  # per shard on the nodes; 0 = the node's default
+    security: SecurityOptions = SecurityOptions()  # how the gateway authenticates to the nodes
 
     @model_validator(mode="after")
     def _nodes(self) -> ClusterConfig:

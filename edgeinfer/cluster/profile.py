@@ -9,6 +9,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from edgeinfer.cluster.auth import cluster_security
 from edgeinfer.cluster.client import NodeClient, NodeError, NodePool
 from edgeinfer.cluster.config import LOCAL, ClusterConfig, discover
 from edgeinfer.cluster.host import LayerProfile, ShardHost
@@ -80,7 +81,7 @@ def profile_cluster(cfg: ClusterConfig, progress=None) -> ClusterProfile:
     """Connect to every node, measure it and its link. ``progress(message)`` is called between steps."""
     say = progress or (lambda m: log.info(m))
     specs = discover(cfg)
-    out = ClusterProfile([])
+    out = ClusterProfile([], clients=NodePool(cluster_security(cfg)))
     try:
         for spec in specs:
             client = out.clients.connect(spec.name, spec.address, timeout=cfg.rpc_timeout)
