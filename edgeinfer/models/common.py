@@ -19,8 +19,14 @@ from edgeinfer.models.gguf_file import GGUFFile
 
 WEIGHT_FORMATS = ("gguf", "int8", "bf16", "f32")
 # bf16 matrix products through oneDNN with pre-packed weights (decode: 3x faster than F.linear, see
-# docs/shard-engine.md); absent on builds without oneDNN or without the op
-MKLDNN_BF16 = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# docs/shard-engine.md); absent on builds without oneDNN or without the op, and on CPUs whose instruction set
+# oneDNN's bf16 path does not support (no AVX-512 BW/VL/DQ nor AVX-NE-CONVERT: most AVX2-only x86, ARM):
+# there the bf16 format falls back to F.linear on bf16 tensors
+MKLDNN_BF16 = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    and bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+)
 
 
 @dataclass(frozen=True)
