@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from edgeinfer.api import dashboard
 from edgeinfer.api.errors import APIError, install_handlers, parse_body
 from edgeinfer.api.guard import Guard, HostCheck, HTTPPolicy
 from edgeinfer.api.metrics import CountRequests, Metrics
@@ -231,5 +232,6 @@ def create_app(
             )
         return await collect_events(request.receive, job, worker, Shape(rid, created, worker.name, chat))
 
+    dashboard.install(app, models.workers.values(), metrics)
     app.add_middleware(CountRequests, metrics=metrics, routes=frozenset(r.path for r in app.routes))
     return app

@@ -33,7 +33,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DEFAULT_MAX_BODY_BYTES = 8 << 20  # 8 MiB: a full 128k-token context as JSON token ids is ~1 MB
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
-OPEN_PATHS = ("/health",)  # answered without a key, always
+OPEN_PATHS = ("/health", "/dashboard")  # answered without a key, always
+OPEN_PREFIXES = ("/dashboard/",)  # the dashboard's script and style: no data (its state route is keyed)
 
 
 def default_allowed_hosts(bind_host: str) -> tuple[str, ...]:
@@ -92,7 +93,7 @@ class HTTPPolicy:
         return False
 
     def needs_key(self, path: str) -> bool:
-        if not self.api_keys.enabled or path in OPEN_PATHS:
+        if not self.api_keys.enabled or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return False
         return self.metrics_need_key or path != "/metrics"
 
