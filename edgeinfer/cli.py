@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeinfer.bench.cli import app as bench_app
-from edgeinfer.cluster.cli import node, plan, testbed_app
+from edgeinfer.cluster.cli import cluster_app, node, plan, testbed_app
 from edgeinfer.models.registry import DEFAULT_MODEL
 from edgeinfer.split.cli import app as split_app
 
@@ -194,7 +194,7 @@ def generate(
     is a base model)."""
     from edgeinfer.engine.base import SamplingParams
     from edgeinfer.engine.chat import ChatFormatError, build_chat_prompt
-    from edgeinfer.engine.generate import ContextLengthExceeded, Delta, Result, stream
+    from edgeinfer.engine.generate import ContextLengthExceeded, Delta, GenerationResult, stream
     from edgeinfer.engine.load import BackendUnavailable, LoadOptions, open_backend
     from edgeinfer.models.registry import ModelNotFound
 
@@ -228,7 +228,7 @@ def generate(
             if isinstance(item, Delta):
                 sys.stdout.write(item.text)
                 sys.stdout.flush()
-            elif isinstance(item, Result):
+            elif isinstance(item, GenerationResult):
                 sys.stdout.write("\n")
                 decode = len(item.token_times) / sum(item.token_times) if item.token_times else 0.0
                 err.print(
@@ -263,6 +263,7 @@ def models() -> None:
 app.command("node")(node)
 app.command("plan")(plan)
 app.add_typer(testbed_app, name="testbed")
+app.add_typer(cluster_app, name="cluster")
 
 
 def main() -> None:

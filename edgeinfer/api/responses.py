@@ -15,10 +15,10 @@ from fastapi.responses import JSONResponse
 
 from edgeinfer.api.errors import APIError, error_body
 from edgeinfer.api.worker import Job, ModelWorker
-from edgeinfer.engine.generate import Delta, Result
+from edgeinfer.engine.generate import Delta, GenerationResult
 
 
-def _usage(result: Result) -> dict[str, int]:
+def _usage(result: GenerationResult) -> dict[str, int]:
     return {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
@@ -60,13 +60,13 @@ class Shape:
             out["usage"] = None
         return out
 
-    def usage_chunk(self, result: Result) -> dict[str, Any]:
+    def usage_chunk(self, result: GenerationResult) -> dict[str, Any]:
         """The extra last chunk of ``stream_options.include_usage``: no choices, the request's usage."""
         out = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [])
         out["usage"] = _usage(result)
         return out
 
-    def final(self, result: Result) -> dict[str, Any]:
+    def final(self, result: GenerationResult) -> dict[str, Any]:
         if self.chat:
             message = {"role": "assistant", "content": result.text}
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": result.finish_reason}
@@ -113,7 +113,7 @@ async def stream_events(receive: Receive, job: Job, worker: ModelWorker, shape: 
                 return
             if isinstance(item, Delta):
                 yield _sse(shape.chunk(item.text, None))
-            elif isinstance(item, Result):
+            elif isinstance(item, GenerationResult):
                 yield _sse(shape.chunk(None if shape.chat else "", item.finish_reason))
                 if shape.include_usage:  # usage once, in its own chunk, as OpenAI sends it
                     yield _sse(shape.usage_chunk(item))
@@ -135,7 +135,7 @@ async def collect_events(receive: Receive, job: Job, worker: ModelWorker, shape:
             item = await job.events.get()
             if item is GONE:  # nobody will read this answer
                 return JSONResponse(error_body(499, "client closed the request"), status_code=499)
-            if isinstance(item, Result):
+            if isinstance(item, GenerationResult):
                 return JSONResponse(shape.final(item))
             if isinstance(item, Exception):
                 raise APIError(500, f"generation failed: {item}", code="internal_error")

@@ -19,7 +19,7 @@ from typing import Any
 
 from edgeinfer.api.metrics import Metrics
 from edgeinfer.engine.base import Backend, SamplingParams
-from edgeinfer.engine.generate import Result, stream
+from edgeinfer.engine.generate import GenerationResult, stream
 
 
 class QueueFull(Exception):
@@ -130,10 +130,10 @@ class ModelWorker:
         assert self.backend is not None
         for item in stream(self.backend, job.prompt, job.params, cancelled=job.cancel.is_set):
             job.emit(item)
-            if isinstance(item, Result):
+            if isinstance(item, GenerationResult):
                 self._observe(job, item)
 
-    def _observe(self, job: Job, result: Result) -> None:
+    def _observe(self, job: Job, result: GenerationResult) -> None:
         m, name = self.metrics, self.name
         m.prompt_tokens.labels(name).inc(result.prompt_tokens)
         m.generation_tokens.labels(name).inc(result.completion_tokens)

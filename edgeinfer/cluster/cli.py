@@ -1,4 +1,5 @@
-"""CLI commands of the cluster: `edgeinfer node`, `edgeinfer plan`, `edgeinfer testbed up|down|status`.
+"""CLI commands of the cluster: `edgeinfer node`, `edgeinfer plan`, `edgeinfer testbed up|down|status`,
+`edgeinfer cluster certs`.
 
 Registered in edgeinfer/cli.py; also runnable alone: ``python -m edgeinfer.cluster.cli node --listen ...``.
 Heavy imports (torch, grpc) happen inside the commands so `--help` stays instant.
@@ -36,33 +37,123 @@ def node(
     memory_limit: Annotated[
         str | None,
         typer.Option(
-            help="Most memory this node gives to weights, e.g. 300MB or 1.5GiB; loads beyond it fail."
+            help="Most memory this node gives to weights AND KV caches, e.g. 300MB or 1.5GiB; loads and "
+            "sequences beyond it are refused. Default: 90% of the memory available at start."
         ),
     ] = None,
+    models_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Directory of GGUF files a gateway may load (besides the bundled models). Default: "
+            "bundled models only."
+        ),
+    ] = None,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            help="File holding the cluster token every call must carry. Default: $EDGEINFER_CLUSTER_TOKEN."
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        str | None, typer.Option(help="This node's certificate (PEM, from `edgeinfer cluster certs`).")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option(help="Its private key (PEM).")] = None,
+    tls_ca: Annotated[
+        str | None, typer.Option(help="The cluster CA: callers must present a certificate it signed.")
+    ] = None,
+    max_sequences: Annotated[
+        int, typer.Option(help="KV sequences open at once; more are refused.", min=1)
+    ] = 64,
+    idle_ttl: Annotated[
+        float, typer.Option(help="Seconds after which an unused sequence is dropped.", min=0.1)
+    ] = 300.0,
+    max_context: Annotated[
+        int,
+        typer.Option(
+            help="Longest prefill one call may carry, in positions (sizes the gRPC message limit with the "
+            "widest hidden size among the models this node may load).",
+            min=16,
+        ),
+    ] = 4096,
     log_level: Annotated[str, typer.Option(help="Log level (debug, info, warning).")] = "info",
 ) -> None:
     """Host model shards and serve them over gRPC (load/unload layer ranges, forward with per-sequence KV
-    cache, drop sequences, capabilities with measured layer time)."""
+    cache, drop sequences, capabilities with measured layer time). See docs/security.md before exposing it."""
     import os
 
     # idle OpenMP threads must sleep, not spin: several nodes may share one machine's cores (set before torch)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from edgeinfer.cluster.auth import SecurityError, load_security
     from edgeinfer.cluster.host import ShardHost
-    from edgeinfer.cluster.node import serve_forever
+    from edgeinfer.cluster.node import is_loopback, message_limit, serve_forever, widest_hidden
     from edgeinfer.units import parse_bytes
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         limit = parse_bytes(memory_limit)
-    except ValueError as exc:
+        security = load_security(token_file, tls_cert, tls_key, tls_ca)
+    except (ValueError, SecurityError) as exc:
         _fail(str(exc))
-    host = ShardHost(name, threads=threads, memory_limit=limit)
+    if models_dir is not None and not os.path.isdir(models_dir):
+        _fail(f"--models-dir {models_dir!r} is not a directory")
+    host = ShardHost(
+        name,
+        threads=threads,
+        memory_limit=limit,
+        models_dir=models_dir,
+        any_path=False,
+        max_sequences=max_sequences,
+        idle_ttl=idle_ttl,
+    )
+    if security.open and not is_loopback(listen):
+        err.print(
+            f"[bold red]warning:[/] node listens on {listen} without a cluster token or TLS: anyone who "
+            "reaches the port controls it (docs/security.md)"
+        )
     try:
         serve_forever(
-            host, listen, ready=lambda port: err.print(f"node {host.node_id} listening on port {port}")
+            host,
+            listen,
+            ready=lambda port: err.print(
+                f"node {host.node_id} listening on port {port} (authentication: {security.describe()})"
+            ),
+            security=security,
+            max_message=message_limit(max_context, widest_hidden(host)),
         )
     except OSError as exc:
         _fail(f"cannot listen on {listen}: {exc}")
+
+
+cluster_app = typer.Typer(help="Cluster administration: certificates for mutual TLS.", no_args_is_help=True)
+
+
+@cluster_app.command("certs")
+def certs(
+    out_dir: Annotated[str, typer.Argument(help="Directory to write ca.pem, node-NAME.pem/.key, ...")],
+    node_names: Annotated[
+        list[str], typer.Option("--node", "-n", help="A node name (repeat for every node).")
+    ],
+    gateway: Annotated[str, typer.Option(help="Name of the gateway's (client) certificate.")] = "gateway",
+    san: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra DNS name or IP address in every node certificate (repeatable)."),
+    ] = None,
+    days: Annotated[int, typer.Option(help="Validity in days.", min=1)] = 825,
+) -> None:
+    """Make a small CA (or reuse DIR/ca.pem + ca.key) and sign a certificate per node and one for the
+    gateway. Nodes: --tls-cert DIR/node-NAME.pem --tls-key DIR/node-NAME.key --tls-ca DIR/ca.pem."""
+    from edgeinfer.cluster.certs import make_certs
+
+    try:
+        made = make_certs(out_dir, node_names, gateway=gateway, sans=san or [], days=days)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    out.print(f"CA: {made.ca} (keep {made.ca_key} offline; it signs new nodes)")
+    for n, f in made.nodes.items():
+        out.print(f"node {n}: --tls-cert {f.cert} --tls-key {f.key} --tls-ca {made.ca}")
+    out.print(
+        f"gateway: security: {{tls: {{ca: {made.ca}, cert: {made.gateway.cert}, key: {made.gateway.key}}}}}"
+    )
 
 
 def plan(
@@ -253,6 +344,7 @@ app = typer.Typer(help="edgeinfer cluster commands (standalone entry).", no_args
 app.command("node")(node)
 app.command("plan")(plan)
 app.add_typer(testbed_app, name="testbed")
+app.add_typer(cluster_app, name="cluster")
 
 if __name__ == "__main__":
     app()

@@ -10,8 +10,12 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 OUTPUTS = ("logits", "top1")
+DEFAULT_MAX_SEQUENCES = 64  # KV sequences open at once on a node (over all shards)
+DEFAULT_IDLE_TTL = 300.0  # seconds after which an unused sequence is dropped
+DEFAULT_CEILING_SHARE = 0.9  # default ceiling: this share of the memory available when the node starts
 
 
 class HostError(RuntimeError):
@@ -102,34 +106,68 @@ class _Loaded:
     weight_bytes: int
     seqs: set[str] = field(default_factory=set)
 
+    @property
+    def kv_bytes_per_position(self) -> int:
+        cfg = self.shard.cfg
+        return len(self.shard.blocks) * 2 * cfg.n_kv_heads * cfg.head_dim * 2  # keys + values, fp16
+
+    def kv_bytes(self) -> int:
+        return sum(c.nbytes for c in list(self.shard._caches.values()))
+
+    def kv_capacity(self, seq_id: str) -> int:
+        """Positions the sequence's cache holds room for (it grows by doubling)."""
+        cache = self.shard._caches.get(seq_id)
+        return 0 if cache is None else cache.nbytes // max(1, self.kv_bytes_per_position)
+
 
 class ShardHost:
+    """A node's shards and KV caches under one byte ceiling (``memory_limit``: weights + KV caches + the
+    scratch of the running forward; default: 90 % of the memory available at start)."""
+
     def __init__(
         self,
         node_id: str | None = None,
         threads: int | None = None,
         memory_limit: int | None = None,
         max_seq_len: int | None = None,
+        *,
+        models_dir: str | Path | None = None,
+        any_path: bool = True,
+        max_sequences: int = DEFAULT_MAX_SEQUENCES,
+        idle_ttl: float = DEFAULT_IDLE_TTL,
     ):
+        """``any_path``: loads may name any GGUF file (the gateway's own in-process host); a network node
+        passes False and allows only bundled models and files under ``models_dir``."""
+        import psutil
+
         self.node_id = node_id or os.uname().nodename
         self.threads = threads
-        self.memory_limit = memory_limit
+        self.memory_limit = (
+            int(memory_limit)
+            if memory_limit is not None
+            else int(psutil.virtual_memory().available * DEFAULT_CEILING_SHARE)
+        )
         self.max_seq_len = max_seq_len
+        self.models_dir = Path(models_dir).expanduser().resolve() if models_dir else None
+        self.any_path = any_path
+        self.max_sequences = max_sequences
+        self.idle_ttl = idle_ttl
         self.shards: dict[str, _Loaded] = {}
         self.active = 0
         self._lock = threading.Lock()  # one forward at a time: shards share the node's cores
         self._profiles: dict[str, LayerProfile] = {}
         self._started = time.monotonic()
+        self._last_used: dict[str, float] = {}  # seq_id -> monotonic time of its last forward
 
     # --- shards ------------------------------------------------------------------------------------------
     def used_bytes(self) -> int:
         return sum(s.weight_bytes for s in self.shards.values())
 
     def kv_bytes(self) -> int:
-        return sum(c.nbytes for s in list(self.shards.values()) for c in list(s.shard._caches.values()))
+        return sum(s.kv_bytes() for s in list(self.shards.values()))
 
     def sequence_count(self) -> int:
-        return sum(len(s.seqs) for s in list(self.shards.values()))
+        return len(self._last_used)
 
     def heartbeat(self, reply_bytes: int = 0) -> PingResult:
         """The node's load for a Ping; takes no lock (answers while a long forward runs)."""
@@ -146,38 +184,98 @@ class ShardHost:
         )
 
     def free_bytes(self) -> int:
+        """Bytes the node may still use: its ceiling minus weights minus KV caches (capped by free RAM)."""
         import psutil
 
-        free = psutil.virtual_memory().available
-        if self.memory_limit is not None:
-            free = min(free, self.memory_limit - self.used_bytes())
+        free = min(psutil.virtual_memory().available, self.memory_limit - self.used_bytes() - self.kv_bytes())
         return max(0, int(free))
+
+    def _refuse_memory(self, what: str, need: int) -> None:
+        free = self.memory_limit - self.used_bytes() - self.kv_bytes()
+        if need > free:
+            raise HostError(
+                f"node {self.node_id}: {what} need {need / 2**20:.0f} MiB, but only "
+                f"{max(0, free) / 2**20:.0f} MiB of the node's {self.memory_limit / 2**20:.0f} MiB "
+                "memory limit is free",
+                "memory",
+            )
+
+    def model_path(self, model: str) -> Path:
+        """The file of a model a caller names: a bundled model, or (``any_path``) any GGUF file, or a file
+        under ``models_dir``. One error for "absent" and "not allowed", so that the node is no oracle of
+        which files exist."""
+        from edgeinfer.models.registry import BUNDLED, ModelNotFound, lookup, resolve
+
+        if not isinstance(model, str) or not model or len(model) > 4096 or "\0" in model:
+            raise HostError(f"node {self.node_id}: bad model name", "invalid")
+        if self.any_path or lookup(model) is not None:
+            try:
+                return resolve(model, progress=False)[1]
+            except (ModelNotFound, ValueError, OSError) as exc:
+                raise HostError(f"node {self.node_id}: {exc}", "not_found") from exc
+        where = "under the node's --models-dir" if self.models_dir else "(this node has no --models-dir)"
+        refused = HostError(
+            f"node {self.node_id}: model {model!r} is neither a bundled model ({', '.join(sorted(BUNDLED))}) "
+            f"nor a GGUF file {where}",
+            "not_found",
+        )
+        if self.models_dir is None:
+            raise refused
+        try:
+            path = (self.models_dir / model).resolve()  # an absolute name replaces the directory
+            inside = path.is_relative_to(self.models_dir) and path.is_file()
+        except (OSError, ValueError):
+            inside = False
+        if not inside:
+            raise refused
+        return path
+
+    def _weight_estimate(self, path: Path, start: int, end: int) -> int:
+        """Weight bytes of layers [start, end) (+ the output head on the last shard), from metadata only."""
+        from edgeinfer.engine.shard import default_weight_format, layer_weight_bytes
+        from edgeinfer.models.common import loaded_bytes
+        from edgeinfer.models.gguf_file import GGUFFile
+
+        fmt = default_weight_format()
+        sizes = layer_weight_bytes(path, fmt)
+        total = sum(sizes[start:end])
+        if end == len(sizes):
+            f = GGUFFile(path)
+            try:
+                head = "output.weight" if f.has("output.weight") else "token_embd.weight"
+                total += loaded_bytes(f, head, fmt)
+            finally:
+                f.close()
+        return total
 
     def load(self, model: str, start: int, end: int, threads: int = 0, max_seq_len: int = 0) -> LoadResult:
         from edgeinfer.engine.shard import Shard, layer_count
-        from edgeinfer.models.registry import ModelNotFound, resolve
 
+        if threads < 0 or max_seq_len < 0:
+            raise HostError(f"node {self.node_id}: threads and max_seq_len must be >= 0 (0 = default)")
+        if threads > (os.cpu_count() or 1) * 4:
+            raise HostError(f"node {self.node_id}: threads={threads} exceeds 4x this node's cores")
+        path = self.model_path(model)
         try:
-            _, path = resolve(model, progress=False)
-        except (ModelNotFound, ValueError) as exc:
-            raise HostError(f"node {self.node_id}: {exc}", "not_found") from exc
-        n = layer_count(path)
+            n = layer_count(path)
+        except Exception as exc:  # noqa: BLE001 - a file under models_dir that is no GGUF model
+            raise HostError(f"node {self.node_id}: {model!r} is not a readable GGUF model") from exc
         if not 0 <= start < end <= n:
             raise HostError(f"node {self.node_id}: bad layer range [{start}, {end}) for a {n}-layer model")
         t0 = time.perf_counter()
         with self._lock:
+            self._refuse_memory(
+                f"layers [{start}, {end}) of {model}", self._weight_estimate(path, start, end)
+            )
             shard = Shard(
                 path, start, end, threads=threads or self.threads, max_seq_len=max_seq_len or self.max_seq_len
             )
             weight = int(shard.weight_bytes)
-            if self.memory_limit is not None and self.used_bytes() + weight > self.memory_limit:
+            try:
+                self._refuse_memory(f"layers [{start}, {end}) of {model}", weight)
+            except HostError:
                 shard.close()
-                raise HostError(
-                    f"node {self.node_id}: layers [{start}, {end}) of {model} need {weight / 2**20:.0f} MiB, "
-                    f"but only {(self.memory_limit - self.used_bytes()) / 2**20:.0f} MiB of the node's "
-                    f"{self.memory_limit / 2**20:.0f} MiB memory limit is free",
-                    "memory",
-                )
+                raise
             shard_id = uuid.uuid4().hex[:12]
             self.shards[shard_id] = _Loaded(shard, model, start, end, weight)
         return LoadResult(
@@ -192,7 +290,7 @@ class ShardHost:
     def _get(self, shard_id: str) -> _Loaded:
         try:
             return self.shards[shard_id]
-        except KeyError:
+        except (KeyError, TypeError):
             raise HostError(f"node {self.node_id}: no shard {shard_id!r} loaded", "not_found") from None
 
     def unload(self, shard_id: str) -> None:
@@ -200,6 +298,23 @@ class ShardHost:
             loaded = self._get(shard_id)
             del self.shards[shard_id]
             loaded.shard.close()
+            self._forget_orphans()
+
+    def _forget_orphans(self) -> None:
+        """Sequences no shard holds any more leave the node's count (caller holds the lock)."""
+        held = {q for s in self.shards.values() for q in s.seqs}
+        for seq_id in [q for q in self._last_used if q not in held]:
+            del self._last_used[seq_id]
+
+    def _scratch_bytes(self, loaded: _Loaded, t: int, length: int) -> int:
+        """Memory a forward of ``t`` new positions over ``length`` cached ones needs besides the KV cache:
+        attention scores (with their masked and softmax copies), keys widened to f32, the MLP activations."""
+        cfg = loaded.shard.cfg
+        scores = 3 * cfg.n_heads * t * length
+        keys = 2 * cfg.n_kv_heads * length * cfg.head_dim
+        acts = t * (8 * cfg.hidden + 3 * cfg.ffn)
+        head = cfg.vocab if loaded.shard.is_last else 0
+        return 4 * (scores + keys + acts + head)
 
     def forward(self, shard_id: str, seq_id: str, x, start_pos: int, output: str = "logits") -> ForwardResult:
         """Run x through the shard after ``start_pos`` cached positions.
@@ -209,30 +324,66 @@ class ShardHost:
 
         if output not in OUTPUTS:
             raise HostError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if not seq_id or len(seq_id) > 128:
+            raise HostError(f"node {self.node_id}: seq_id must have 1 to 128 characters")
+        if start_pos < 0:
+            raise HostError(f"node {self.node_id}: start_pos must be >= 0, got {start_pos}")
         loaded = self._get(shard_id)
         shard = loaded.shard
+        if shard.is_first:
+            if x.dim() != 1 or x.is_floating_point():
+                raise HostError(
+                    f"node {self.node_id}: the first shard takes 1-D i32 token ids, got "
+                    f"{tuple(x.shape)} {x.dtype}"
+                )
+        elif x.dim() != 2 or x.shape[1] != shard.hidden_size or not x.is_floating_point():
+            raise HostError(
+                f"node {self.node_id}: expected hidden [T, {shard.hidden_size}], "
+                f"got {tuple(x.shape)} {x.dtype}"
+            )
+        t = int(x.shape[0])
+        if t == 0:
+            raise HostError(f"node {self.node_id}: empty input")
+        if start_pos + t > shard.max_seq_len:
+            raise HostError(
+                f"node {self.node_id}: positions [{start_pos}, {start_pos + t}) exceed this shard's "
+                f"max_seq_len {shard.max_seq_len}"
+            )
         with self._lock:
             self.active += 1
             try:
+                self._evict_idle_locked()
                 have = shard.seq_len(seq_id)
-                if have > start_pos:
-                    shard.truncate(seq_id, start_pos)
-                elif have < start_pos:
+                if have < start_pos:
                     raise HostError(
                         f"node {self.node_id}: sequence {seq_id!r} has {have} cached positions but the "
                         f"request continues at {start_pos} (node restarted or sequence dropped?)",
                         "invalid",
                     )
+                if seq_id not in self._last_used and len(self._last_used) >= self.max_sequences:
+                    raise HostError(
+                        f"node {self.node_id}: {len(self._last_used)} sequences are open, the most this node "
+                        f"keeps (idle ones are dropped after {self.idle_ttl:.0f} s)",
+                        "memory",
+                    )
+                needed = start_pos + t
+                cap = loaded.kv_capacity(seq_id)
+                grow = 0
+                if needed > cap:  # KVCache doubles; old and new storage coexist while copying
+                    grow = min(shard.max_seq_len, max(needed, 2 * cap, 64)) * loaded.kv_bytes_per_position
+                self._refuse_memory(
+                    f"sequence {seq_id!r} ({needed} positions) and its forward",
+                    grow + self._scratch_bytes(loaded, t, needed),
+                )
+                if have > start_pos:
+                    shard.truncate(seq_id, start_pos)
                 if shard.is_first:
                     x = x.to(torch.long).reshape(-1)
-                elif x.dim() != 2 or x.shape[1] != shard.hidden_size:
-                    raise HostError(
-                        f"node {self.node_id}: expected hidden [T, {shard.hidden_size}], got {tuple(x.shape)}"
-                    )
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     out = shard.forward(seq_id, x)
                 loaded.seqs.add(seq_id)
+                self._last_used[seq_id] = time.monotonic()
                 seconds = time.perf_counter() - t0
                 if shard.is_last and output == "top1":
                     logits = out.reshape(-1).float()
@@ -248,12 +399,29 @@ class ShardHost:
             for loaded in targets:
                 loaded.shard.drop(seq_id)
                 loaded.seqs.discard(seq_id)
+            self._forget_orphans()
+
+    def _evict_idle_locked(self) -> list[str]:
+        if not self._last_used:
+            return []
+        cutoff = time.monotonic() - self.idle_ttl
+        idle = [q for q, at in self._last_used.items() if at < cutoff]
+        for seq_id in idle:
+            for loaded in self.shards.values():
+                loaded.shard.drop(seq_id)
+                loaded.seqs.discard(seq_id)
+            del self._last_used[seq_id]
+        return idle
+
+    def evict_idle(self) -> list[str]:
+        """Drop every sequence unused for ``idle_ttl`` seconds (an owner that vanished); returns their ids."""
+        with self._lock:
+            return self._evict_idle_locked()
 
     def close(self) -> None:
         for shard_id in list(self.shards):
             self.unload(shard_id)
 
-    # --- capabilities and profiling ----------------------------------------------------------------------
     def capabilities(self, model: str | None = None, measure: bool = False) -> Capabilities:
         import psutil
 
@@ -284,9 +452,8 @@ class ShardHost:
         import torch
 
         from edgeinfer.engine.shard import Shard, layer_count, layer_weight_bytes
-        from edgeinfer.models.registry import resolve
 
-        _, path = resolve(model, progress=False)
+        path = self.model_path(model)
         n = layer_count(path)
         seq_len = context + steps + 2
 
@@ -312,6 +479,8 @@ class ShardHost:
         with self._lock:
             a = max(1, n // 2 - 2) if n > 2 else 0
             k = max(1, min(4, n - 1 - a))
+            need = sum(self._weight_estimate(path, s, e) for s, e in ((a, a + 1), (a, a + k), (n - 1, n)))
+            self._refuse_memory(f"measuring {model} (three trial shards)", need)
             shards = [Shard(path, a, a + 1, threads=self.threads, max_seq_len=seq_len)]
             if k > 1:
                 shards.append(Shard(path, a, a + k, threads=self.threads, max_seq_len=seq_len))

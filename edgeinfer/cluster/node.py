@@ -3,6 +3,7 @@ proto conversion lives here (the client side in ``client.py``); ``host.py`` spea
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import threading
@@ -13,15 +14,24 @@ from dataclasses import asdict
 import grpc
 
 from edgeinfer.cluster import wire
+from edgeinfer.cluster.auth import ClusterSecurity, TokenInterceptor, server_credentials
 from edgeinfer.cluster.host import Capabilities, HostError, ShardHost
 from edgeinfer.cluster.proto import node_pb2, node_pb2_grpc
 
 log = logging.getLogger("edgeinfer.node")
-MAX_MESSAGE = 512 * 1024 * 1024  # a long prefill's hidden states fit easily
-GRPC_OPTIONS = [
+DEFAULT_MAX_CONTEXT = 4096  # positions of the longest prefill one Forward carries (sizes the message limit)
+MAX_HIDDEN = 8192  # the widest hidden state the node's message limit leaves room for (without a model hint)
+MAX_MESSAGE = 64 * 1024 * 1024  # what a gateway accepts from a node (logits of one position, hidden states)
+GRPC_OPTIONS = [  # the gateway's channels
     ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.max_receive_message_length", MAX_MESSAGE),
 ]
+
+
+def message_limit(max_context: int = DEFAULT_MAX_CONTEXT, hidden: int = MAX_HIDDEN) -> int:
+    """The largest request a node accepts: one prefill of ``max_context`` positions of ``hidden`` f32
+    values (+ 1 MiB for the envelope and Ping payloads)."""
+    return max_context * hidden * 4 + (1 << 20)
 _CODES = {
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
     "not_found": grpc.StatusCode.NOT_FOUND,
@@ -72,7 +82,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         dtype = request.wire_dtype or "f16"
         if dtype not in wire.WIRE_DTYPES:
             raise ValueError(f"wire_dtype must be one of {wire.WIRE_DTYPES}, got {dtype!r}")
-        x = wire.decode(request.input)
+        x = wire.decode(request.input)  # the payload's length is checked against its shape
         r = self.host.forward(
             request.shard_id, request.seq_id, x, request.start_pos, request.output or "logits"
         )
@@ -107,24 +117,118 @@ def capabilities_to_proto(caps: Capabilities) -> node_pb2.Capabilities:
     return node_pb2.Capabilities(shards=shards, **fields, **profile)
 
 
-def start(host: ShardHost, listen: str, max_workers: int = 8) -> tuple[grpc.Server, int]:
-    """Start serving on ``listen`` ('HOST:PORT', port 0 = any); returns (server, bound port)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS)
+def widest_hidden(host: ShardHost) -> int:
+    """The largest hidden size among the models this node may load (bundled ones, GGUF files directly in
+    its models directory); ``MAX_HIDDEN`` when that cannot be known (any path allowed, bundled models not
+    assembled yet)."""
+    from edgeinfer.models.gguf_file import GGUFFile
+    from edgeinfer.models.registry import BUNDLED, cache_dir
+
+    if host.any_path:
+        return MAX_HIDDEN
+    paths = [cache_dir() / m.filename for m in BUNDLED.values()]  # if assembled already (else: unknown)
+    if not all(p.is_file() for p in paths):
+        return MAX_HIDDEN
+    if host.models_dir is not None:
+        paths += sorted(host.models_dir.glob("*.gguf"))[:64]
+    widest = 0
+    for path in paths:
+        try:
+            f = GGUFFile(path)
+        except Exception:  # noqa: BLE001 - not a model: it cannot be loaded either
+            continue
+        try:
+            widest = max(widest, int(f.arch_get("embedding_length")))
+        except Exception:  # noqa: BLE001
+            pass
+        finally:
+            f.close()
+    return widest or MAX_HIDDEN
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def start(
+    host: ShardHost,
+    listen: str,
+    max_workers: int = 8,
+    security: ClusterSecurity | None = None,
+    max_message: int | None = None,
+) -> tuple[grpc.Server, int]:
+    """Start serving on ``listen`` ('HOST:PORT', port 0 = any); returns (server, bound port).
+
+    ``security``: the token every call must carry and/or mutual TLS. At most ``max_workers`` calls run and
+    as many more wait; the rest get RESOURCE_EXHAUSTED at once. Requests above ``max_message`` bytes are
+    refused by gRPC before they are buffered whole."""
+    limit = max_message or message_limit()
+    options = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+    ]
+    interceptors = [TokenInterceptor(security.token)] if security and security.token else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=options,
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=2 * max_workers,
+    )
     node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(host), server)
-    port = server.add_insecure_port(listen)
+    if security and security.tls:
+        port = server.add_secure_port(listen, server_credentials(security))
+    else:
+        port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     server.start()
     return server, port
 
 
-def serve_forever(host: ShardHost, listen: str, ready: Callable[[int], None] | None = None) -> None:
+def _reaper(host: ShardHost, stop: threading.Event) -> None:
+    """Drop sequences idle for the host's TTL (gateways that vanished without dropping them)."""
+    while not stop.wait(max(0.2, min(host.idle_ttl / 4, 10.0))):
+        for seq_id in host.evict_idle():
+            log.info("dropped idle sequence %s", seq_id)
+
+
+def serve_forever(
+    host: ShardHost,
+    listen: str,
+    ready: Callable[[int], None] | None = None,
+    security: ClusterSecurity | None = None,
+    max_message: int | None = None,
+) -> None:
     """Serve until SIGTERM/SIGINT; ``ready(port)`` is called once listening."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server, port = start(host, listen)
-    log.info("node %s listening on %s (port %d)", host.node_id, listen, port)
+    server, port = start(host, listen, security=security, max_message=max_message)
+    mode = security.describe() if security else "none"
+    log.info(
+        "node %s listening on %s (port %d); authentication: %s; memory limit %.0f MiB",
+        host.node_id,
+        listen,
+        port,
+        mode,
+        host.memory_limit / 2**20,
+    )
+    if (security is None or security.open) and not is_loopback(listen):
+        log.warning(
+            "node %s listens on %s WITHOUT a cluster token or TLS: anyone who reaches this port can load "
+            "models, run forwards and unload the gateway's shards. Use --token-file or "
+            "$EDGEINFER_CLUSTER_TOKEN, or --tls-cert/--tls-key/--tls-ca (docs/security.md), or listen on "
+            "127.0.0.1.",
+            host.node_id,
+            listen,
+        )
+    threading.Thread(target=_reaper, args=(host, stop), name="edgeinfer-reaper", daemon=True).start()
     if ready:
         ready(port)
     try:

@@ -17,15 +17,22 @@ def node_argv(
     name: str | None = None,
     threads: int | None = None,
     memory_limit: str | None = None,
+    models_dir: str | None = "/",
+    extra: list[str] | None = None,
 ) -> list[str]:
+    """``models_dir``: the test-bed emulates a cluster on this very machine, so its nodes may load any GGUF
+    file the gateway names (a real node allows only bundled models and its own --models-dir).
+    ``extra``: more `edgeinfer node` flags (token file, certificates)."""
     argv = [sys.executable, "-m", "edgeinfer.cluster.cli", "node", "--listen", f"0.0.0.0:{port}"]
+    if models_dir:
+        argv += ["--models-dir", models_dir]
     if name:
         argv += ["--name", name]
     if threads:
         argv += ["--threads", str(threads)]
     if memory_limit:
         argv += ["--memory-limit", str(memory_limit)]
-    return argv
+    return argv + list(extra or ())
 
 
 def start_nodes(
@@ -35,8 +42,11 @@ def start_nodes(
     memory_limit: str | None = None,
     log_dir: str | Path | None = None,
     timeout: float = 60.0,
+    extra: list[str] | None = None,
+    security=None,
 ) -> list:
-    """Start a node in each host, wait until all answer; returns their ``NodeSpec``s (name n<i>)."""
+    """Start a node in each host, wait until all answer; returns their ``NodeSpec``s (name n<i>).
+    ``extra``: more node flags (the same for all); ``security``: the ``ClusterSecurity`` they then require."""
     from edgeinfer.cluster.client import NodeClient, NodeError
     from edgeinfer.cluster.config import NodeSpec
 
@@ -47,11 +57,13 @@ def start_nodes(
         if log_dir is not None:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             out = (Path(log_dir) / f"{tb.name}-{name}.log").open("ab")
-        procs.append(tb.popen(i, node_argv(port, name, threads, memory_limit), stdout=out, stderr=out))
+        procs.append(
+            tb.popen(i, node_argv(port, name, threads, memory_limit, extra=extra), stdout=out, stderr=out)
+        )
         specs.append(NodeSpec(name=name, address=f"{host.ip}:{port}"))
     deadline = time.monotonic() + timeout
     for spec, proc in zip(specs, procs, strict=True):
-        client = NodeClient(spec.address, spec.name, timeout=5)
+        client = NodeClient(spec.address, spec.name, timeout=5, security=security)
         try:
             while True:
                 if proc.poll() is not None:

@@ -10,6 +10,7 @@ from edgeinfer.cluster.proto import node_pb2
 WireDtype = Literal["f16", "bf16", "f32"]  # hidden states and logits; token ids always travel as i32
 WIRE_DTYPES: tuple[str, ...] = get_args(WireDtype)
 F16_SAFE = 32768.0  # largest magnitude sent unscaled as f16 (max finite is 65504)
+MAX_DIMS = 4
 
 
 def _torch_dtypes():
@@ -48,7 +49,11 @@ def decode(msg: node_pb2.Tensor):
     if msg.dtype not in types:
         raise ValueError(f"unknown wire dtype {msg.dtype!r}")
     shape = tuple(msg.shape)
-    n = int(np.prod(shape)) if shape else 1
+    if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
+        raise ValueError(f"bad tensor shape {shape}: at most {MAX_DIMS} non-negative dimensions")
+    if not math.isfinite(msg.scale):
+        raise ValueError(f"tensor scale must be finite, got {msg.scale}")
+    n = math.prod(shape)  # exact (no int64 overflow): compared with the payload's real length below
     np_dtype = {"f16": np.float16, "bf16": np.int16, "f32": np.float32, "i32": np.int32}[msg.dtype]
     itemsize = np.dtype(np_dtype).itemsize
     if len(msg.data) != n * itemsize:

@@ -34,7 +34,7 @@ class Delta:
 
 
 @dataclass
-class Result:
+class GenerationResult:
     finish_reason: str  # "stop" | "length" | "cancelled"
     prompt_tokens: int
     completion_tokens: int
@@ -83,8 +83,8 @@ def stream(
     prompt: Sequence[int],
     params: SamplingParams,
     cancelled: Callable[[], bool] = lambda: False,
-) -> Iterator[Delta | Result]:
-    """Yield ``Delta`` items as text becomes final, then exactly one ``Result``."""
+) -> Iterator[Delta | GenerationResult]:
+    """Yield ``Delta`` items as text becomes final, then exactly one ``GenerationResult``."""
     n_ctx = backend.info.n_ctx
     check_context(len(prompt), n_ctx)
     budget = n_ctx - len(prompt)
@@ -93,7 +93,7 @@ def stream(
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     matcher = _StopMatcher(params.stop)
     start = last = time.perf_counter()
-    result = Result(finish_reason="length", prompt_tokens=len(prompt), completion_tokens=0)
+    result = GenerationResult(finish_reason="length", prompt_tokens=len(prompt), completion_tokens=0)
     pieces: list[str] = []
     pending_tokens = 0
     stopped_by_string = False
@@ -141,8 +141,8 @@ def stream(
     yield result
 
 
-def complete(backend: Backend, prompt: Sequence[int], params: SamplingParams) -> Result:
+def complete(backend: Backend, prompt: Sequence[int], params: SamplingParams) -> GenerationResult:
     """Run ``stream`` to the end and return its result (text included)."""
     *_, result = stream(backend, prompt, params)
-    assert isinstance(result, Result)
+    assert isinstance(result, GenerationResult)
     return result

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.batch import BatchBackend
-from edgeinfer.engine.generate import Delta, Result
+from edgeinfer.engine.generate import Delta, GenerationResult
 from edgeinfer.engine.sequence_policy import SequencePolicy
 
 
@@ -26,7 +26,7 @@ class Request(Protocol):
     params: SamplingParams
     cancel: threading.Event
 
-    def emit(self, item: Delta | Result | Exception) -> None: ...
+    def emit(self, item: Delta | GenerationResult | Exception) -> None: ...
 
 
 @dataclass
@@ -42,7 +42,7 @@ class BatchScheduler:
     def __init__(
         self,
         backend: BatchBackend,
-        on_finish: Callable[[Request, Result | Exception], None] = lambda r, x: None,
+        on_finish: Callable[[Request, GenerationResult | Exception], None] = lambda r, x: None,
         on_step: Callable[[int], None] = lambda n: None,
     ):
         self.backend = backend
@@ -115,7 +115,7 @@ class BatchScheduler:
         result = None
         for item in policy.finish():
             request.emit(item)
-            if isinstance(item, Result):
+            if isinstance(item, GenerationResult):
                 result = item
         assert result is not None
         self._on_finish(request, result)

@@ -7,7 +7,7 @@ import time
 from typing import Protocol
 
 from edgeinfer.engine.base import SamplingParams
-from edgeinfer.engine.generate import Delta, Result, _StopMatcher, check_context
+from edgeinfer.engine.generate import Delta, GenerationResult, _StopMatcher, check_context
 
 
 class _Detokenizer(Protocol):
@@ -20,7 +20,8 @@ class SequencePolicy:
     """One request's policy over its sampled tokens, fed one token at a time.
 
     ``feed`` returns the text that became final (if any) and sets ``done`` on an end-of-generation token, a
-    stop string, max_tokens or the context limit; ``finish`` releases held-back text and the ``Result``."""
+    stop string, max_tokens or the context limit; ``finish`` releases held-back text and the
+    ``GenerationResult``."""
 
     def __init__(self, vocab: _Detokenizer, n_prompt: int, n_ctx: int, params: SamplingParams):
         check_context(n_prompt, n_ctx)
@@ -32,7 +33,7 @@ class SequencePolicy:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.matcher = _StopMatcher(params.stop)
         self.start = self.last = time.perf_counter()
-        self.result = Result(finish_reason="length", prompt_tokens=n_prompt, completion_tokens=0)
+        self.result = GenerationResult(finish_reason="length", prompt_tokens=n_prompt, completion_tokens=0)
         self.pieces: list[str] = []
         self.pending_tokens = 0
         self.stopped_by_string = False
@@ -77,8 +78,8 @@ class SequencePolicy:
         self.result.finish_reason = "stop" if self.budget > 0 else "length"
         self.done = True
 
-    def finish(self) -> list[Delta | Result]:
-        out: list[Delta | Result] = []
+    def finish(self) -> list[Delta | GenerationResult]:
+        out: list[Delta | GenerationResult] = []
         if not self.stopped_by_string:  # release text held back as a possible stop-string prefix
             tail = self.matcher.flush() + self.decoder.decode(b"", final=True)
             if tail:

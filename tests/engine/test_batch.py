@@ -13,7 +13,7 @@ import torch
 
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.batch import KVShape, ParallelDoesNotFit, check_parallel, default_parallel, kv_shape
-from edgeinfer.engine.generate import ContextLengthExceeded, Delta, Result, stream
+from edgeinfer.engine.generate import ContextLengthExceeded, Delta, GenerationResult, stream
 from edgeinfer.engine.scheduler import BatchScheduler
 
 GREEDY = SamplingParams(temperature=0, max_tokens=None)
@@ -167,11 +167,11 @@ class FakeRequest:
         self.items.append(item)
 
     @property
-    def result(self) -> Result | None:
-        return next((x for x in self.items if isinstance(x, Result)), None)
+    def result(self) -> GenerationResult | None:
+        return next((x for x in self.items if isinstance(x, GenerationResult)), None)
 
 
-def _serve(backend, prompts: list[list[int]], params: SamplingParams) -> list[Result]:
+def _serve(backend, prompts: list[list[int]], params: SamplingParams) -> list[GenerationResult]:
     reqs = [FakeRequest(p, params) for p in prompts]
     sched = BatchScheduler(backend)
     for r in reqs:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from edgeinfer.engine.base import SamplingParams
-from edgeinfer.engine.generate import ContextLengthExceeded, Delta, Result, _StopMatcher, complete, stream
+from edgeinfer.engine.generate import (
+    ContextLengthExceeded,
+    Delta,
+    GenerationResult,
+    _StopMatcher,
+    complete,
+    stream,
+)
 
 
 def test_stop_matcher_holds_back_possible_prefix() -> None:
@@ -44,7 +51,7 @@ def test_deltas_concatenate_to_result_text_and_count_tokens(gemma) -> None:
     prompt = gemma.tokenize("Les élèves ont mangé des crêpes à")
     items = list(stream(gemma, prompt, SamplingParams(temperature=0, max_tokens=24)))
     *deltas, result = items
-    assert isinstance(result, Result) and all(isinstance(d, Delta) for d in deltas)
+    assert isinstance(result, GenerationResult) and all(isinstance(d, Delta) for d in deltas)
     assert "".join(d.text for d in deltas) == result.text
     assert sum(d.n_tokens for d in deltas) == result.completion_tokens == 24
     assert "\ufffd" not in result.text  # multi-byte characters were reassembled
