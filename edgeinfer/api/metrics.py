@@ -69,6 +69,46 @@ class Metrics:
             registry=r,
         )
 
+        # cluster gateway (docs/resilience.md): synced from the backend's state at every scrape
+        self.node_up = Gauge(
+            "edgeinfer:node_up",
+            "1 while a cluster node answers its heartbeat",
+            ["model_name", "node"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "edgeinfer:failovers", "Failed pipeline stages recovered", ["model_name"], registry=r
+        )
+        self.replans = Counter("edgeinfer:replans", "Pipeline re-plans", ["model_name"], registry=r)
+        self.replayed_tokens = Counter(
+            "edgeinfer:replayed_tokens", "Tokens replayed to rebuild KV caches", ["model_name"], registry=r
+        )
+        self.recovery = Histogram(
+            "edgeinfer:recovery_seconds",
+            "Time from a failed step to the step that replayed the sequence",
+            ["model_name"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._cluster_seen: dict[tuple[str, str], int] = {}
+
+    def observe_cluster(self, model: str, stats, nodes: list[dict]) -> None:  # type: ignore[no-untyped-def]
+        """Sync from a cluster backend: ``stats`` its ``ResilienceStats``, ``nodes`` its node states."""
+        for node in nodes:
+            self.node_up.labels(model, node["name"]).set(1 if node["up"] else 0)
+        for what, counter in (
+            ("failovers", self.failovers),
+            ("replans", self.replans),
+            ("replayed_tokens", self.replayed_tokens),
+        ):
+            total = int(getattr(stats, what))
+            seen = self._cluster_seen.get((model, what), 0)
+            if total > seen:
+                counter.labels(model).inc(total - seen)
+            self._cluster_seen[(model, what)] = total
+        while stats.recoveries:
+            self.recovery.labels(model).observe(stats.recoveries.popleft())
+
 
 class CountRequests:
     """ASGI middleware: every answer counted by route and status, refusals and crashes included."""

@@ -1,5 +1,6 @@
 """Cluster bring-up, the use cases of `edgeinfer plan` and `edgeinfer serve --cluster`: one ``ClusterConfig``
-(read once) -> profile every node and link -> plan -> load the shards -> a ``PipelineBackend``.
+(read once) -> profile every node and link -> plan (and warm standbys) -> load the shards -> a
+``PipelineBackend`` watched by a ``Membership`` (heartbeats) and able to re-plan (docs/resilience.md).
 
 The node connections are opened while profiling (``ClusterProfile.clients``, a ``NodePool``) and handed to
 the backend, which closes them; on any failure here they are closed before the error propagates.
@@ -7,16 +8,16 @@ the backend, which closes them; on any failure here they are closed before the e
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from edgeinfer.cluster.config import LOCAL, ClusterConfig, load_config
-from edgeinfer.cluster.gateway import ClusterError, LocalStage, PipelineBackend, PipelineStage, RemoteStage
-from edgeinfer.cluster.planner import Plan, Problem, Stage, plan
+from edgeinfer.cluster.config import ClusterConfig, load_config
+from edgeinfer.cluster.gateway import ClusterError, PipelineBackend
+from edgeinfer.cluster.membership import Membership
+from edgeinfer.cluster.planner import Plan, Problem, Stage, place_standbys, plan
 from edgeinfer.cluster.profile import ClusterProfile, build_problem, profile_cluster
+from edgeinfer.cluster.recovery import Replanner, StageLoader
 
 log = logging.getLogger("edgeinfer.cluster")
 
@@ -68,32 +69,18 @@ def load_cluster(
     chosen, problem, profile = plan_cluster(cfg, strategy, objective, progress)
     log.info("plan: %s, predicted %.1f tok/s", chosen.describe(), chosen.tokens_per_second)
 
-    def load_one(st: Stage) -> PipelineStage:
-        if st.node == LOCAL:
-            assert profile.local_host is not None
-            r = profile.local_host.load(cfg.model, st.start, st.end, max_seq_len=cfg.ctx_size)
-            return LocalStage(profile.local_host, r.shard_id, st)
-        client = profile.clients[st.node]
-        client.load_timeout = max(client.load_timeout, 300.0)
-        r = client.load(cfg.model, st.start, st.end, cfg.threads, cfg.ctx_size)
-        return RemoteStage(client, r.shard_id, st, cfg.wire_dtype)
-
-    with ThreadPoolExecutor(max_workers=len(chosen.stages)) as pool:
-        futures = [pool.submit(load_one, st) for st in chosen.stages]
-        stages, errors = [], []
-        for f in futures:
-            try:
-                stages.append(f.result())
-            except Exception as exc:  # noqa: BLE001 - collected and re-raised below
-                errors.append(exc)
-    if errors:
-        for st in stages:
-            with contextlib.suppress(Exception):
-                st.close()
+    profile.clients.keep({n.name for n in profile.nodes})  # survivors of a failure may be needed
+    loader = StageLoader(cfg, profile.clients, profile.local_host)
+    spare = place_standbys(problem, chosen.stages, cfg.planner.replicas)
+    chosen.standbys = spare
+    try:
+        loaded = loader.load_all([*chosen.stages, *(s for s in spare if s is not None)])
+    except BaseException:
         profile.close()
-        raise ClusterError(f"loading the planned shards failed: {'; '.join(map(str, errors))}")
-    profile.clients.keep({st.node for st in chosen.stages})
-    return PipelineBackend(
+        raise
+    stages, rest = loaded[: len(chosen.stages)], iter(loaded[len(chosen.stages) :])
+    standbys = [None if s is None else next(rest) for s in spare]
+    backend = PipelineBackend(
         model_path,
         stages,
         name=served_name(cfg),
@@ -101,7 +88,13 @@ def load_cluster(
         plan=chosen,
         problem=problem,
         nodes=profile.clients,
+        standbys=standbys,
+        failover=cfg.failover,
+        replanner=Replanner(cfg, problem, loader),
     )
+    if cfg.failover.recover and profile.clients.names():
+        backend.attach(Membership(profile.clients, cfg.failover))
+    return backend
 
 
 def cluster_opener(path: str | Path) -> tuple[str, Callable[[], PipelineBackend]]:

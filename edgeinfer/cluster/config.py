@@ -82,11 +82,23 @@ class PlannerOptions(_Strict):
     local_memory_limit: int | None = None
     local_threads: int | None = Field(None, ge=1)
     stages: tuple[FixedStage, ...] = ()  # a fixed plan instead of the planner's (still checked for memory)
+    replicas: int = Field(0, ge=0, le=1)  # warm standbys per stage (docs/resilience.md)
 
     @field_validator("local_memory_limit", mode="before")
     @classmethod
     def _size(cls, v: str | int | None) -> int | None:
         return parse_bytes(v)
+
+
+class FailoverOptions(_Strict):
+    """Failure detection and recovery of the gateway (docs/resilience.md)."""
+
+    heartbeat: float = Field(0.5, gt=0)  # seconds between two Pings of every node
+    min_deadline: float = Field(0.5, gt=0)  # the shortest deadline of a Forward or a heartbeat Ping
+    deadline_factor: float = Field(5.0, ge=1)  # a Forward's deadline: factor x its predicted time
+    ban: float = Field(15.0, gt=0)  # first ban of a failed node (seconds); doubles on every new failure
+    max_ban: float = Field(300.0, gt=0)
+    recover: bool = True  # False: a failed stage ends the request (no re-plan, no replay)
 
 
 class TlsOptions(_Strict):
@@ -114,6 +126,7 @@ class ClusterConfig(_Strict):
     rpc_timeout: float = Field(60.0, gt=0)
     threads: int = Field(0, ge=0)  # per shard on the nodes; 0 = the node's default
     security: SecurityOptions = SecurityOptions()  # how the gateway authenticates to the nodes
+    failover: FailoverOptions = FailoverOptions()
 
     @model_validator(mode="after")
     def _nodes(self) -> ClusterConfig:

@@ -15,15 +15,21 @@ import uuid
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeinfer.cluster.client import NodeClient, NodeError, NodePool
-from edgeinfer.cluster.config import LOCAL
+from edgeinfer.cluster.config import LOCAL, FailoverOptions
 from edgeinfer.cluster.host import ShardHost
-from edgeinfer.cluster.planner import Plan, Problem, Stage
+from edgeinfer.cluster.planner import InfeasiblePlan, Plan, Problem, Stage
 from edgeinfer.engine.base import ModelInfo, SamplingParams
 from edgeinfer.engine.decode import decode_tokens
 from edgeinfer.engine.vocab import Vocab, VocabMixin
+
+if TYPE_CHECKING:
+    from edgeinfer.cluster.membership import Membership
+    from edgeinfer.cluster.recovery import Replanner
 
 log = logging.getLogger("edgeinfer.cluster")
 
@@ -47,7 +53,7 @@ class PipelineStage(ABC):
         return f"{self.name}, layers {self.placement.start}-{self.placement.end - 1}"
 
     @abstractmethod
-    def forward(self, seq_id: str, x, start_pos: int, output: str): ...
+    def forward(self, seq_id: str, x, start_pos: int, output: str, timeout: float | None = None): ...
 
     @abstractmethod
     def drop(self, seq_id: str) -> None: ...
@@ -62,9 +68,9 @@ class RemoteStage(PipelineStage):
         super().__init__(client.name, shard_id, placement)
         self.client, self.wire_dtype = client, wire_dtype
 
-    def forward(self, seq_id: str, x, start_pos: int, output: str):
+    def forward(self, seq_id: str, x, start_pos: int, output: str, timeout: float | None = None):
         t0 = time.perf_counter()
-        r = self.client.forward(self.shard_id, seq_id, x, start_pos, output, self.wire_dtype)
+        r = self.client.forward(self.shard_id, seq_id, x, start_pos, output, self.wire_dtype, timeout)
         self.timings.append((int(x.shape[0]), time.perf_counter() - t0, r.compute_seconds))
         return r.output
 
@@ -82,8 +88,8 @@ class LocalStage(PipelineStage):
         super().__init__(LOCAL, shard_id, placement)
         self.host = host
 
-    def forward(self, seq_id: str, x, start_pos: int, output: str):
-        t0 = time.perf_counter()
+    def forward(self, seq_id: str, x, start_pos: int, output: str, timeout: float | None = None):
+        t0 = time.perf_counter()  # in-process: no deadline
         r = self.host.forward(self.shard_id, seq_id, x, start_pos, output)
         self.timings.append((int(x.shape[0]), time.perf_counter() - t0, r.compute_seconds))
         return r.output
@@ -93,6 +99,31 @@ class LocalStage(PipelineStage):
 
     def close(self) -> None:
         self.host.unload(self.shard_id)
+
+
+@dataclass
+class ResilienceStats:
+    """What recovery did (read by the server's metrics and ``GET /v1/cluster``)."""
+
+    failovers: int = 0  # recoveries of a failed stage (standby or re-plan)
+    replans: int = 0
+    replayed_tokens: int = 0
+    recoveries: deque[float] = field(default_factory=lambda: deque(maxlen=TIMINGS_KEPT))  # seconds each
+    last_recovery: str = ""
+
+
+class StageFailed(ClusterError):
+    def __init__(self, index: int, stage: PipelineStage, exc: Exception):
+        super().__init__(f"pipeline stage {index} ({stage.describe()}): {exc}")
+        self.index, self.stage = index, stage
+
+
+class ClusterUnavailable(ClusterError):
+    """The model does not fit on the nodes that are left; ``reason`` says which node was lost."""
+
+
+# codes of a node that answered: a request the node refuses, not a failure of the node
+_REFUSED = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNIMPLEMENTED", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 
 
 class PipelineBackend(VocabMixin):
@@ -105,8 +136,14 @@ class PipelineBackend(VocabMixin):
         plan: Plan | None = None,
         problem: Problem | None = None,
         nodes: NodePool | None = None,
+        standbys: list[PipelineStage | None] | None = None,
+        failover: FailoverOptions | None = None,
+        replanner: Replanner | None = None,
     ):
-        """``nodes``: the connections the remote stages use; the backend closes them on ``close``."""
+        """``nodes``: the connections the remote stages use; the backend closes them on ``close``.
+        ``standbys``: per stage its warm standby (same layers loaded on another node) or None.
+        ``replanner``: rebuilds the pipeline over the surviving nodes (``cluster/recovery.py``); with a
+        ``Membership`` attached (``attach``) a failed stage is recovered and the sequence replayed."""
         if not stages:
             raise ClusterError("a pipeline needs at least one stage")
         path = Path(model_path)
@@ -115,10 +152,21 @@ class PipelineBackend(VocabMixin):
         arch = meta.get("general.architecture", "unknown")
         train_ctx = int(meta.get(f"{arch}.context_length", n_ctx))
         self.stages = stages
+        self.standbys: list[PipelineStage | None] = list(standbys or [None] * len(stages))
         self.nodes = nodes
         self.plan = plan
         self.problem = problem
+        self.failover = failover or FailoverOptions()
+        self.replanner = replanner
+        self.membership: Membership | None = None
+        self.stats = ResilienceStats()
+        self.unavailable: str | None = None  # why the model cannot be served now (HTTP 503)
         self._lock = threading.Lock()  # one sequence at a time through the pipeline
+        self._heal = threading.Event()
+        self._closed = threading.Event()
+        self._healer: threading.Thread | None = None
+        self._stale: set[str] = set()  # re-admitted nodes whose leftover shards must go
+        self._lost = ""  # the node whose loss made the model unavailable
         self.info = ModelInfo(
             name=name or path.stem,
             path=str(path),
@@ -132,26 +180,196 @@ class PipelineBackend(VocabMixin):
             n_ctx_train=train_ctx,
         )
 
+    # --- membership ----------------------------------------------------------------------------------
+    def attach(self, membership: Membership) -> None:
+        """Start failure handling: the heartbeat reports node changes, a healer thread acts on them."""
+        self.membership = membership
+        membership.on_change = self.node_changed
+        self._healer = threading.Thread(target=self._heal_loop, name="cluster-healer", daemon=True)
+        self._healer.start()
+        membership.start()
+
+    def node_changed(self, name: str, up: bool) -> None:
+        if up:
+            self._stale.add(name)
+        self._heal.set()
+
+    def _heal_loop(self) -> None:
+        while not self._closed.is_set():
+            self._heal.wait()
+            self._heal.clear()
+            if self._closed.is_set():
+                return
+            with self._lock:  # waits for the running sequence, which recovers by itself
+                try:
+                    self._heal_now()
+                except Exception as exc:  # noqa: BLE001 - logged; the next change retries
+                    log.warning("cluster healing failed: %s", exc)
+
+    def _heal_now(self) -> None:
+        m = self.membership
+        assert m is not None
+        for name in list(self._stale):
+            self._stale.discard(name)
+            if m.is_up(name) and self.nodes is not None:
+                self._unload_leftovers(name)
+        down = [i for i, st in enumerate(self.stages) if isinstance(st, RemoteStage) and not m.is_up(st.name)]
+        if self.unavailable is not None or down:
+            lost = self.stages[down[0]].name if down else self._lost
+            self._recover(down[0] if down else None, lost)
+
+    def _unload_leftovers(self, name: str) -> None:
+        """A node back from the dead may still hold shards the pipeline no longer uses: unload them."""
+        assert self.nodes is not None
+        ours = {st.shard_id for st in [*self.stages, *self.standbys] if st is not None and st.name == name}
+        client = self.nodes[name]
+        for sh in client.capabilities().shards:
+            if sh.shard_id not in ours:
+                client.unload(sh.shard_id)
+                log.info("unloaded leftover shard %s from %s", sh.shard_id, name)
+
+    def health(self) -> tuple[bool, str | None]:
+        return self.unavailable is None, self.unavailable
+
+    def cluster_state(self) -> dict:
+        """The live plan, node states and standbys (``GET /v1/cluster``)."""
+
+        def stage(st: PipelineStage | None) -> dict | None:
+            if st is None:
+                return None
+            return {"node": st.name, "start": st.placement.start, "end": st.placement.end}
+
+        nodes = self.membership.snapshot() if self.membership else []
+        s = self.stats
+        return {
+            "available": self.unavailable is None,
+            "reason": self.unavailable,
+            "plan": self.plan.describe() if self.plan else None,
+            "stages": [stage(st) for st in self.stages],
+            "standbys": [stage(st) for st in self.standbys],
+            "nodes": nodes,
+            "failovers": s.failovers,
+            "replans": s.replans,
+            "replayed_tokens": s.replayed_tokens,
+            "last_recovery": s.last_recovery or None,
+        }
+
+    # --- data path -----------------------------------------------------------------------------------
+    def deadline(self, i: int, positions: int) -> float:
+        """Deadline of stage i's Forward of ``positions`` tokens: ``deadline_factor`` x its predicted time
+        (profiled compute + hop per token, times the tokens), never below ``min_deadline``."""
+        f = self.failover
+        predicted = 0.0
+        st = self.stages[i]
+        if self.plan is not None:
+            for row in self.plan.breakdown:
+                if row.node == st.name and row.start == st.placement.start:
+                    predicted = row.compute + row.hop
+        return max(f.min_deadline, f.deadline_factor * predicted * max(1, positions))
+
+    def _forward(self, i: int, seq_id: str, x, start_pos: int, output: str):
+        stage = self.stages[i]
+        m = self.membership
+        deadline = self.deadline(i, int(x.shape[0])) if m is not None else None
+        for _ in range(3):
+            try:
+                return stage.forward(seq_id, x, start_pos, output, deadline)
+            except NodeError as exc:
+                if m is None or exc.code in _REFUSED:
+                    raise ClusterError(f"pipeline stage {i} ({stage.describe()}): {exc}") from exc
+                if exc.code == "DEADLINE_EXCEEDED" and m.probe(stage.name) is not None:
+                    assert deadline is not None
+                    deadline *= 4  # the node answers its heartbeat: slow, not dead; try again, longer
+                    log.warning(
+                        "%s missed its deadline but answers; retrying with %.1f s", stage.name, deadline
+                    )
+                    continue
+                m.mark_dead(stage.name, str(exc))
+                raise StageFailed(i, stage, exc) from exc
+        m.mark_dead(stage.name, f"missed three deadlines (last {deadline:.1f} s)")
+        raise StageFailed(i, stage, ClusterError(f"node {stage.name} missed three deadlines"))
+
     def step(self, seq_id: str, x, start_pos: int, output: str):
         """One pass through every stage (x: token ids); returns the last stage's output."""
-        for i, stage in enumerate(self.stages):
+        for i in range(len(self.stages)):
             last = i == len(self.stages) - 1
-            try:
-                x = stage.forward(seq_id, x, start_pos, output if last else "logits")
-            except NodeError as exc:
-                raise ClusterError(f"pipeline stage {i} ({stage.describe()}): {exc}") from exc
+            x = self._forward(i, seq_id, x, start_pos, output if last else "logits")
         return x
+
+    def _recover(self, index: int | None, lost: str) -> str:
+        """Replace the stage of the lost node: its warm standby if alive, else a re-plan over the survivors
+        (cold loads). Raises ``ClusterUnavailable`` (and stays unavailable) when the model no longer fits.
+        Returns how it recovered. The caller holds the lock; sequences must be replayed afterwards."""
+        m = self.membership
+        assert m is not None
+        alive = m.alive()
+        self.standbys = [None if sb is not None and sb.name not in alive else sb for sb in self.standbys]
+        if index is not None and self.unavailable is None:
+            sb = self.standbys[index]
+            if sb is not None:
+                self.stages[index], self.standbys[index] = sb, None
+                if self.plan is not None:
+                    self.plan.stages[index] = sb.placement
+                    self.plan.standbys[index] = None
+                self.stats.failovers += 1
+                self.stats.last_recovery = f"node {lost} lost: stage {index} moved to standby {sb.name}"
+                log.warning(self.stats.last_recovery)
+                return "standby"
+        if self.replanner is None or not self.failover.recover:
+            raise ClusterError(f"node {lost} was lost and recovery is off")
+        current = [st for st in [*self.stages, *self.standbys] if st is not None and st.name in alive]
+        if index is not None:
+            current = [st for st in current if st is not self.stages[index]]
+        try:
+            layout = self.replanner.rebuild(alive, current)
+        except (InfeasiblePlan, ClusterError, NodeError, ValueError) as exc:
+            self._lost = lost
+            self.unavailable = (
+                f"node {lost} was lost and the model does not fit on the remaining node(s) "
+                f"{sorted(alive) or 'none'}: {exc}"
+            )
+            log.warning(self.unavailable)
+            raise ClusterUnavailable(self.unavailable) from exc
+        was_unavailable = self.unavailable is not None
+        self.stages, self.standbys, self.plan = layout.stages, layout.standbys, layout.plan
+        self.unavailable = None
+        self.stats.replans += 1
+        if not was_unavailable:
+            self.stats.failovers += 1
+        self.stats.last_recovery = f"node {lost} lost: re-planned as {layout.plan.describe()}"
+        log.warning(self.stats.last_recovery)
+        return "replan"
 
     def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         import torch
 
         if not prompt:
             raise ValueError("the prompt is empty")
+        if self.unavailable is not None:
+            raise ClusterUnavailable(self.unavailable)
         seq_id = uuid.uuid4().hex
         output = "top1" if params.greedy else "logits"
+        history: list[int] = []  # every id fed so far: the prompt, then the generated tokens
 
         def forward(ids: list[int], pos: int):
-            out = self.step(seq_id, torch.tensor(ids, dtype=torch.int32), pos, output)
+            feed, at, t0 = ids, pos, time.perf_counter()
+            for _ in range(len(self.nodes.names()) + 2 if self.nodes else 1):
+                try:
+                    out = self.step(seq_id, torch.tensor(feed, dtype=torch.int32), at, output)
+                    break
+                except StageFailed as failed:
+                    if self.membership is None:
+                        raise
+                    self._recover(failed.index, failed.stage.name)
+                    # rebuild every KV cache of the new chain: the whole history as one batched prefill
+                    feed, at = history[:pos] + list(ids), 0
+            else:
+                raise ClusterError("the pipeline kept failing while recovering; giving up")
+            if at != pos:
+                self.stats.replayed_tokens += len(feed)
+                self.stats.recoveries.append(time.perf_counter() - t0)
+            del history[pos:]
+            history.extend(ids)
             return int(out[0]) if params.greedy else out  # top1: the last node picked the token
 
         with self._lock:
@@ -159,13 +377,23 @@ class PipelineBackend(VocabMixin):
                 yield from decode_tokens(forward, prompt, params, self.info.n_ctx)
             finally:
                 for stage in self.stages:
+                    if self.membership is not None and not self.membership.is_up(stage.name):
+                        continue
                     try:
                         stage.drop(seq_id)
                     except Exception as exc:  # noqa: BLE001 - a dead node must not mask the real error
                         log.warning("dropping sequence on %s failed: %s", stage.name, exc)
 
     def close(self) -> None:
-        for stage in self.stages:
+        self._closed.set()
+        self._heal.set()
+        if self.membership is not None:
+            self.membership.close()
+        if self._healer is not None:
+            self._healer.join(timeout=10)
+        for stage in [*self.stages, *self.standbys]:
+            if stage is None:
+                continue
             try:
                 stage.close()
             except Exception as exc:  # noqa: BLE001

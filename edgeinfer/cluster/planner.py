@@ -114,6 +114,7 @@ class Plan:
     strategy: str = "auto"
     excluded: dict[str, str] = field(default_factory=dict)  # node -> why it is not used
     breakdown: list[StageCost] = field(default_factory=list)
+    standbys: list[Stage | None] = field(default_factory=list)  # per stage: its warm standby, if any
 
     @property
     def tokens_per_second(self) -> float:
@@ -131,7 +132,8 @@ class Plan:
 
     def describe(self) -> str:
         parts = [f"{s.node}[{s.start}:{s.end}]" for s in self.stages]
-        return " -> ".join(parts)
+        spare = [f"{s.node}[{s.start}:{s.end}]" for s in self.standbys if s is not None]
+        return " -> ".join(parts) + (f" (standby {', '.join(spare)})" if spare else "")
 
 
 def _per_layer(value: float | Sequence[float], n: int, what: str) -> list[float]:
@@ -357,6 +359,59 @@ def _why_excluded(problem: Problem, finals: dict, stages: list[Stage], allowed: 
             rtt = ""
         reasons[node.name] = f"using it would add {delta * 1e3:.2f} ms to the {what}{rtt}"
     return reasons
+
+
+# --- warm standbys ---------------------------------------------------------------------------------
+def standby_cost(problem: Problem, j: int, st: Stage) -> float:
+    """Predicted seconds per token of stage ``st`` if node ``j`` served it (its compute and its hop)."""
+    return problem.compute(j, st.start, st.end) + problem.hop(j, st.start, st.end)[0]
+
+
+def place_standbys(
+    problem: Problem, stages: Sequence[Stage], replicas: int = 1, exclude: Sequence[str] = ()
+) -> list[Stage | None]:
+    """Per primary stage, a warm standby: the same layer range also loaded on another remote node, within the
+    memory that node has left after its primary stage and the standbys already placed on it.
+
+    Exact: the most stages covered, then the least predicted cost of the standbys (sum of their stage times);
+    a depth-first search memoised on (stage, memory left per node) — small edge clusters only, like ``plan``.
+    ``exclude``: node names not to use (failed ones). ``replicas`` is 0 or 1."""
+    if replicas <= 0 or not stages:
+        return [None] * len(stages)
+    index = {n.name: i for i, n in enumerate(problem.nodes)}
+    left = [n.memory for n in problem.nodes]
+    for st in stages:
+        left[index[st.node]] -= problem.stage_memory(st.start, st.end)
+    usable = [j for j, n in enumerate(problem.nodes) if not n.local and n.name not in exclude]
+    memo: dict[tuple, tuple[int, float, tuple[int, ...]]] = {}
+
+    def best(i: int, mem: tuple[float, ...]) -> tuple[int, float, tuple[int, ...]]:
+        """(stages covered, cost, chosen node per stage or -1) for stages i.. with ``mem`` left."""
+        if i == len(stages):
+            return 0, 0.0, ()
+        key = (i, mem)
+        if key in memo:
+            return memo[key]
+        n, c, rest = best(i + 1, mem)
+        out = (n, c, (-1, *rest))
+        st, need = stages[i], problem.stage_memory(stages[i].start, stages[i].end)
+        for j in usable:
+            if problem.nodes[j].name == st.node or mem[j] < need:
+                continue
+            m = list(mem)
+            m[j] -= need
+            n, c, rest = best(i + 1, tuple(m))
+            cand = (n + 1, c + standby_cost(problem, j, st), (j, *rest))
+            if (cand[0], -cand[1]) > (out[0], -out[1]):
+                out = cand
+        memo[key] = out
+        return out
+
+    chosen = best(0, tuple(left))[2]
+    return [
+        None if j < 0 else Stage(problem.nodes[j].name, st.start, st.end)
+        for j, st in zip(chosen, stages, strict=True)
+    ]
 
 
 # --- baselines and oracle ---------------------------------------------------------------------------

@@ -1,0 +1,158 @@
+"""Which nodes the gateway may use: a heartbeat (the node's Ping, which also reports its load), failure
+reports from the data path, bans with back-off and re-admission (docs/resilience.md).
+
+A node is *up* until a heartbeat or a Forward fails; it is then banned for ``ban`` seconds (Petals: 15 s),
+doubled on each new failure up to ``max_ban``, and reset once the node stayed up for ``max_ban``. After its
+ban a node is pinged again and re-admitted when it answers; ``on_change(name, up)`` tells the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from edgeinfer.cluster.client import NodeError, NodePool
+from edgeinfer.cluster.config import FailoverOptions
+from edgeinfer.cluster.host import PingResult
+
+log = logging.getLogger("edgeinfer.cluster")
+
+
+@dataclass
+class NodeState:
+    name: str
+    address: str
+    up: bool = True
+    since: float = 0.0  # monotonic time of the last change
+    banned_until: float = 0.0
+    ban_seconds: float = 0.0  # the last ban's length (0: never banned, or reset)
+    failures: int = 0
+    last_error: str = ""
+    last_ping: PingResult | None = None
+
+    def as_dict(self, now: float) -> dict:
+        p = self.last_ping
+        return {
+            "name": self.name,
+            "address": self.address,
+            "up": self.up,
+            "banned_for_s": round(max(0.0, self.banned_until - now), 2),
+            "failures": self.failures,
+            "last_error": self.last_error or None,
+            "rtt_ms": round(p.seconds * 1e3, 2) if p else None,
+            "load1": p.load1 if p else None,
+            "free_bytes": p.free_bytes if p else None,
+            "active_sequences": p.active_sequences if p else None,
+        }
+
+
+class Membership:
+    def __init__(
+        self,
+        pool: NodePool,
+        options: FailoverOptions,
+        on_change: Callable[[str, bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.pool, self.options, self.on_change, self.clock = pool, options, on_change, clock
+        now = clock()
+        self.nodes = {n: NodeState(n, pool[n].address, since=now) for n in pool.names()}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pings = ThreadPoolExecutor(max_workers=max(1, len(self.nodes)), thread_name_prefix="heartbeat")
+
+    # --- state -------------------------------------------------------------------------------------------
+    def alive(self) -> set[str]:
+        with self._lock:
+            return {n for n, s in self.nodes.items() if s.up}
+
+    def is_up(self, name: str) -> bool:
+        with self._lock:
+            s = self.nodes.get(name)
+            return s is not None and s.up
+
+    def snapshot(self) -> list[dict]:
+        now = self.clock()
+        with self._lock:
+            return [s.as_dict(now) for s in self.nodes.values()]
+
+    def mark_dead(self, name: str, why: str) -> None:
+        """A failure seen by the heartbeat or the data path: ban the node (back-off), tell the gateway."""
+        now = self.clock()
+        with self._lock:
+            s = self.nodes.get(name)
+            if s is None or not s.up:
+                return
+            if s.ban_seconds and now - s.since > self.options.max_ban:
+                s.ban_seconds = 0.0  # it stayed up long enough: start again from the first ban
+            s.ban_seconds = min(self.options.max_ban, s.ban_seconds * 2 or self.options.ban)
+            s.up, s.since, s.banned_until = False, now, now + s.ban_seconds
+            s.failures += 1
+            s.last_error = why
+        log.warning("node %s is down (banned for %.0f s): %s", name, s.ban_seconds, why)
+        if self.on_change:
+            self.on_change(name, False)
+
+    def _admit(self, name: str) -> None:
+        with self._lock:
+            s = self.nodes[name]
+            if s.up:
+                return
+            s.up, s.since = True, self.clock()
+        log.warning("node %s answers again: re-admitted", name)
+        if self.on_change:
+            self.on_change(name, True)
+
+    # --- probing -----------------------------------------------------------------------------------------
+    def probe(self, name: str, timeout: float | None = None) -> PingResult | None:
+        """One Ping within the heartbeat deadline; None when it fails."""
+        try:
+            r = self.pool[name].ping(timeout=timeout or self.options.min_deadline)
+        except NodeError as exc:
+            with self._lock:
+                self.nodes[name].last_error = str(exc)
+            return None
+        with self._lock:
+            self.nodes[name].last_ping = r
+        return r
+
+    def beat(self) -> None:
+        """One heartbeat round: ping every node that is up or whose ban is over, in parallel."""
+        now = self.clock()
+        with self._lock:
+            due = [n for n, s in self.nodes.items() if s.up or now >= s.banned_until]
+        results = list(self._pings.map(self.probe, due))
+        for name, r in zip(due, results, strict=True):
+            if r is not None:
+                self._admit(name)
+                continue
+            with self._lock:
+                s = self.nodes[name]
+                was_up = s.up
+                if not was_up:  # still down after its ban: ban again, longer
+                    s.ban_seconds = min(self.options.max_ban, s.ban_seconds * 2)
+                    s.banned_until = self.clock() + s.ban_seconds
+            if was_up:
+                self.mark_dead(name, s.last_error or "heartbeat failed")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="membership", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.options.heartbeat):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure
+                log.exception("heartbeat round failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._pings.shutdown(wait=False, cancel_futures=True)
