@@ -63,6 +63,8 @@ class ModelSet:
             raise APIError(
                 503, f"model '{worker.name}' is still loading; retry shortly", code="model_loading"
             )
+        if reason := unavailable(worker):
+            raise APIError(503, f"model '{worker.name}' is unavailable: {reason}", code="cluster_unavailable")
         return worker
 
     def formatter(self, worker: ModelWorker) -> ChatFormatter:
@@ -70,6 +72,15 @@ class ModelSet:
             info = worker.backend.info
             self._formatters[worker.name] = ChatFormatter(info.chat_template, info.bos_token, info.eos_token)
         return self._formatters[worker.name]
+
+
+def unavailable(worker: ModelWorker) -> str | None:
+    """Why a loaded backend cannot serve now (a cluster that lost too many nodes), else None."""
+    health = getattr(worker.backend, "health", None)
+    if health is None:
+        return None
+    ok, reason = health()
+    return None if ok else reason or "unavailable"
 
 
 def _reject_unsupported(req: _Sampling) -> None:
@@ -117,16 +128,36 @@ def create_app(
     @app.get("/health")
     async def health() -> JSONResponse:
         states = {name: w.state for name, w in models.workers.items()}
+        down = {n: r for n, w in models.workers.items() if w.state == "ready" and (r := unavailable(w))}
+        states |= dict.fromkeys(down, "unavailable")
         ok = all(s == "ready" for s in states.values())
         status = "ok" if ok else ("error" if "failed" in states.values() else "loading")
+        status = "unavailable" if down and status != "error" else status
         body: dict[str, Any] = {"status": status, "models": states}
-        errors = {n: w.error for n, w in models.workers.items() if w.error}
+        errors = {n: w.error for n, w in models.workers.items() if w.error} | down
         if errors:
             body["errors"] = errors
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    def clusters() -> dict[str, Any]:
+        return {
+            n: w.backend
+            for n, w in models.workers.items()
+            if w.backend is not None and hasattr(w.backend, "cluster_state")
+        }
+
+    @app.get("/v1/cluster")
+    async def cluster() -> dict[str, Any]:
+        """The live plan, node states and standbys of every cluster-served model (docs/resilience.md)."""
+        found = clusters()
+        if not found:
+            raise APIError(404, "no model is served by a cluster", code="not_a_cluster")
+        return {"object": "cluster", "models": {n: b.cluster_state() for n, b in found.items()}}
+
     @app.get("/metrics")
     async def prometheus() -> Response:
+        for n, b in clusters().items():
+            metrics.observe_cluster(n, b.stats, b.membership.snapshot() if b.membership else [])
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def model_entry(w: ModelWorker) -> dict[str, Any]:
