@@ -37,10 +37,23 @@ class SplitBenchConfig:
     edge: str = "edge-host"
     delay_ms: float = 0.0
     port: int = 8090
+    accuracy_inputs: int | None = None  # test inputs for the exits / cascades part (None: the whole split)
 
 
 def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
+
+
+def median_ci95(xs: list[float]) -> tuple[float, float]:
+    """Distribution-free 95 % confidence interval of the median: order statistics j < k with
+    j = n/2 - 0.98 sqrt(n), k = n/2 + 1 + 0.98 sqrt(n) (the normal approximation to the binomial)."""
+    n = len(xs)
+    if n < 6:
+        return float("nan"), float("nan")
+    s = sorted(xs)
+    half = 0.98 * n**0.5
+    j, k = max(1, int(n / 2 - half)), min(n, int(n / 2 + 1 + half + 0.999))
+    return s[j - 1], s[k - 1]
 
 
 def start_edge(tb, i: int, model: str, port: int, delay_ms: float, log: Path) -> str:
@@ -77,7 +90,6 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
     import torch
 
     from edgeinfer.models.dnn import zoo
-    from edgeinfer.models.dnn.data import digits
     from edgeinfer.split.compress import wire_key
     from edgeinfer.split.device import ClientConfig, DeviceClient
     from edgeinfer.split.exits import CRITERIA, calibrate_on_val
@@ -90,7 +102,7 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
     if reason:
         raise RuntimeError(f"the split benchmark needs a network test-bed: {reason}")
     m = zoo.load(cfg.model)
-    data = digits(m.backbone.in_shape[-1])
+    data = zoo.dataset(cfg.model)
     test = data["test"]
     log(f"profiling {cfg.model} as {cfg.device} and {cfg.edge}")
     dev = profile_model(m, load_device(cfg.device), data["val"].x[:16], 5, 30)
@@ -143,6 +155,7 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
                 {
                     "split": s,
                     "median_ms": _median([r.latency_ms for r in got[s]]),
+                    "ci95_ms": median_ci95([r.latency_ms for r in got[s]]),
                     "sent_bytes": _median([r.sent_bytes for r in got[s]]),
                     "fallbacks": sum(r.fallback for r in got[s]),
                 }
@@ -168,6 +181,7 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
                 "best_ms": best["median_ms"],
                 "chosen_splits": dict(chosen),
                 "chosen_ms": _median([r.latency_ms for r in rs]),
+                "chosen_ci95_ms": median_ci95([r.latency_ms for r in rs]),
                 "chosen_fallbacks": sum(r.fallback for r in rs),
                 "chosen_replans": replans,
                 "chosen_probe_ms_total": probe_ms,
@@ -183,18 +197,19 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
     # accuracy vs latency of every exit (device-only, measured) and of the early-exit cascades
     # every exit device-only and the three calibrated cascades, interleaved over the whole test set: the
     # accuracy is what the runtime answered, the latency measured under the same conditions for all six
-    log(f"accuracy vs latency of the exits and cascades ({len(test)} test inputs each, interleaved)")
+    n_acc = min(len(test), cfg.accuracy_inputs or len(test))
+    log(f"accuracy vs latency of the exits and cascades ({n_acc} test inputs each, interleaved)")
     cfgs = [ClientConfig(force=(e.name, len(m.path(e.name)))) for e in m.exits]
     ths = {crit: calibrate_on_val(m, crit) for crit in CRITERIA}
     cfgs += [ClientConfig(force=(final, n), thresholds=th) for th in ths.values()]
     local = [DeviceClient(m, dev, edge, "http://127.0.0.1:9", c) for c in cfgs]
     try:
         with torch.no_grad():
-            got_local = interleaved(local, len(test))
+            got_local = interleaved(local, n_acc)
     finally:
         for c in local:
             c.close()
-    ys = [int(test.y[i % len(test)]) for i in range(cfg.warm, cfg.warm + len(test))]
+    ys = [int(test.y[i % len(test)]) for i in range(cfg.warm, cfg.warm + n_acc)]
 
     def summary(rs: list) -> dict:
         return {

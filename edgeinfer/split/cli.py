@@ -22,7 +22,8 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[
     str,
     typer.Option(
-        help="Device spec to emulate: 'rpi4-like' (1 thread, 8x slower; NOT a real Pi), 'edge-host', "
+        help="Device spec to emulate: 'rpi4-like' (1 thread, 8x slower by sleeping; NOT a real Pi), "
+        "'rpi4-like-quota' (1 thread under a cgroup CPU quota of 1/8 core; root), 'edge-host', "
         "or a JSON file."
     ),
 ]
@@ -73,11 +74,11 @@ def _load_model(name: str, retrain: bool = False):
 def _profile(model, device: str, warmup: int = 3, repeats: int = 20):
     from rich.progress import Progress
 
-    from edgeinfer.models.dnn.data import digits
+    from edgeinfer.models.dnn import zoo
     from edgeinfer.split.profile import load_device, profile_model
 
     spec = load_device(device)
-    x = digits(model.backbone.in_shape[-1])["val"].x[:16]
+    x = zoo.dataset(model.name)["val"].x[:16]
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task(f"profiling {model.name} as {spec.name}", total=warmup + repeats)
         return profile_model(
@@ -112,7 +113,7 @@ def train(
     model: ModelOpt = "digitnet",
     retrain: Annotated[bool, typer.Option(help="Train again even if a cached artifact matches.")] = False,
 ) -> None:
-    """Train a zoo model on scikit-learn's digits (cached under ~/.cache/edgeinfer/dnn by config hash) and
+    """Train a zoo model on its data set (cached under ~/.cache/edgeinfer/dnn by config hash) and
     print the measured test accuracy of every exit."""
     from edgeinfer.models.dnn.zoo import ZOO
 
@@ -147,7 +148,7 @@ def profile(
 ) -> None:
     """Measure every layer's latency (warm-up, repeats, median) and output bytes on this machine, emulating
     --device; optionally fit and evaluate the Neurosurgeon-style latency predictor."""
-    from edgeinfer.models.dnn.data import digits
+    from edgeinfer.models.dnn import zoo
     from edgeinfer.split.profile import load_device, profile_model
 
     m = _load_model(model)
@@ -155,7 +156,7 @@ def profile(
         spec = load_device(device)
     except ValueError as exc:
         _fail(str(exc))
-    x = digits(m.backbone.in_shape[-1])["val"].x[:16]
+    x = zoo.dataset(m.name)["val"].x[:16]
     with err.status(f"profiling {model} as {spec.name} ({warmup} + {repeats} passes) ..."):
         prof = profile_model(m, spec, x, warmup, repeats)
     rows = [
@@ -327,7 +328,7 @@ def run(
     answers from a local exit (and says so) when the edge is unreachable."""
     from rich.progress import track
 
-    from edgeinfer.models.dnn.data import digits
+    from edgeinfer.models.dnn import zoo
     from edgeinfer.split.device import ClientConfig, DeviceClient
     from edgeinfer.split.exits import CRITERIA, calibrate_on_val
 
@@ -338,7 +339,7 @@ def run(
     dev, edg = _profiles(m, device, edge, device_profile, edge_profile)
     th = calibrate_on_val(m, early_exit, target_accuracy) if early_exit else None
     cfg = ClientConfig(dtype=dtype, codec=codec, deadline_ms=deadline_ms, objective=objective, thresholds=th)
-    test = digits(m.backbone.in_shape[-1])["test"]
+    test = zoo.dataset(m.name)["test"]
     results = []
     with DeviceClient(m, dev, edg, edge_url, cfg) as client:
         for i in track(range(min(n, len(test))), description="inferring", console=err, transient=True):
@@ -393,6 +394,12 @@ def bench(
     ] = "1mbit,5mbit,20mbit,100mbit,1gbit",
     requests: Annotated[int, typer.Option("-n", help="Requests per measured point.", min=3)] = 15,
     model: ModelOpt = "digitnet",
+    device: DeviceOpt = "rpi4-like",
+    dtype: DtypeOpt = "fp16",
+    codec: CodecOpt = "lz4",
+    accuracy_inputs: Annotated[
+        int | None, typer.Option(help="Test inputs for the exits/cascades part (default: all).", min=1)
+    ] = None,
     fmt: Annotated[
         Format | None,
         typer.Option(
@@ -410,7 +417,17 @@ def bench(
         rate_list = [r.strip() for r in rates.split(",") if r.strip()]
         for r in rate_list:
             parse_rate_bps(r)
-        result = run_bench(SplitBenchConfig(model=model, rates=rate_list, requests=requests), log=err.print)
+        cfg = SplitBenchConfig(
+            model=model,
+            rates=rate_list,
+            requests=requests,
+            device=device,
+            dtype=dtype,
+            codec=codec,
+            accuracy_inputs=accuracy_inputs,
+        )
+        _check_wire(dtype, codec)
+        result = run_bench(cfg, log=err.print)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     output.write_text(json.dumps(result, indent=1))

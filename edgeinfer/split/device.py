@@ -24,7 +24,7 @@ from edgeinfer.split.compress import encode, wire_key
 from edgeinfer.split.exits import Thresholds
 from edgeinfer.split.monitor import LinkMonitor, changed
 from edgeinfer.split.planner import LinkEstimate, SplitOption, all_paths, evaluate, plan_split
-from edgeinfer.split.profile import Profile, emulated_call, settle, torch_threads
+from edgeinfer.split.profile import Profile, device_thread, emulated_call, settle, torch_threads
 from edgeinfer.split.runner import Segment, local_answer, run_segment
 
 
@@ -196,7 +196,7 @@ class DeviceClient:
         chosen = self.current_plan()
         slow = self.device.device.slowdown
         t0 = time.perf_counter()
-        with torch_threads(self.device.device.threads):
+        with torch_threads(self.device.device.threads), device_thread(self.device.device):
             seg = run_segment(
                 self.model, chosen.exit, x, 0, chosen.split, slow, self.cfg.thresholds, sleep=False
             )
@@ -213,9 +213,10 @@ class DeviceClient:
             return self._done(
                 t0, seg.out, ex, "device", seg.compute_s, early=bool(seg.early_exit), **base, **kw
             )
-        payload, enc_s = emulated_call(
-            lambda: encode(seg.out, self.cfg.dtype, self.cfg.codec), slow, sleep=False
-        )
+        with device_thread(self.device.device):
+            payload, enc_s = emulated_call(
+                lambda: encode(seg.out, self.cfg.dtype, self.cfg.codec), slow, sleep=False
+            )
         device_s = seg.compute_s + enc_s
         settle(t0, device_s)  # one sleep for the whole emulated head (see profile.settle)
         params = {"model": self.model.name, "exit": chosen.exit, "cut": chosen.split}
@@ -315,7 +316,7 @@ class DeviceClient:
         else:
             best = min(cands, key=lambda e: self._local_cost_ms(e.name, taps))
             note = "the fastest local exit; the deadline cannot be met"
-        with torch_threads(self.device.device.threads):
+        with torch_threads(self.device.device.threads), device_thread(self.device.device):
             logits, spent = local_answer(self.model, taps, best.name, self.device.device.slowdown)
         reason = f"{why}: answered on the device from exit {best.name} {note}"
         return self._done(

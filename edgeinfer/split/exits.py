@@ -107,10 +107,9 @@ def exit_logits(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def calibrate_on_val(model, criterion: str, target: float | None = None) -> Thresholds:
     """Calibrate a zoo model on its validation split; default target: the final exit's val accuracy."""
-    from edgeinfer.models.dnn.data import digits
+    from edgeinfer.models.dnn import zoo
 
-    res = model.backbone.in_shape[-1]
-    val = digits(res)["val"]
+    val = zoo.dataset(model.name)["val"]
     logits = exit_logits(model, val.x)
     final = model.final.name
     if target is None:

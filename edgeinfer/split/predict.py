@@ -8,14 +8,15 @@ held-out layers, so the predictor can stand in for a device that was not profile
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
 from edgeinfer.models.dnn.chain import to_chain
-from edgeinfer.split.profile import DeviceSpec, LayerProfile, median_ms, torch_threads
+from edgeinfer.split.profile import DeviceSpec, LayerProfile, device_thread, median_ms, torch_threads
 
 
 @dataclass
@@ -55,17 +56,21 @@ def random_layer(rng: random.Random) -> tuple[nn.Module, torch.Tensor]:
 def measure_bank(
     device: DeviceSpec, n: int = 120, seed: int = 0, warmup: int = 3, repeats: int = 15
 ) -> list[Sample]:
-    """Measure ``n`` random layers on this host, as ``device`` (threads, slowdown)."""
+    """Measure ``n`` random layers on this host, as ``device`` (threads, slowdown or CPU quota: under a quota
+    a layer's time is its CPU time x the wall/CPU ratio of the whole measurement, as in ``profile_model``)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     out = []
-    with torch_threads(device.threads):
+    quota = device.cpu_quota > 0
+    with torch_threads(device.threads), device_thread(device):
+        w0, c0 = time.perf_counter(), time.thread_time()
         for _ in range(n):
             module, x = random_layer(rng)
             layer = to_chain(nn.Sequential(module), x).layers[0]
-            ms = median_ms(lambda module=module, x=x: module(x), warmup, repeats, device.slowdown)
+            ms = median_ms(lambda module=module, x=x: module(x), warmup, repeats, device.slowdown, quota)
             out.append(Sample(layer.kind, layer.macs, 4 * x[0].numel(), layer.out_bytes, ms))
-    return out
+        scale = (time.perf_counter() - w0) / max(time.thread_time() - c0, 1e-9) if quota else 1.0
+    return [replace(s, ms=s.ms * scale) for s in out]
 
 
 class Predictor:

@@ -1,6 +1,7 @@
 """Per-layer DNN profiles: measured latency and tensor bytes of every layer on one device, as JSON.
 
-* ``DeviceSpec``: how a device is emulated on this host (threads, a slowdown factor that stretches every
+* ``DeviceSpec``: how a device is emulated on this host (threads, and either a CPU quota that the kernel
+  enforces on the device's compute thread, ``testbed.cpuquota``, or a slowdown factor that stretches every
   compute interval by sleeping) plus its power model. Specs ship under ``edgeinfer/models/dnn/devices``.
 * ``profile_model``: every layer of a ``BranchyModel`` on a real input, warm-up then repeats, median; output
   bytes raw and on the wire for every dtype+codec (measured by encoding real activations).
@@ -25,6 +26,7 @@ import torch
 
 from edgeinfer.models.dnn.zoo import BranchyModel
 from edgeinfer.split.compress import CODECS, DTYPES, encode, wire_key
+from edgeinfer.testbed import cpuquota
 
 FORMAT = "edgeinfer-dnn-profile/1"
 DEVICES_DIR = Path(__file__).resolve().parent.parent / "models" / "dnn" / "devices"
@@ -45,6 +47,8 @@ class DeviceSpec:
     emulated: bool = False
     power: PowerModel = PowerModel()
     note: str = ""
+    cpu_quota: float = 0.0  # fraction of one core for the compute thread (cgroup CFS quota); 0 = no quota
+    cpu_period_us: int = 10_000  # the quota's CFS period
 
     @classmethod
     def from_dict(cls, d: dict) -> DeviceSpec:
@@ -52,6 +56,10 @@ class DeviceSpec:
         d["power"] = PowerModel(**d.get("power", {}))
         if d.get("slowdown", 1.0) < 1.0 or d.get("threads", 1) < 1:
             raise ValueError(f"device {d.get('name')}: slowdown must be >= 1 and threads >= 1")
+        if not 0.0 <= d.get("cpu_quota", 0.0) <= 1.0:
+            raise ValueError(f"device {d.get('name')}: cpu_quota is a fraction of one core, in [0, 1]")
+        if d.get("cpu_quota", 0.0) > 0 and d.get("slowdown", 1.0) != 1.0:
+            raise ValueError(f"device {d.get('name')}: emulate with cpu_quota or with slowdown, not both")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -73,6 +81,14 @@ def load_device(spec: str) -> DeviceSpec:
         return DeviceSpec.from_dict(json.loads(path.read_text()))
     except (TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"bad device spec {path}: {exc}") from exc
+
+
+def device_thread(spec: DeviceSpec) -> contextlib.AbstractContextManager:
+    """Run the block's compute as the device: on a spec with ``cpu_quota``, the calling thread joins the
+    process's cgroup for that quota (one budget for every client of the device in this process)."""
+    if spec.cpu_quota <= 0:
+        return contextlib.nullcontext()
+    return cpuquota.shared(spec.cpu_quota, spec.cpu_period_us).thread()
 
 
 @contextlib.contextmanager
@@ -118,13 +134,16 @@ def settle(start: float, emulated_s: float) -> None:
         time.sleep(left)
 
 
-def median_ms(fn: Callable[[], object], warmup: int, repeats: int, slowdown: float = 1.0) -> float:
-    """Median of ``repeats`` timed calls after ``warmup`` untimed ones (emulated time if slowdown > 1)."""
+def median_ms(
+    fn: Callable[[], object], warmup: int, repeats: int, slowdown: float = 1.0, cpu: bool = False
+) -> float:
+    """Median of ``repeats`` timed calls after ``warmup`` untimed ones (emulated time if slowdown > 1; the
+    thread's CPU time if ``cpu``)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        if slowdown > 1.0:  # CPU time x slowdown, without sleeping: only the number is needed
+        if slowdown > 1.0 or cpu:  # CPU time x slowdown, without sleeping: only the number is needed
             c0 = time.thread_time()
             fn()
             times.append((time.thread_time() - c0) * slowdown)
@@ -141,7 +160,8 @@ class LayerProfile:
     macs: int
     in_bytes: int
     out_bytes: int
-    ms: float  # on the profiled device (emulated: CPU time on this host x slowdown)
+    ms: float  # on the profiled device (emulated: CPU time on this host x slowdown, or x the measured
+    # wall/CPU ratio of whole passes under the device's CPU quota)
     ms_host: float  # wall time measured on the host that ran the profile
     wire: dict[str, int] = field(default_factory=dict)  # "fp16+lz4" -> bytes of the encoded output
 
@@ -226,10 +246,12 @@ def _median_wire(samples: list[torch.Tensor]) -> dict[str, int]:
     return {k: int(statistics.median(s[k] for s in sizes)) for k in sizes[0]}
 
 
-def _timed_ms(fn: Callable[[], torch.Tensor], slowdown: float) -> tuple[torch.Tensor, float]:
+def _timed_ms(
+    fn: Callable[[], torch.Tensor], slowdown: float, cpu: bool = False
+) -> tuple[torch.Tensor, float]:
     w0, c0 = time.perf_counter(), time.thread_time()
     out = fn()
-    if slowdown > 1.0:  # emulated device: this thread's CPU time x slowdown (no sleeping needed here)
+    if slowdown > 1.0 or cpu:  # emulated device: this thread's CPU time x slowdown (no sleeping needed here)
         return out, 1000 * (time.thread_time() - c0) * slowdown
     return out, 1000 * (time.perf_counter() - w0)
 
@@ -245,28 +267,40 @@ def profile_model(
 ) -> Profile:
     """Time every layer of ``model`` (batch 1) inside whole passes over the chain, so caches are as cold or
     warm as in real use: ``warmup`` passes, then ``repeats`` timed passes cycling through ``inputs``; the
-    median per layer. Wire bytes are medians over all of ``inputs``."""
+    median per layer. Wire bytes are medians over all of ``inputs``.
+
+    Under a CPU quota (``device.cpu_quota``) the passes run throttled, and a layer's time is its median CPU
+    time x the wall/CPU ratio of the timed passes (the quota's effective slowdown, measured): a layer shorter
+    than the quota left in a period runs at full speed, so its own wall times would not add up to a pass."""
     if warmup < 0 or repeats < 1 or len(inputs) < 1:
         raise ValueError("warmup must be >= 0, repeats >= 1 and inputs non-empty")
     layers: dict[str, LayerProfile] = {}
     todo = [(model.backbone, None)] + [(e.head, e) for e in model.exits]
     total, done = warmup + repeats, 0
-    with torch_threads(device.threads):
+    quota = device.cpu_quota > 0
+    pass_wall = pass_cpu = 0.0
+    with torch_threads(device.threads), device_thread(device):
         starts = {None: inputs} | {e.name: model.backbone.run(inputs, 0, e.at) for e in model.exits}
         times: dict[str, list[float]] = {}
         host: dict[str, list[float]] = {}
         for r in range(total):
+            pw, pc = time.perf_counter(), time.thread_time()
             for chain, ex in todo:
                 x = starts[None if ex is None else ex.name][r % len(inputs)].unsqueeze(0)
                 for layer in chain.layers:
                     w0 = time.perf_counter()
-                    x, ms = _timed_ms(lambda layer=layer, x=x: layer.module(x), device.slowdown)
+                    x, ms = _timed_ms(lambda layer=layer, x=x: layer.module(x), device.slowdown, quota)
                     if r >= warmup:
                         times.setdefault(layer.name, []).append(ms)
                         host.setdefault(layer.name, []).append(1000 * (time.perf_counter() - w0))
+            if r >= warmup:
+                pass_wall += time.perf_counter() - pw
+                pass_cpu += time.thread_time() - pc
             done += 1
             if progress:
                 progress(done, total)
+    scale = pass_wall / max(pass_cpu, 1e-9) if quota else 1.0
+    with torch_threads(device.threads):
         for chain, ex in todo:
             xs = starts[None if ex is None else ex.name]
             for layer in chain.layers:
@@ -277,7 +311,7 @@ def profile_model(
                     layer.macs,
                     in_bytes,
                     layer.out_bytes,
-                    statistics.median(times[layer.name]),
+                    statistics.median(times[layer.name]) * scale,
                     statistics.median(host[layer.name]),
                     _median_wire([xs[i : i + 1] for i in range(len(xs))]),
                 )
@@ -293,6 +327,8 @@ def profile_model(
         "batch": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if quota:
+        meta["cpu_quota_effective_slowdown"] = round(scale, 3)
     return Profile(
         model.name,
         device,

@@ -1,0 +1,46 @@
+"""The device emulated by a cgroup CPU quota: a profile made under it, and a device client throttled by it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from edgeinfer.models.dnn import zoo
+from edgeinfer.split.profile import DeviceSpec, device_thread, load_device, profile_model
+from edgeinfer.testbed import cpuquota
+
+needs_quota = pytest.mark.skipif(cpuquota.available() is not None, reason=str(cpuquota.available()))
+
+
+def test_quota_specs_are_validated():
+    spec = load_device("rpi4-like-quota")
+    assert spec.cpu_quota == 0.125 and spec.slowdown == 1.0 and "NOT a measurement" in spec.note
+    with pytest.raises(ValueError, match="not both"):
+        DeviceSpec.from_dict({"name": "x", "cpu_quota": 0.5, "slowdown": 4.0})
+    with pytest.raises(ValueError, match="fraction of one core"):
+        DeviceSpec.from_dict({"name": "x", "cpu_quota": 2.0})
+    assert DeviceSpec.from_dict({"name": "x"}).cpu_quota == 0.0  # older profiles load unchanged
+
+
+@needs_quota
+def test_a_profile_under_a_quota_measures_the_slower_core_and_adds_up_to_a_pass():
+    model = zoo.load("digitnet-small")
+    x = zoo.dataset("digitnet-small")["val"].x[:4]
+    spec = DeviceSpec("quarter-core", threads=1, cpu_quota=0.25, cpu_period_us=8000)
+    prof = profile_model(model, spec, x, warmup=1, repeats=8)
+    slow = prof.meta["cpu_quota_effective_slowdown"]
+    assert 2.0 < slow < 10.0  # nominally 4: the kernel's quota slices make it less, other load more
+    fast = profile_model(model, load_device("edge-host"), x, warmup=1, repeats=8)
+    path = model.final.name
+    assert sum(prof.path_ms(path)) > 1.5 * sum(fast.path_ms(path))
+    # the profile's sum over the path is what a whole throttled pass takes (within the quota's jitter)
+    chain = model.path(path)
+    with device_thread(spec), torch.no_grad():
+        chain.run(x[:1])
+        t0 = time.perf_counter()
+        for i in range(20):
+            chain.run(x[i % 4 : i % 4 + 1])
+        wall_ms = 1000 * (time.perf_counter() - t0) / 20
+    assert 0.25 < wall_ms / sum(prof.path_ms(path)) < 5.0  # other load on the cores moves it a lot
