@@ -18,8 +18,8 @@ from edgeinfer.api import dashboard
 from edgeinfer.api.errors import APIError, install_handlers, parse_body
 from edgeinfer.api.guard import Guard, HostCheck, HTTPPolicy
 from edgeinfer.api.metrics import CountRequests, Metrics
-from edgeinfer.api.responses import Shape, collect_events, stream_events
-from edgeinfer.api.schemas import UNSUPPORTED, ChatCompletionRequest, CompletionRequest, _Sampling
+from edgeinfer.api.responses import ResponseBuilder, collect_events, stream_events
+from edgeinfer.api.schemas import UNSUPPORTED, ChatCompletionRequest, CompletionRequest, SamplingFields
 from edgeinfer.api.worker import Job, ModelWorker, QueueFull
 from edgeinfer.engine.chat import ChatFormatError, ChatFormatter, build_chat_prompt
 from edgeinfer.engine.generate import ContextLengthExceeded, check_context
@@ -83,7 +83,7 @@ def unavailable(worker: ModelWorker) -> str | None:
     return None if ok else reason or "unavailable"
 
 
-def _reject_unsupported(req: _Sampling) -> None:
+def _reject_unsupported(req: SamplingFields) -> None:
     for key, value in (req.model_extra or {}).items():
         if key in UNSUPPORTED and value not in (None, False, [], {}, 0):
             raise APIError(400, f"{UNSUPPORTED[key]} by this server; remove '{key}'", key, "unsupported")
@@ -236,7 +236,7 @@ def create_app(
         worker: ModelWorker,
         tokens: list[int],
         params,
-        body: _Sampling,
+        body: SamplingFields,
         chat: bool,
         param: str,
     ) -> Response:
@@ -255,13 +255,14 @@ def create_app(
         created = int(time.time())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            shape = Shape(rid, created, worker.name, chat, include_usage)
+            builder = ResponseBuilder(rid, created, worker.name, chat, include_usage)
             return StreamingResponse(
-                stream_events(request.receive, job, worker, shape),
+                stream_events(request.receive, job, worker, builder),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return await collect_events(request.receive, job, worker, Shape(rid, created, worker.name, chat))
+        builder = ResponseBuilder(rid, created, worker.name, chat)
+        return await collect_events(request.receive, job, worker, builder)
 
     dashboard.install(app, models.workers.values(), metrics)
     app.add_middleware(CountRequests, metrics=metrics, routes=frozenset(r.path for r in app.routes))

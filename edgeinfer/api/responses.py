@@ -30,7 +30,7 @@ def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-class Shape:
+class ResponseBuilder:
     """Builds response objects in the chat or the completion flavour."""
 
     def __init__(self, rid: str, created: int, model: str, chat: bool, include_usage: bool = False):
@@ -102,21 +102,23 @@ async def _watch(receive: Receive, job: Job, worker: ModelWorker) -> None:
     job.events.put_nowait(GONE)
 
 
-async def stream_events(receive: Receive, job: Job, worker: ModelWorker, shape: Shape) -> AsyncIterator[str]:
+async def stream_events(
+    receive: Receive, job: Job, worker: ModelWorker, builder: ResponseBuilder
+) -> AsyncIterator[str]:
     watcher = asyncio.create_task(_watch(receive, job, worker))
     try:
-        if shape.chat:
-            yield _sse(shape.chunk("", None, role=True))
+        if builder.chat:
+            yield _sse(builder.chunk("", None, role=True))
         while True:
             item = await job.events.get()
             if item is GONE:
                 return
             if isinstance(item, Delta):
-                yield _sse(shape.chunk(item.text, None))
+                yield _sse(builder.chunk(item.text, None))
             elif isinstance(item, GenerationResult):
-                yield _sse(shape.chunk(None if shape.chat else "", item.finish_reason))
-                if shape.include_usage:  # usage once, in its own chunk, as OpenAI sends it
-                    yield _sse(shape.usage_chunk(item))
+                yield _sse(builder.chunk(None if builder.chat else "", item.finish_reason))
+                if builder.include_usage:  # usage once, in its own chunk, as OpenAI sends it
+                    yield _sse(builder.usage_chunk(item))
                 break
             else:  # an exception from the worker: the stream has started, so report it in-band
                 yield _sse(error_body(500, f"generation failed: {item}", code="internal_error"))
@@ -128,7 +130,9 @@ async def stream_events(receive: Receive, job: Job, worker: ModelWorker, shape: 
         worker.withdraw(job)
 
 
-async def collect_events(receive: Receive, job: Job, worker: ModelWorker, shape: Shape) -> JSONResponse:
+async def collect_events(
+    receive: Receive, job: Job, worker: ModelWorker, builder: ResponseBuilder
+) -> JSONResponse:
     watcher = asyncio.create_task(_watch(receive, job, worker))
     try:
         while True:
@@ -136,7 +140,7 @@ async def collect_events(receive: Receive, job: Job, worker: ModelWorker, shape:
             if item is GONE:  # nobody will read this answer
                 return JSONResponse(error_body(499, "client closed the request"), status_code=499)
             if isinstance(item, GenerationResult):
-                return JSONResponse(shape.final(item))
+                return JSONResponse(builder.final(item))
             if isinstance(item, Exception):
                 raise APIError(500, f"generation failed: {item}", code="internal_error")
     finally:

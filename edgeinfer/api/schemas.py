@@ -22,7 +22,7 @@ class StreamOptions(BaseModel):
 _DEFAULTED = ("temperature", "top_p", "top_k", "stream", "n")  # fields whose default is not None
 
 
-class _Sampling(BaseModel):
+class SamplingFields(BaseModel):
     # Unknown fields are accepted and ignored only if they are harmless OpenAI extras; see UNSUPPORTED.
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -79,11 +79,11 @@ class ChatMessage(BaseModel):
         return self
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int]
     echo: bool = False
 
