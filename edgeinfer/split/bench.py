@@ -44,6 +44,10 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def _energy_mj(power, r) -> float:
+    return power.compute_w * r.device_ms + power.tx_w * r.transfer_ms + power.idle_w * r.edge_ms
+
+
 def median_ci95(xs: list[float]) -> tuple[float, float]:
     """Distribution-free 95 % confidence interval of the median: order statistics j < k with
     j = n/2 - 0.98 sqrt(n), k = n/2 + 1 + 0.98 sqrt(n) (the normal approximation to the binomial)."""
@@ -108,6 +112,7 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
     dev = profile_model(m, load_device(cfg.device), data["val"].x[:16], 5, 30)
     edge = profile_model(m, load_device(cfg.edge), data["val"].x[:16], 5, 30)
     final = m.final.name
+    power = dev.device.power
     n = len(m.path(final))
     wire = wire_key(cfg.dtype, cfg.codec)
     result: dict = {"config": asdict(cfg), "device": dev.device.to_dict(), "n_layers": n, "rates": []}
@@ -156,6 +161,12 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
                     "split": s,
                     "median_ms": _median([r.latency_ms for r in got[s]]),
                     "ci95_ms": median_ci95([r.latency_ms for r in got[s]]),
+                    "device_ms": _median([r.device_ms for r in got[s]]),
+                    "transfer_ms": _median([r.transfer_ms for r in got[s]]),
+                    "edge_ms": _median([r.edge_ms for r in got[s]]),
+                    # the device's energy (the Neurosurgeon objective) from the measured parts of each request
+                    # and the device spec's power model: compute_w x device + tx_w x transfer + idle_w x edge
+                    "energy_mj": _median([_energy_mj(power, r) for r in got[s]]),
                     "sent_bytes": _median([r.sent_bytes for r in got[s]]),
                     "fallbacks": sum(r.fallback for r in got[s]),
                 }
