@@ -18,9 +18,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from edgeinfer.models.kv_cache import KVCache
 from edgeinfer.models.common import ModelConfig, apply_rope, attention, fused_linear, linear, rms_norm, vector
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
+from edgeinfer.models.kv_cache import KVCache
 
 ARCHS = ("gemma3",)
 SWA_PATTERN = 6  # llama.cpp: layers il with il % 6 < 5 slide

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from edgeinfer.models.kv_cache import KVCache
 from edgeinfer.models.common import (
     ModelConfig,
     apply_rope,
@@ -24,6 +23,7 @@ from edgeinfer.models.common import (
     vector,
 )
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
+from edgeinfer.models.kv_cache import KVCache
 
 ARCHS = ("llama", "qwen2", "qwen3")
 
