@@ -46,7 +46,8 @@ def start_nodes(
     security=None,
 ) -> list:
     """Start a node in each host, wait until all answer; returns their ``NodeSpec``s (name n<i>).
-    ``extra``: more node flags (the same for all); ``security``: the ``ClusterSecurity`` they then require."""
+    ``extra``: more node flags, ``{name}`` replaced by each node's name (e.g. its certificate's file);
+    ``security``: the ``ClusterSecurity`` the nodes then require (to see them answer)."""
     from edgeinfer.cluster.client import NodeClient, NodeError
     from edgeinfer.cluster.config import NodeSpec
 
@@ -58,7 +59,14 @@ def start_nodes(
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             out = (Path(log_dir) / f"{tb.name}-{name}.log").open("ab")
         procs.append(
-            tb.popen(i, node_argv(port, name, threads, memory_limit, extra=extra), stdout=out, stderr=out)
+            tb.popen(
+                i,
+                node_argv(
+                    port, name, threads, memory_limit, extra=[a.format(name=name) for a in extra or ()]
+                ),
+                stdout=out,
+                stderr=out,
+            )
         )
         specs.append(NodeSpec(name=name, address=f"{host.ip}:{port}"))
     deadline = time.monotonic() + timeout
