@@ -44,7 +44,7 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     return max(1, len(text.split()))
 
 
-def create_app(delays: Delays) -> Starlette:
+def create_fake_server_app(delays: Delays) -> Starlette:
     gate = asyncio.Semaphore(delays.slots) if delays.slots > 0 else None
 
     async def tokens(n: int) -> AsyncIterator[str]:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--token-delay", type=float, default=0.02, help="seconds between tokens")
     ap.add_argument("--slots", type=int, default=0, help="requests generating at once (0 = unlimited)")
     args = ap.parse_args(argv)
-    app = create_app(Delays(args.ttft_delay, args.token_delay, args.slots))
+    app = create_fake_server_app(Delays(args.ttft_delay, args.token_delay, args.slots))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

@@ -27,7 +27,7 @@ from edgeinfer.split.exits import Thresholds
 from edgeinfer.split.runner import run_segment
 
 
-def create_app(models: dict[str, BranchyModel], threads: int = 2, delay_ms: float = 0.0) -> FastAPI:
+def create_edge_app(models: dict[str, BranchyModel], threads: int = 2, delay_ms: float = 0.0) -> FastAPI:
     if not models:
         raise ValueError("the edge server needs at least one model")
     app = FastAPI(title="edgeinfer split edge")
@@ -120,4 +120,4 @@ def serve(models: dict[str, BranchyModel], host: str, port: int, threads: int = 
           log_level: str = "warning") -> None:  # fmt: skip
     import uvicorn
 
-    uvicorn.run(create_app(models, threads, delay_ms), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_edge_app(models, threads, delay_ms), host=host, port=port, log_level=log_level)
