@@ -30,10 +30,15 @@ def served_name(cfg: ClusterConfig) -> str:
 
 
 def plan_cluster(
-    cfg: ClusterConfig, strategy: str | None = None, objective: str | None = None, progress=None
+    cfg: ClusterConfig,
+    strategy: str | None = None,
+    objective: str | None = None,
+    progress=None,
+    replicas: int | None = None,
 ) -> tuple[Plan, Problem, ClusterProfile]:
-    """Profile the cluster and plan (or check the fixed ``planner.stages`` of the YAML). The caller owns the
-    returned profile (its node connections): close it, or hand it on as ``load_cluster`` does."""
+    """Profile the cluster and plan (or check the fixed ``planner.stages`` of the YAML), with ``replicas``
+    (default: the YAML's) warm standbys per stage in ``Plan.standbys``. The caller owns the returned profile
+    (its node connections): close it, or hand it on as ``load_cluster`` does."""
     profile = profile_cluster(cfg, progress)
     try:
         wire_bytes = 4 if cfg.wire_dtype == "f32" else 2
@@ -53,6 +58,8 @@ def plan_cluster(
             chosen = Plan(stages, latency, bottleneck, cfg.planner.objective, "fixed", breakdown=rows)
         else:
             chosen = plan(problem, objective or cfg.planner.objective, strategy or cfg.planner.strategy)
+        n = cfg.planner.replicas if replicas is None else replicas
+        chosen.standbys = place_standbys(problem, chosen.stages, n)
     except BaseException:
         profile.close()
         raise
@@ -71,8 +78,7 @@ def load_cluster(
 
     profile.clients.keep({n.name for n in profile.nodes})  # survivors of a failure may be needed
     loader = StageLoader(cfg, profile.clients, profile.local_host)
-    spare = place_standbys(problem, chosen.stages, cfg.planner.replicas)
-    chosen.standbys = spare
+    spare = chosen.standbys
     try:
         loaded = loader.load_all([*chosen.stages, *(s for s in spare if s is not None)])
     except BaseException:

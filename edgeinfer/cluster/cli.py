@@ -170,9 +170,15 @@ def plan(
     compare: Annotated[
         bool, typer.Option(help="Also show equal and exo-style memory-weighted splits.")
     ] = True,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            help="Override the YAML's planner.replicas: warm standbys per stage (0 or 1).", min=0, max=1
+        ),
+    ] = None,
 ) -> None:
-    """Profile every node and link of the cluster, then print the plan, the predicted tok/s and why nodes
-    were left out."""
+    """Profile every node and link of the cluster, then print the plan, its warm standbys (and their memory
+    cost), the predicted tok/s and why nodes were left out."""
     from edgeinfer.cluster.bringup import plan_cluster
     from edgeinfer.cluster.config import ConfigError, load_config
     from edgeinfer.cluster.gateway import ClusterError
@@ -181,7 +187,9 @@ def plan(
     try:
         cfg = load_config(cluster)
         with err.status("profiling the cluster ...") as status:
-            chosen, problem, profile = plan_cluster(cfg, strategy, objective, progress=status.update)
+            chosen, problem, profile = plan_cluster(
+                cfg, strategy, objective, progress=status.update, replicas=replicas
+            )
     except (ConfigError, ClusterError, InfeasiblePlan, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     profile.close()
@@ -223,6 +231,22 @@ def plan(
             f"{r.memory / 2**20:.0f}",
         )
     out.print(stages)
+    if any(sb is not None for sb in chosen.standbys):
+        spare = Table(title="warm standbys (failover without loading, docs/resilience.md)")
+        for col in ("stage", "standby node", "layers", "weights MiB"):
+            spare.add_column(col)
+        cost = 0.0
+        for i, sb in enumerate(chosen.standbys):
+            if sb is None:
+                spare.add_row(str(i), "-", "no node has room", "-")
+                continue
+            mem = problem.stage_memory(sb.start, sb.end)
+            cost += mem
+            spare.add_row(str(i), sb.node, f"{sb.start}-{sb.end - 1}", f"{mem / 2**20:.0f}")
+        out.print(spare)
+        out.print(f"standbys cost {cost / 2**20:.0f} MiB of weights on their nodes")
+    elif chosen.standbys:
+        out.print("standbys: none placed (no node has room for another copy of a stage)")
     out.print(
         f"predicted: {chosen.latency * 1e3:.2f} ms/token = [bold]{chosen.tokens_per_second:.1f} tok/s[/] "
         f"(throughput bound {chosen.throughput:.1f} tok/s)"

@@ -271,6 +271,7 @@ def test_hung_node_is_detected_recovered_and_readmitted(nodes, tiny, reference, 
         text = _stream_tokens(srv.url, N_TOKENS, on_first=hang)
         after = _cluster(srv.url)
         assert after["failovers"] == 1 and after["replans"] == 1, after
+        assert after["replayed_tokens"] > 0, after  # recovered inside the stream, not after it
         assert victim not in {s["node"] for s in after["stages"]}
         assert not _node(after, victim)["up"]
         assert time.monotonic() - t0 < 30

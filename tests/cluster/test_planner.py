@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -18,7 +19,9 @@ from edgeinfer.cluster.planner import (
     brute_force,
     equal_split,
     memory_weighted,
+    place_standbys,
     plan,
+    standby_cost,
 )
 
 MB = 1 << 20
@@ -170,3 +173,71 @@ def test_bad_input():
         plan(p, strategy="magic")
     with pytest.raises(ValueError, match="contiguously"):
         p.evaluate([Stage("a", 1, 2)])
+
+
+def _standby_oracle(problem: Problem, stages: list[Stage]) -> tuple[int, float]:
+    """(stages covered, total cost) of the best standby assignment, by enumerating every one."""
+    index = {n.name: j for j, n in enumerate(problem.nodes)}
+    best = (0, 0.0)
+    for choice in itertools.product([-1, *range(len(problem.nodes))], repeat=len(stages)):
+        used = [0.0] * len(problem.nodes)
+        for st in stages:
+            used[index[st.node]] += problem.stage_memory(st.start, st.end)
+        ok, cost = True, 0.0
+        for j, st in zip(choice, stages, strict=True):
+            if j < 0:
+                continue
+            if problem.nodes[j].local or problem.nodes[j].name == st.node:
+                ok = False
+                break
+            used[j] += problem.stage_memory(st.start, st.end)
+            cost += standby_cost(problem, j, st)
+        if not ok or any(u > problem.nodes[j].memory for j, u in enumerate(used)):
+            continue
+        covered = sum(j >= 0 for j in choice)
+        if (covered, -cost) > (best[0], -best[1]):
+            best = (covered, cost)
+    return best
+
+
+def test_standbys_respect_memory_and_match_brute_force():
+    rng = random.Random(11)
+    checked = 0
+    for _ in range(150):
+        problem = random_problem(rng, local=False)
+        try:
+            chosen = plan(problem, "latency", "auto")
+        except InfeasiblePlan:
+            continue
+        spare = place_standbys(problem, chosen.stages, replicas=1)
+        assert len(spare) == len(chosen.stages)
+        used = {n.name: 0.0 for n in problem.nodes}
+        for st in chosen.stages:
+            used[st.node] += problem.stage_memory(st.start, st.end)
+        cost = 0.0
+        index = {n.name: j for j, n in enumerate(problem.nodes)}
+        for st, sb in zip(chosen.stages, spare, strict=True):
+            if sb is None:
+                continue
+            assert (sb.start, sb.end) == (st.start, st.end) and sb.node != st.node
+            used[sb.node] += problem.stage_memory(sb.start, sb.end)
+            cost += standby_cost(problem, index[sb.node], sb)
+        assert all(used[n.name] <= n.memory for n in problem.nodes)
+        covered, best_cost = _standby_oracle(problem, chosen.stages)
+        assert sum(sb is not None for sb in spare) == covered
+        assert cost == pytest.approx(best_cost, rel=1e-9, abs=1e-12)
+        checked += covered > 0
+    assert checked >= 20  # enough instances where a standby fits at all
+
+
+def test_no_standbys_without_replicas_or_room():
+    nodes = [NodeCost("a", 1e-3, memory=10 * MB), NodeCost("b", 1e-3, memory=10 * MB)]
+    model = ModelCost(n_layers=2, layer_bytes=6 * MB)
+    links = {(GATEWAY, "a"): Link(1e-3, 1e8), (GATEWAY, "b"): Link(1e-3, 1e8)}
+    problem = Problem(nodes, model, links)
+    chosen = plan(problem)
+    assert place_standbys(problem, chosen.stages, replicas=0) == [None] * len(chosen.stages)
+    assert place_standbys(problem, chosen.stages, replicas=1) == [None, None]  # 6 + 6 MB > 10 MB
+    roomy = Problem([NodeCost("a", 1e-3), NodeCost("b", 1e-3)], model, links)
+    one = plan(roomy, strategy="single")
+    assert place_standbys(roomy, one.stages, 1)[0].node != one.stages[0].node
