@@ -146,6 +146,21 @@ def widest_hidden(host: ShardHost) -> int:
     return widest or MAX_HIDDEN
 
 
+def bound_allocator(mmap_threshold: int = 1 << 20) -> bool:
+    """Serve every allocation above ``mmap_threshold`` with its own mapping, returned to the OS when freed
+    (glibc's default raises the threshold as big blocks are freed and then keeps them, per worker thread's
+    arena: a prefill's attention scratch would stay resident once per gRPC thread that ran one). Keeps the
+    resident set near what the byte ceiling counts. False where the C library is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_mmap_threshold, m_arena_max = -3, -8
+        return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(libc.mallopt(m_arena_max, 2))
+    except (OSError, AttributeError):
+        return False
+
+
 def is_loopback(listen: str) -> bool:
     host = listen.rsplit(":", 1)[0].strip("[]")
     if host == "localhost":
@@ -206,6 +221,7 @@ def serve_forever(
     max_message: int | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; ``ready(port)`` is called once listening."""
+    bound_allocator()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
