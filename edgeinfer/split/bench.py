@@ -31,7 +31,7 @@ class SplitBenchConfig:
     rates: list[str] = field(default_factory=lambda: ["1mbit", "5mbit", "20mbit", "100mbit", "1gbit"])
     requests: int = 15
     warm: int = 3
-    dtype: str = "fp16"
+    dtype: str = "f16"
     codec: str = "lz4"
     device: str = "rpi4-like"
     edge: str = "edge-host"
@@ -241,8 +241,8 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
     result["exits"] = exits
     result["cascades"] = cascades
     names = dev.exits[final]["path"]
-    result["bytes"] = [{"cut": 0, "after": "(input)", "fp32": dev.input_bytes, **dev.input_wire}] + [
-        {"cut": i + 1, "after": nm, "fp32": dev.layers[nm].out_bytes, **dev.layers[nm].wire}
+    result["bytes"] = [{"cut": 0, "after": "(input)", "f32": dev.input_bytes, **dev.input_wire}] + [
+        {"cut": i + 1, "after": nm, "f32": dev.layers[nm].out_bytes, **dev.layers[nm].wire}
         for i, nm in enumerate(names)
     ]
     return result
@@ -368,7 +368,7 @@ def plot(result: dict, outdir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(8, 4))
     cuts = result["bytes"]
-    for key in ("fp32", "fp16+lz4", "int8+zstd"):
+    for key in ("f32", "f16+lz4", "int8+zstd"):
         ax.plot([c["cut"] for c in cuts], [c[key] for c in cuts], "o-", label=key)
     ax.set_yscale("log")
     ax.set_xticks([c["cut"] for c in cuts], [c["after"].split(".")[-1] if c["cut"] else "in" for c in cuts])

@@ -34,7 +34,7 @@ DevProfOpt = Annotated[
 EdgeProfOpt = Annotated[
     Path | None, typer.Option(help="Edge profile JSON, e.g. made on the edge server (else profiled now).")
 ]
-DtypeOpt = Annotated[str, typer.Option(help="Tensor dtype on the wire: fp32, fp16 or int8.")]
+DtypeOpt = Annotated[str, typer.Option(help="Tensor dtype on the wire: f32, f16 or int8.")]
 CodecOpt = Annotated[str, typer.Option(help="Lossless codec on the wire: none, lz4 or zstd.")]
 DeadlineOpt = Annotated[
     float | None,
@@ -166,18 +166,18 @@ def profile(
             f"{lp.macs:,}",
             f"{lp.ms:.3f}",
             f"{lp.out_bytes:,}",
-            f"{lp.wire['fp16+lz4']:,}",
+            f"{lp.wire['f16+lz4']:,}",
             f"{lp.wire['int8+zstd']:,}",
         )
         for name, lp in prof.layers.items()
     ]
     _show(
         f"{model} on {spec.name}" + (" (emulated)" if spec.emulated else ""),
-        ("layer", "kind", "MACs", "ms", "out bytes", "fp16+lz4", "int8+zstd"),
+        ("layer", "kind", "MACs", "ms", "out bytes", "f16+lz4", "int8+zstd"),
         rows,
         {2, 3, 4, 5, 6},
     )
-    out.print(f"input: {prof.input_bytes:,} bytes fp32, {prof.input_wire['fp16+lz4']:,} fp16+lz4")
+    out.print(f"input: {prof.input_bytes:,} bytes f32, {prof.input_wire['f16+lz4']:,} f16+lz4")
     if output:
         prof.save(output)
         out.print(f"wrote {output}")
@@ -215,7 +215,7 @@ def plan(
     rtt_ms: Annotated[float, typer.Option(help="Link round-trip time in ms.", min=0.0)] = 2.0,
     deadline_ms: DeadlineOpt = None,
     objective: ObjectiveOpt = "latency",
-    dtype: DtypeOpt = "fp16",
+    dtype: DtypeOpt = "f16",
     codec: CodecOpt = "lz4",
     device: DeviceOpt = "rpi4-like",
     edge: EdgeDevOpt = "edge-host",
@@ -308,7 +308,7 @@ def run(
     n: Annotated[int, typer.Option("-n", help="Test-set inputs to run.", min=1)] = 50,
     deadline_ms: DeadlineOpt = None,
     objective: ObjectiveOpt = "latency",
-    dtype: DtypeOpt = "fp16",
+    dtype: DtypeOpt = "f16",
     codec: CodecOpt = "lz4",
     early_exit: Annotated[
         str | None,
@@ -395,7 +395,7 @@ def bench(
     requests: Annotated[int, typer.Option("-n", help="Requests per measured point.", min=3)] = 15,
     model: ModelOpt = "digitnet",
     device: DeviceOpt = "rpi4-like",
-    dtype: DtypeOpt = "fp16",
+    dtype: DtypeOpt = "f16",
     codec: CodecOpt = "lz4",
     accuracy_inputs: Annotated[
         int | None, typer.Option(help="Test inputs for the exits/cascades part (default: all).", min=1)

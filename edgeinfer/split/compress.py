@@ -1,10 +1,10 @@
-"""Wire format of an intermediate tensor: optional quantisation (fp16 / int8) + lossless codec (lz4 / zstd).
+"""Wire format of an intermediate tensor: optional quantisation (f16 / int8) + lossless codec (lz4 / zstd).
 
 Layout (little endian)::
 
     b"EIT1" | dtype u8 | codec u8 | ndim u8 | shape u32 * ndim | lo f32 | scale f32 | payload
 
-int8 is per-tensor affine (``q = round((x - lo) / scale)``, stored unsigned); fp32/fp16 keep lo = scale = 0.
+int8 is per-tensor affine (``q = round((x - lo) / scale)``, stored unsigned); f32/f16 keep lo = scale = 0.
 ``encode`` and ``decode`` are pure functions of bytes; ``len(encode(...))`` is what goes on the wire.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 MAGIC = b"EIT1"
-DTYPES = ("fp32", "fp16", "int8")
+DTYPES = ("f32", "f16", "int8")
 CODECS = ("none", "lz4", "zstd")
 _HEAD = struct.Struct("<4sBBB")
 _QUANT = struct.Struct("<ff")
@@ -60,11 +60,11 @@ def _decompress(codec: str, data: bytes) -> bytes:
     return data
 
 
-def encode(t: torch.Tensor, dtype: str = "fp32", codec: str = "none") -> bytes:
+def encode(t: torch.Tensor, dtype: str = "f32", codec: str = "none") -> bytes:
     check(dtype, codec)
     a = t.detach().to(torch.float32).contiguous().numpy()
     lo = scale = 0.0
-    if dtype == "fp16":
+    if dtype == "f16":
         raw = a.astype(np.float16).tobytes()
     elif dtype == "int8":
         lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
@@ -91,10 +91,10 @@ def decode(data: bytes) -> torch.Tensor:
     lo, scale = _QUANT.unpack_from(data, off)
     raw = _decompress(CODECS[c], data[off + _QUANT.size :])
     n = int(np.prod(shape)) if ndim else 1
-    width = {"fp32": 4, "fp16": 2, "int8": 1}[DTYPES[d]]
+    width = {"f32": 4, "f16": 2, "int8": 1}[DTYPES[d]]
     if len(raw) != n * width:
         raise WireError(f"payload has {len(raw)} bytes, shape {tuple(shape)} needs {n * width}")
-    if DTYPES[d] == "fp16":
+    if DTYPES[d] == "f16":
         a = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
     elif DTYPES[d] == "int8":
         a = np.frombuffer(raw, dtype=np.uint8).astype(np.float32) * scale + lo

@@ -1,7 +1,7 @@
 """The device client: runs the head of the planned path, ships the tensor to the edge, returns the answer.
 
 Per input: (maybe) probe the link, re-plan if the measured link moved, run layers ``[0, split)`` (emulating
-the device's speed), stop at a confident early exit if thresholds are given, encode (fp16/int8 + lz4/zstd),
+the device's speed), stop at a confident early exit if thresholds are given, encode (f16/int8 + lz4/zstd),
 POST to the edge, feed the measured network time back into the ``LinkMonitor``. If the edge does not answer
 in time, answer from the best local exit that fits the deadline and say so (``fallback``, ``reason``); the
 edge is then left alone for ``retry_after_s`` (device-only plans) before a probe tries it again.
@@ -78,7 +78,7 @@ class ScaleTracker:
 
 @dataclass
 class ClientConfig:
-    dtype: str = "fp16"
+    dtype: str = "f16"
     codec: str = "lz4"
     deadline_ms: float | None = None
     objective: str = "latency"

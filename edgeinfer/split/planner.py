@@ -195,7 +195,7 @@ def exhaustive(
     return min(ok, key=lambda o: (-o.accuracy, *_key(o, objective)))
 
 
-def path_costs(device: Profile, edge: Profile, exit_name: str, wire: str = "fp32+none") -> PathCosts:
+def path_costs(device: Profile, edge: Profile, exit_name: str, wire: str = "f32+none") -> PathCosts:
     """One exit's path: device latency from ``device``, edge latency from ``edge``, bytes by ``wire``."""
     if device.model != edge.model:
         raise ValueError(f"device profile is for {device.model!r}, edge profile for {edge.model!r}")
@@ -214,6 +214,6 @@ def path_costs(device: Profile, edge: Profile, exit_name: str, wire: str = "fp32
 
 
 def all_paths(
-    device: Profile, edge: Profile, wire: str = "fp32+none", exits: list[str] | None = None
+    device: Profile, edge: Profile, wire: str = "f32+none", exits: list[str] | None = None
 ) -> list[PathCosts]:
     return [path_costs(device, edge, e, wire) for e in (exits or list(device.exits))]

@@ -163,7 +163,7 @@ class LayerProfile:
     ms: float  # on the profiled device (emulated: CPU time on this host x slowdown, or x the measured
     # wall/CPU ratio of whole passes under the device's CPU quota)
     ms_host: float  # wall time measured on the host that ran the profile
-    wire: dict[str, int] = field(default_factory=dict)  # "fp16+lz4" -> bytes of the encoded output
+    wire: dict[str, int] = field(default_factory=dict)  # "f16+lz4" -> bytes of the encoded output
 
 
 @dataclass
@@ -180,7 +180,7 @@ class Profile:
     def path_ms(self, exit_name: str) -> list[float]:
         return [self.layers[n].ms for n in self.exits[exit_name]["path"]]
 
-    def cut_bytes(self, exit_name: str, wire: str = "fp32+none") -> list[int]:
+    def cut_bytes(self, exit_name: str, wire: str = "f32+none") -> list[int]:
         """Bytes on the wire at every cut of the exit's path: index 0 is the input, the last the logits."""
         path = self.exits[exit_name]["path"]
         return [self.input_wire.get(wire, self.input_bytes)] + [

@@ -15,7 +15,7 @@ def test_recorded_split_bench_renders_as_markdown_tables() -> None:
     rates, exits, wire = tables(result)
     assert [r[0] for r in rates.rows] == [r["rate"] for r in result["rates"]]
     assert len(exits.rows) == len(result["exits"]) + len(result["cascades"])
-    assert len(wire.rows) == len(result["bytes"]) and "fp16+lz4" in wire.header
+    assert len(wire.rows) == len(result["bytes"]) and "f16+lz4" in wire.header
     text = "\n".join(line for t in (rates, exits, wire) for line in t.markdown("##"))
     assert "| rate | estimate Mbit/s | device-only ms | edge-only ms | best split |" in text
     assert "| cascade (entropy) |" in text and "| 0 | (input) | 16,384 |" in text

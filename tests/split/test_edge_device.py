@@ -34,7 +34,7 @@ def test_every_split_answers_like_the_full_model(setup, edge_server):
     n = len(m.path("final"))
     for s in range(n + 1):
         with DeviceClient(
-            m, dev, edge, edge_server.url, ClientConfig("fp32", "none", force=("final", s))
+            m, dev, edge, edge_server.url, ClientConfig("f32", "none", force=("final", s))
         ) as c:
             for i in range(len(x)):
                 r = c.infer(x[i : i + 1])
@@ -44,7 +44,7 @@ def test_every_split_answers_like_the_full_model(setup, edge_server):
                 assert (r.sent_bytes > 0) == (s < n)
 
 
-@pytest.mark.parametrize("wire", [("fp16", "lz4"), ("int8", "zstd")])
+@pytest.mark.parametrize("wire", [("f16", "lz4"), ("int8", "zstd")])
 def test_compressed_splits_keep_the_answers(setup, edge_server, wire):
     m, dev, edge, test = setup
     x = test.x[:20]

@@ -60,11 +60,11 @@ def test_profile_covers_every_layer_with_bytes_and_time(model, profiles):
     assert set(dev.layers) == set(model.layer_names())
     for name, lp in dev.layers.items():
         assert lp.ms > 0 and lp.ms_host > 0, name
-        assert lp.wire["fp32+none"] > lp.out_bytes  # raw bytes plus the header
-        assert lp.wire["int8+none"] < lp.wire["fp32+none"]
+        assert lp.wire["f32+none"] > lp.out_bytes  # raw bytes plus the header
+        assert lp.wire["int8+none"] < lp.wire["f32+none"]
     path = dev.exits["final"]["path"]
     assert len(dev.cut_bytes("final")) == len(path) + 1
-    assert dev.cut_bytes("final", "fp32+none")[0] == dev.input_wire["fp32+none"]
+    assert dev.cut_bytes("final", "f32+none")[0] == dev.input_wire["f32+none"]
 
 
 def test_profile_json_roundtrip_and_import(tmp_path, model, profiles):
@@ -74,7 +74,7 @@ def test_profile_json_roundtrip_and_import(tmp_path, model, profiles):
     imported.check_model(model)
     assert imported.device.name == "rpi4-like" and imported.layers == dev.layers
     # an imported device profile and a local edge profile are planned together
-    best = plan_split(all_paths(imported, edge, "fp16+lz4"), LinkEstimate(1e9, 0.0))
+    best = plan_split(all_paths(imported, edge, "f16+lz4"), LinkEstimate(1e9, 0.0))
     most_accurate = max(model.exits, key=lambda e: e.accuracy).name
     assert best.exit == most_accurate and 0 <= best.split <= best.n
     bad = json.loads((tmp_path / "pi.json").read_text()) | {"format": "something-else"}
