@@ -46,7 +46,7 @@ class InfeasiblePlan(ValueError):
 
 @dataclass(frozen=True)
 class Link:
-    """A measured gateway<->node link (the split planner's ``split.planner.Link`` is in bits per second)."""
+    """A measured gateway<->node link, bandwidth in bytes/s (``split.planner.LinkEstimate`` is in bits/s)."""
 
     rtt_s: float  # seconds
     bytes_per_s: float  # bandwidth
