@@ -72,6 +72,15 @@ def serve(
     max_queue: Annotated[
         int, typer.Option(help="Requests that may wait per model; more get HTTP 429.", min=1)
     ] = 16,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            "--parallel",
+            help="Requests generated at once per model, in one batch (llamacpp backend; continuous "
+            "batching, see docs/serving.md). Default: 4, fewer if their KV caches do not fit in memory.",
+            min=1,
+        ),
+    ] = None,
     cluster: Annotated[
         str | None,
         typer.Option(
@@ -131,6 +140,7 @@ def serve(
             models=tuple(model or [DEFAULT_MODEL]),
             load=LoadOptions(backend, ctx_size, threads, weight_format),
             max_queue=max_queue,
+            parallel=parallel,
             cluster=cluster,
             allow_special_tokens=allow_special_tokens,
             http=build_policy(

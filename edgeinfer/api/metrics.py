@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 _TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 class Metrics:
@@ -39,6 +40,13 @@ class Metrics:
         )
         self.waiting = Gauge(
             "edgeinfer:num_requests_waiting", "Requests waiting in the queue", ["model_name"], registry=r
+        )
+        self.batch_size = Histogram(
+            "edgeinfer:batch_size",
+            "Sequences advanced together by one decode step (continuous batching)",
+            ["model_name"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
         self.ttft = Histogram(
             "edgeinfer:time_to_first_token_seconds",

@@ -5,13 +5,13 @@ How a model spec becomes a backend is ``engine.load``'s business; this module on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgeinfer.api.app import create_app
 from edgeinfer.api.guard import HTTPPolicy
 from edgeinfer.api.metrics import Metrics
 from edgeinfer.api.worker import ModelWorker
-from edgeinfer.engine.load import LoadOptions, backend_opener
+from edgeinfer.engine.load import BackendKind, LoadOptions, backend_opener
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class ServerConfig:
     models: tuple[str, ...]
     load: LoadOptions = field(default_factory=LoadOptions)
     max_queue: int = 16
+    parallel: int | None = None  # requests generated at once per model (llamacpp); None: 4 if memory allows
     cluster: str | None = None  # serve as a gateway over the nodes of this cluster YAML instead of ``models``
     allow_special_tokens: bool = False  # parse control tokens written in chat message contents
     http: HTTPPolicy = field(default_factory=HTTPPolicy)  # API keys, hosts, CORS, body size (api/guard.py)
@@ -31,12 +32,27 @@ def build_app(cfg: ServerConfig):  # -> FastAPI
 
         openers = [cluster_opener(cfg.cluster)]
     else:
-        openers = [backend_opener(spec, cfg.load) for spec in cfg.models]
+        load = _with_parallel(cfg)
+        openers = [backend_opener(spec, load) for spec in cfg.models]
     names = [n for n, _ in openers]
     if len(set(names)) != len(names):
         raise ValueError(f"two served models share a name: {names}")
     workers = [ModelWorker(n, load, metrics, max_queue=cfg.max_queue) for n, load in openers]
     return create_app(workers, metrics, policy=cfg.http, allow_special_tokens=cfg.allow_special_tokens)
+
+
+def _with_parallel(cfg: ServerConfig) -> LoadOptions:
+    """The load options with the slots per model resolved (llamacpp), after checking that their KV caches
+    fit in memory; the other backends serve one sequence at a time."""
+    if cfg.load.backend is not BackendKind.LLAMACPP:
+        if cfg.parallel not in (None, 1):
+            raise ValueError("--parallel applies to the llamacpp backend only (not --backend shard)")
+        return cfg.load
+    from edgeinfer.engine.batch import plan_parallel
+    from edgeinfer.models.registry import resolve
+
+    paths = [str(resolve(spec, progress=False)[1]) for spec in cfg.models]
+    return replace(cfg.load, parallel=plan_parallel(paths, cfg.load.n_ctx, cfg.parallel))
 
 
 def run(cfg: ServerConfig, host: str, port: int, log_level: str = "info") -> None:

@@ -19,7 +19,9 @@ from typing import Any
 
 from edgeinfer.api.metrics import Metrics
 from edgeinfer.engine.base import Backend, SamplingParams
+from edgeinfer.engine.batch import BatchBackend
 from edgeinfer.engine.generate import GenerationResult, stream
+from edgeinfer.engine.scheduler import BatchScheduler
 
 
 class QueueFull(Exception):
@@ -82,11 +84,12 @@ class ModelWorker:
             self.metrics.waiting.labels(self.name).dec()
             return True
 
-    def _next(self) -> Job | None:
+    def _next(self, block: bool = True) -> Job | None:
+        """The oldest waiting job; None when closed, or at once when ``block`` is False and none waits."""
         with self._cond:
-            while not self._waiting and not self._closed:
+            while block and not self._waiting and not self._closed:
                 self._cond.wait()
-            if self._closed:
+            if self._closed or not self._waiting:
                 return None
             job = self._waiting.popleft()
             self.metrics.waiting.labels(self.name).dec()
@@ -113,11 +116,13 @@ class ModelWorker:
             traceback.print_exc()
             return
         self.ready.set()
+        if isinstance(self.backend, BatchBackend):
+            self._run_batched(self.backend)
+            return
         while (job := self._next()) is not None:
             if job.cancel.is_set():
                 continue
-            self.metrics.queue_time.labels(self.name).observe(time.perf_counter() - job.arrived)
-            self.metrics.running.labels(self.name).inc()
+            self._started(job)
             try:
                 self._serve(job)
             except Exception as exc:
@@ -125,6 +130,29 @@ class ModelWorker:
                 job.emit(exc)
             finally:
                 self.metrics.running.labels(self.name).dec()
+
+    def _started(self, job: Job) -> None:
+        self.metrics.queue_time.labels(self.name).observe(time.perf_counter() - job.arrived)
+        self.metrics.running.labels(self.name).inc()
+
+    def _run_batched(self, backend: BatchBackend) -> None:
+        """Continuous batching: admit waiting jobs into free slots between decode steps."""
+        sched = BatchScheduler(
+            backend, on_finish=self._finished, on_step=self.metrics.batch_size.labels(self.name).observe
+        )
+        while not self._closed:
+            while sched.n_free and (job := self._next(block=sched.n_running == 0)) is not None:
+                if job.cancel.is_set():
+                    continue
+                self._started(job)
+                sched.admit(job)
+            sched.step()
+        sched.cancel_all()
+
+    def _finished(self, job: Job, outcome: GenerationResult | Exception) -> None:
+        self.metrics.running.labels(self.name).dec()
+        if isinstance(outcome, GenerationResult):
+            self._observe(job, outcome)
 
     def _serve(self, job: Job) -> None:
         assert self.backend is not None

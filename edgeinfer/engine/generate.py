@@ -11,6 +11,7 @@ import codecs
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from edgeinfer.engine.base import Backend, SamplingParams
 
@@ -78,6 +79,87 @@ def check_context(n_prompt: int, n_ctx: int) -> None:
         raise ContextLengthExceeded(n_prompt, n_ctx)
 
 
+class _Detokenizer(Protocol):
+    def token_bytes(self, ids: list[int]) -> bytes: ...
+
+    def is_eog(self, token_id: int) -> bool: ...
+
+
+class SequencePolicy:
+    """One request's policy over its sampled tokens, fed one token at a time.
+
+    ``feed`` returns the text that became final (if any) and sets ``done`` on an end-of-generation token, a
+    stop string, max_tokens or the context limit; ``finish`` releases held-back text and the
+    ``GenerationResult``."""
+
+    def __init__(self, vocab: _Detokenizer, n_prompt: int, n_ctx: int, params: SamplingParams):
+        check_context(n_prompt, n_ctx)
+        budget = n_ctx - n_prompt
+        if params.max_tokens is not None:
+            budget = min(budget, params.max_tokens)
+        self.vocab = vocab
+        self.budget = budget
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.matcher = _StopMatcher(params.stop)
+        self.start = self.last = time.perf_counter()
+        self.result = GenerationResult(finish_reason="length", prompt_tokens=n_prompt, completion_tokens=0)
+        self.pieces: list[str] = []
+        self.pending_tokens = 0
+        self.stopped_by_string = False
+        self.done = budget <= 0
+
+    def feed(self, token: int) -> Delta | None:
+        assert not self.done, "feed after the sequence finished"
+        r = self.result
+        now = time.perf_counter()
+        if r.ttft is None:
+            r.ttft = now - self.start
+        else:
+            r.token_times.append(now - self.last)
+        self.last = now
+        if self.vocab.is_eog(token):
+            r.finish_reason = "stop"
+            self.done = True
+            return None
+        r.completion_tokens += 1
+        self.pending_tokens += 1
+        text, stopped = self.matcher.feed(self.decoder.decode(self.vocab.token_bytes([token])))
+        delta = None
+        if text:
+            self.pieces.append(text)
+            delta = Delta(text, self.pending_tokens)
+            self.pending_tokens = 0
+        if stopped:
+            r.finish_reason = "stop"
+            self.stopped_by_string = True
+            self.done = True
+        elif r.completion_tokens >= self.budget:
+            r.finish_reason = "length"
+            self.done = True
+        return delta
+
+    def cancel(self) -> None:
+        self.result.finish_reason = "cancelled"
+        self.done = True
+
+    def exhausted(self) -> None:
+        """The token source ended by itself."""
+        self.result.finish_reason = "stop" if self.budget > 0 else "length"
+        self.done = True
+
+    def finish(self) -> list[Delta | GenerationResult]:
+        out: list[Delta | GenerationResult] = []
+        if not self.stopped_by_string:  # release text held back as a possible stop-string prefix
+            tail = self.matcher.flush() + self.decoder.decode(b"", final=True)
+            if tail:
+                self.pieces.append(tail)
+                out.append(Delta(tail, self.pending_tokens))
+        self.result.text = "".join(self.pieces)
+        self.result.total = time.perf_counter() - self.start
+        out.append(self.result)
+        return out
+
+
 def stream(
     backend: Backend,
     prompt: Sequence[int],
@@ -85,60 +167,25 @@ def stream(
     cancelled: Callable[[], bool] = lambda: False,
 ) -> Iterator[Delta | GenerationResult]:
     """Yield ``Delta`` items as text becomes final, then exactly one ``GenerationResult``."""
-    n_ctx = backend.info.n_ctx
-    check_context(len(prompt), n_ctx)
-    budget = n_ctx - len(prompt)
-    if params.max_tokens is not None:
-        budget = min(budget, params.max_tokens)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    matcher = _StopMatcher(params.stop)
-    start = last = time.perf_counter()
-    result = GenerationResult(finish_reason="length", prompt_tokens=len(prompt), completion_tokens=0)
-    pieces: list[str] = []
-    pending_tokens = 0
-    stopped_by_string = False
-    gen = backend.generate_tokens(prompt, params) if budget > 0 else iter(())
+    seq = SequencePolicy(backend, len(prompt), backend.info.n_ctx, params)
+    gen = backend.generate_tokens(prompt, params) if not seq.done else iter(())
     try:
         for token in gen:
-            now = time.perf_counter()
-            if result.ttft is None:
-                result.ttft = now - start
-            else:
-                result.token_times.append(now - last)
-            last = now
-            if backend.is_eog(token):
-                result.finish_reason = "stop"
-                break
-            result.completion_tokens += 1
-            pending_tokens += 1
-            text, stopped = matcher.feed(decoder.decode(backend.token_bytes([token])))
-            if text:
-                pieces.append(text)
-                yield Delta(text, pending_tokens)
-                pending_tokens = 0
-            if stopped:
-                result.finish_reason = "stop"
-                stopped_by_string = True
+            delta = seq.feed(token)
+            if delta is not None:
+                yield delta
+            if seq.done:
                 break
             if cancelled():
-                result.finish_reason = "cancelled"
-                break
-            if result.completion_tokens >= budget:
+                seq.cancel()
                 break
         else:
-            result.finish_reason = "stop" if budget > 0 else "length"
+            seq.exhausted()
     finally:
         close = getattr(gen, "close", None)
         if close is not None:
             close()
-    if not stopped_by_string:  # release text held back as a possible stop-string prefix
-        tail = matcher.flush() + decoder.decode(b"", final=True)
-        if tail:
-            pieces.append(tail)
-            yield Delta(tail, pending_tokens)
-    result.text = "".join(pieces)
-    result.total = time.perf_counter() - start
-    yield result
+    yield from seq.finish()
 
 
 def complete(backend: Backend, prompt: Sequence[int], params: SamplingParams) -> GenerationResult:

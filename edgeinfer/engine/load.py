@@ -42,9 +42,15 @@ class LoadOptions:
     n_ctx: int = 4096
     threads: int | None = None  # None: the number of physical cores
     weight_format: str = "auto"  # shard backend only: gguf, int8, bf16, f32 (docs/shard-engine.md)
+    parallel: int | None = None  # llamacpp only: slots for continuous batching (docs/serving.md); None: one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", BackendKind.parse(self.backend))
+        if self.parallel is not None and self.backend is not BackendKind.LLAMACPP:
+            raise ValueError(
+                "--parallel applies to the llamacpp backend only (the shard engine serves one sequence "
+                "at a time)"
+            )
         if self.weight_format == "auto":
             return
         if self.backend is not BackendKind.SHARD:
@@ -76,6 +82,12 @@ def open_backend(spec: str, options: LoadOptions, name: str | None = None) -> Ba
             name=name,
             n_ctx=options.n_ctx,
             weight_format=options.weight_format,
+        )
+    if options.parallel is not None:
+        from edgeinfer.engine.llamacpp_batch import LlamaCppBatchBackend
+
+        return LlamaCppBatchBackend(
+            path, name=name, n_ctx=options.n_ctx, n_slots=options.parallel, threads=options.threads
         )
     from edgeinfer.engine.llamacpp import LlamaCppBackend
 

@@ -15,8 +15,7 @@ from typing import Protocol
 
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.batch import BatchBackend
-from edgeinfer.engine.generate import Delta, GenerationResult
-from edgeinfer.engine.sequence_policy import SequencePolicy
+from edgeinfer.engine.generate import Delta, GenerationResult, SequencePolicy
 
 
 class Request(Protocol):
