@@ -168,7 +168,3 @@ def _assemble(model: BundledModel, target: Path, progress: bool) -> None:
         )
     os.replace(tmp, target)
     target.with_suffix(".sha256").write_text(f"{model.sha256} {target.stat().st_size}\n")
-
-
-def default_model_path(progress: bool = False) -> Path:
-    return resolve(DEFAULT_MODEL, progress=progress)[1]
