@@ -13,7 +13,7 @@ PORT  ?= 8080
 MODEL ?= qwen2.5-coder-0.5b-instruct
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint fmt bench clean proto
+.PHONY: install serve test lint fmt bench clean proto browser
 
 install: $(STAMP)
 
@@ -28,9 +28,20 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/edgeinfer serve --host $(HOST) --port $(PORT) --model $(MODEL)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check edgeinfer tests benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the dashboard's browser tests drive Debian's chromium through chromium-driver: installed when missing and we
+# are root with apt-get; otherwise (or if the install fails) those tests skip and say why
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
+	      || echo "chromium could not be installed: the dashboard's browser tests will skip"; \
+	  else echo "no /usr/bin/chromium and not root: the dashboard's browser tests will skip"; fi; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgeinfer tests benchmarks

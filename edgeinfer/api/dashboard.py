@@ -76,8 +76,8 @@ class Percentiles:
 
 @dataclass
 class Traffic:
-    requests: int  # HTTP answers since start (every route)
-    errors: int  # of which 4xx/5xx
+    requests: int  # answers of the generation routes (completions, chat) since start
+    errors: int  # of which 4xx/5xx (refusals included: 401, 429, ...)
     generations: int  # finished generations
     prompt_tokens: int
     generation_tokens: int  # counted as they stream, so the rate moves during a request
@@ -141,14 +141,25 @@ class DashboardState:
 
 
 # --- reading the Prometheus metrics ---------------------------------------------------------------------
-def _total(metric, suffix: str = "_total") -> float:
-    """Sum of a counter over all its label sets."""
+def _total(metric, suffix: str = "_total", keep=lambda labels: True) -> float:
+    """Sum of a counter over its label sets (those ``keep`` accepts)."""
     out = 0.0
     for family in metric.collect():
         for s in family.samples:
-            if s.name.endswith(suffix):
+            if s.name.endswith(suffix) and keep(s.labels):
                 out += s.value
     return out
+
+
+GENERATION_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions"})
+
+
+def _api(labels: dict[str, str]) -> bool:
+    return labels.get("route") in GENERATION_ROUTES
+
+
+def _api_error(labels: dict[str, str]) -> bool:
+    return _api(labels) and labels.get("code", "").isdigit() and int(labels["code"]) >= 400
 
 
 def _buckets(metric) -> dict[float, float]:
@@ -197,8 +208,8 @@ HISTOGRAMS = ("ttft", "tpot", "e2e", "queue_time")
 def snapshot(metrics: Metrics, now: float) -> Snapshot:
     return Snapshot(
         t=now,
-        requests=_total(metrics.http_requests),
-        errors=_total(metrics.request_errors),
+        requests=_total(metrics.http_requests, keep=_api),
+        errors=_total(metrics.http_requests, keep=_api_error),
         generations=_total(metrics.request_success),
         prompt_tokens=_total(metrics.prompt_tokens),
         generation_tokens=_total(metrics.generation_tokens),
@@ -348,6 +359,14 @@ def _beat(node: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def _model_state(w: ModelWorker) -> str:
+    """loading | ready | failed, or unavailable: a gateway that lost too many nodes to serve."""
+    health = getattr(w.backend, "health", None) if w.state == "ready" else None
+    if callable(health) and not health()[0]:
+        return "unavailable"
+    return w.state
+
+
 def _gauge(metrics: Metrics, name: str, model: str) -> int:
     return int(metrics.registry.get_sample_value(name, {"model_name": model}) or 0)
 
@@ -371,7 +390,7 @@ class Dashboard:
             models.append(
                 ModelView(
                     name=w.name,
-                    state=w.state,
+                    state=_model_state(w),
                     error=w.error,
                     backend=info.backend if info else None,
                     architecture=info.architecture if info else None,

@@ -20,6 +20,7 @@ KEY = "sk-dash-0123456789"
 GEMMA = "gemma-3-270m"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 HTTP = httpx.Client(timeout=60)
+N_TOKENS = 48  # the shared test machine may generate only a few tokens per second
 
 
 def test_quantile_interpolates_like_prometheus():
@@ -77,7 +78,7 @@ def test_state_needs_the_key(server):
 @pytest.mark.slow
 def test_numbers_move_while_a_request_streams(server):
     before = state(server.url)
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
     seen: list[dict] = []
     done = threading.Event()
 
@@ -88,7 +89,7 @@ def test_numbers_move_while_a_request_streams(server):
 
     watcher = threading.Thread(target=watch)
     stream = client.completions.create(
-        model=GEMMA, prompt="1, 2, 3, 4, 5,", max_tokens=120, temperature=0, stream=True
+        model=GEMMA, prompt="1, 2, 3, 4, 5,", max_tokens=N_TOKENS, temperature=0, stream=True
     )
     watcher.start()
     try:
@@ -97,16 +98,16 @@ def test_numbers_move_while_a_request_streams(server):
         done.set()
         watcher.join()
     after = state(server.url)
-    assert n_chunks > 10
+    assert n_chunks > 5
     during = [s for s in seen if s["models"][0]["running"] == 1]
     assert during, "no state showed the request running"
     counts = [s["traffic"]["generation_tokens"] for s in during]
     assert len(set(counts)) > 1, f"generated tokens did not move during the stream: {counts}"
     assert any((s["traffic"]["tokens_per_second"] or 0) > 0 for s in during)
     assert after["models"][0]["running"] == 0
-    assert after["traffic"]["generation_tokens"] - before["traffic"]["generation_tokens"] == 120
+    assert after["traffic"]["generation_tokens"] - before["traffic"]["generation_tokens"] == N_TOKENS
     assert after["traffic"]["generations"] == before["traffic"]["generations"] + 1
     assert after["ttft"]["count"] >= 1 and after["ttft"]["p50"] > 0
-    assert after["tpot"]["count"] >= 119 and 0 < after["tpot"]["p50"] <= after["tpot"]["p99"]
+    assert after["tpot"]["count"] >= N_TOKENS - 1 and 0 < after["tpot"]["p50"] <= after["tpot"]["p99"]
     assert after["e2e"]["p50"] >= after["ttft"]["p50"]
     assert after["traffic"]["requests"] > before["traffic"]["requests"]

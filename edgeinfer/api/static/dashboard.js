@@ -165,6 +165,10 @@ function drawSpark() {
   g.fillText("max " + max.toFixed(1), 4, 11);
 }
 
+function short(text, max = 58) {
+  return text.length > max ? text.slice(0, max - 1) + "…" : text;
+}
+
 function nodeState(n) {
   if (n.up === false) return "down";
   if (n.layers) return n.up === true ? "up" : "unknown";
@@ -197,27 +201,28 @@ function renderTopology(topo) {
   nodes.forEach((n, i) => {
     const st = nodeState(n);
     const y = top + i * rowH;
-    const nx = 330;
+    const nx = 350;
     const line = el("svg:line", {
       class: "link " + st, x1: gw.x + gw.w, y1: gw.y + gw.h / 2, x2: nx, y2: y + 25,
     });
     svg.appendChild(line);
     const label = n.local ? "in process" :
       `${msv(n.hop_ms)} · ${n.mbit_per_s ? fmt(n.mbit_per_s, 0) + " Mbit/s" : "–"}`;
-    svg.appendChild(el("svg:text", { x: 200, y: (gw.y + gw.h / 2 + y + 25) / 2 - 4, class: "muted" }, label));
+    svg.appendChild(el("svg:text", { x: nx - 8, y: y + 17, class: "muted", "text-anchor": "end" }, label));
     const g = el("svg:g", { "data-node": n.name, "data-state": st });
-    g.appendChild(el("svg:rect", { class: "box " + st, x: nx, y: y, width: 540, height: 50 }));
+    g.appendChild(el("svg:rect", { class: "box " + st, x: nx, y: y, width: 530, height: 50 }));
     g.appendChild(el("svg:rect", { x: nx, y: y, width: 8, height: 50, fill: colors[n.name] }));
     g.appendChild(el("svg:text", { x: nx + 18, y: y + 20, class: "title" }, `${n.name}  ${st.toUpperCase()}`));
     const layers = n.layers ? `layers ${n.layers[0]}–${n.layers[1]}${n.head ? " + head" : ""}` :
-      n.standby_for ? `standby for layers ${n.standby_for[0]}–${n.standby_for[1]}` : (n.excluded || "not in the plan");
+      n.standby_for ? `standby for layers ${n.standby_for[0]}–${n.standby_for[1]}` : short(n.excluded || "not in the plan");
     g.appendChild(el("svg:text", { x: nx + 150, y: y + 20 }, layers));
     const detail = `${n.address || (n.local ? "gateway device" : "")}` +
       ` · step ${msv(n.step_ms)} · call ${msv(n.rpc_ms)}` +
       ` · mem ${bytes(n.weight_bytes)} of ${bytes(n.memory_bytes)}` +
       (n.load1 !== null && n.load1 !== undefined ? ` · load ${fmt(n.load1, 2)}` : "");
     g.appendChild(el("svg:text", { x: nx + 18, y: y + 40, class: "muted" }, detail));
-    if (n.last_error && st === "down") g.appendChild(el("svg:title", {}, n.last_error));
+    const why = st === "down" ? n.last_error : n.excluded;
+    if (why) g.appendChild(el("svg:title", {}, why));
     svg.appendChild(g);
   });
   const gwg = el("svg:g", {});
