@@ -20,7 +20,7 @@ from typing import Any
 from edgeinfer.api.metrics import Metrics
 from edgeinfer.engine.base import Backend, SamplingParams
 from edgeinfer.engine.batch import BatchBackend
-from edgeinfer.engine.generate import GenerationResult, stream
+from edgeinfer.engine.generate import Delta, GenerationResult, stream
 from edgeinfer.engine.scheduler import BatchScheduler
 
 
@@ -156,15 +156,19 @@ class ModelWorker:
 
     def _serve(self, job: Job) -> None:
         assert self.backend is not None
+        counted = 0  # generated tokens are counted as they stream (as vLLM does), so their rate is live
         for item in stream(self.backend, job.prompt, job.params, cancelled=job.cancel.is_set):
             job.emit(item)
-            if isinstance(item, GenerationResult):
-                self._observe(job, item)
+            if isinstance(item, Delta):
+                self.metrics.generation_tokens.labels(self.name).inc(item.n_tokens)
+                counted += item.n_tokens
+            elif isinstance(item, GenerationResult):
+                self._observe(job, item, counted)
 
-    def _observe(self, job: Job, result: GenerationResult) -> None:
+    def _observe(self, job: Job, result: GenerationResult, counted: int = 0) -> None:
         m, name = self.metrics, self.name
         m.prompt_tokens.labels(name).inc(result.prompt_tokens)
-        m.generation_tokens.labels(name).inc(result.completion_tokens)
+        m.generation_tokens.labels(name).inc(max(0, result.completion_tokens - counted))
         if result.ttft is not None:
             m.ttft.labels(name).observe(result.ttft)
         for dt in result.token_times:
