@@ -209,14 +209,40 @@ class PipelineBackend(VocabMixin):
     def _heal_now(self) -> None:
         m = self.membership
         assert m is not None
-        for name in list(self._stale):
-            self._stale.discard(name)
-            if m.is_up(name) and self.nodes is not None:
+        returned = sorted(n for n in self._stale if m.is_up(n))
+        self._stale.clear()
+        for name in returned:
+            if self.nodes is not None:
                 self._unload_leftovers(name)
         down = [i for i, st in enumerate(self.stages) if isinstance(st, RemoteStage) and not m.is_up(st.name)]
         if self.unavailable is not None or down:
             lost = self.stages[down[0]].name if down else self._lost
             self._recover(down[0] if down else None, lost)
+        elif returned and self.replanner is not None and self.failover.recover:
+            self._rebalance(returned)
+
+    def _rebalance(self, returned: list[str]) -> None:
+        """Nodes came back: if the planner now prefers another layout (the returned nodes, standbys that were
+        used up), move to it. Only on membership changes, so the pipeline does not flap."""
+        assert self.membership is not None and self.replanner is not None
+        alive = self.membership.alive()
+        chosen, spare = self.replanner.choose(alive)
+
+        def key(st) -> tuple | None:
+            return None if st is None else (st.node, st.start, st.end)
+
+        now = (
+            [key(st.placement) if st else None for st in self.stages],
+            [key(st.placement) if st else None for st in self.standbys],
+        )
+        if ([key(s) for s in chosen.stages], [key(s) for s in spare]) == now:
+            return
+        current = [st for st in [*self.stages, *self.standbys] if st is not None and st.name in alive]
+        layout = self.replanner.rebuild(alive, current)
+        self.stages, self.standbys, self.plan = layout.stages, layout.standbys, layout.plan
+        self.stats.replans += 1
+        self.stats.last_recovery = f"{', '.join(returned)} back: re-planned as {layout.plan.describe()}"
+        log.warning(self.stats.last_recovery)
 
     def _unload_leftovers(self, name: str) -> None:
         """A node back from the dead may still hold shards the pipeline no longer uses: unload them."""
