@@ -7,10 +7,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
+from edgeinfer.process import HttpProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -162,40 +162,18 @@ for n in BUNDLED:
 # --- Grafana ------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gemma_server(tmp_path_factory) -> Iterator[str]:
-    port = _free_port()
     log = tmp_path_factory.mktemp("grafana") / "serve.log"
+    port = free_port()
     cmd = [str(Path(sys.executable).with_name("edgeinfer")), "serve", "-m", "gemma-3-270m", "-t", "2"]
     cmd += ["--ctx-size", "512", "--port", str(port), "--log-level", "warning"]
     env = {k: v for k, v in os.environ.items() if k != "EDGEINFER_API_KEY"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    server = HttpProcess(cmd, port=port, log=log, env=env, what="server").start(timeout=180)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not healthy:\n" + log.read_text()
-            time.sleep(0.2)
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
 
 
 def _exprs(dash: dict) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgeinfer.process import free_port
+from edgeinfer.process import free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +45,7 @@ def test_health_503_until_loaded_then_serving(tmp_path: Path) -> None:
         r = httpx.post(url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
         assert r.status_code == 200
     finally:
-        proc.terminate()
-        proc.wait(15)
+        stop_process(proc, 15)
 
 
 def test_unknown_model_fails_fast_with_a_clear_message() -> None:
