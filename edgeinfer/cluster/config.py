@@ -99,6 +99,10 @@ class FailoverOptions(_Strict):
     ban: float = Field(15.0, gt=0)  # first ban of a failed node (seconds); doubles on every new failure
     max_ban: float = Field(300.0, gt=0)
     recover: bool = True  # False: a failed stage ends the request (no re-plan, no replay)
+    adapt: bool = True  # re-plan away from a node persistently slower than its profile
+    slow_factor: float = Field(3.0, gt=1)  # "slow": observed compute > this x predicted (median, 32 steps)
+    adapt_gain: float = Field(0.25, ge=0, lt=1)  # re-plan only if it predicts this much lower latency
+    adapt_cooldown: float = Field(30.0, ge=0)  # seconds between two adaptations (no flapping)
 
 
 class TlsOptions(_Strict):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeinfer.cluster.adapt import rescaled, slowdowns
 from edgeinfer.cluster.client import NodeClient, NodeError, NodePool
 from edgeinfer.cluster.config import LOCAL, FailoverOptions
 from edgeinfer.cluster.host import ShardHost
@@ -107,6 +108,7 @@ class ResilienceStats:
 
     failovers: int = 0  # recoveries of a failed stage (standby or re-plan)
     replans: int = 0
+    migrations: int = 0  # re-plans away from a slow node
     replayed_tokens: int = 0
     recoveries: deque[float] = field(default_factory=lambda: deque(maxlen=TIMINGS_KEPT))  # seconds each
     last_recovery: str = ""
@@ -167,6 +169,7 @@ class PipelineBackend(VocabMixin):
         self._healer: threading.Thread | None = None
         self._stale: set[str] = set()  # re-admitted nodes whose leftover shards must go
         self._lost = ""  # the node whose loss made the model unavailable
+        self._adapt_after = 0.0  # monotonic time before which no slow-node adaptation is tried
         self.info = ModelInfo(
             name=name or path.stem,
             path=str(path),
@@ -276,6 +279,7 @@ class PipelineBackend(VocabMixin):
             "nodes": nodes,
             "failovers": s.failovers,
             "replans": s.replans,
+            "migrations": s.migrations,
             "replayed_tokens": s.replayed_tokens,
             "last_recovery": s.last_recovery or None,
         }
@@ -366,6 +370,46 @@ class PipelineBackend(VocabMixin):
         log.warning(self.stats.last_recovery)
         return "replan"
 
+    def _adapt(self) -> bool:
+        """Between two tokens: re-plan away from nodes persistently slower than profiled, if that gains
+        ``adapt_gain``; at most once per ``adapt_cooldown``. True when the pipeline changed."""
+        f = self.failover
+        now = time.monotonic()
+        if not f.adapt or self.replanner is None or self.membership is None or self.plan is None:
+            return False
+        if self.replanner.cfg.planner.stages:
+            return False  # a fixed plan is the operator's choice: only a failure changes it
+        if now < self._adapt_after:
+            return False
+        ratios = slowdowns(self.stages, self.plan, f.slow_factor)
+        if not ratios:
+            return False
+        self._adapt_after = now + f.adapt_cooldown / 4  # judged: not again at once, either way
+        problem = rescaled(self.replanner.problem, ratios)
+        alive = self.membership.alive()
+        try:
+            current = problem.evaluate(self.plan.stages)[0]
+            old, self.replanner.problem = self.replanner.problem, problem
+            chosen, _ = self.replanner.choose(alive)
+        except (InfeasiblePlan, ValueError) as exc:
+            log.info("slow-node adaptation: no plan: %s", exc)
+            return False
+        if chosen.latency > current * (1 - f.adapt_gain):
+            self.replanner.problem = old  # not worth moving: judge again later from fresh timings
+            return False
+        loaded = [st for st in [*self.stages, *self.standbys] if st is not None and st.name in alive]
+        layout = self.replanner.rebuild(alive, loaded)
+        self.stages, self.standbys, self.plan = layout.stages, layout.standbys, layout.plan
+        for st in self.stages:
+            st.timings.clear()
+        self._adapt_after = now + f.adapt_cooldown
+        self.stats.replans += 1
+        self.stats.migrations += 1
+        slow = ", ".join(f"{n} {r:.1f}x slower" for n, r in ratios.items())
+        self.stats.last_recovery = f"{slow} than profiled: re-planned as {layout.plan.describe()}"
+        log.warning(self.stats.last_recovery)
+        return True
+
     def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         import torch
 
@@ -379,6 +423,8 @@ class PipelineBackend(VocabMixin):
 
         def forward(ids: list[int], pos: int):
             feed, at, t0 = ids, pos, time.perf_counter()
+            if pos and self._adapt():  # migrated away from a slow node: replay on the new chain
+                feed, at = history[:pos] + list(ids), 0
             for _ in range(len(self.nodes.names()) + 2 if self.nodes else 1):
                 try:
                     out = self.step(seq_id, torch.tensor(feed, dtype=torch.int32), at, output)

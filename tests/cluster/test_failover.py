@@ -41,7 +41,7 @@ pytestmark = [
 ]
 PROMPT = "the ship sails to the harbour and the crew"
 N_TOKENS = 96
-FAILOVER = {"heartbeat": 0.2, "ban": 1.0, "max_ban": 4.0}
+FAILOVER = {"heartbeat": 0.2, "ban": 1.0, "max_ban": 4.0, "adapt": False}  # adaptation: its own test
 
 
 class Nodes:
@@ -235,6 +235,36 @@ def test_sampled_output_continues_from_the_same_generator_state(nodes, tiny, tmp
         assert backend.stats.replans == 1
         assert got == want
     finally:
+        backend.close()
+
+
+def test_persistently_slow_node_is_planned_out_between_tokens(nodes, tiny, reference, tmp_path):
+    """Throttle one node (stopped ~90 % of the time, like a CPU quota or thermal throttling): after 32 slow
+    steps the gateway re-plans without it, between two tokens, and the stream keeps its tokens."""
+    cfg = _yaml(tmp_path / "c.yaml", tiny, nodes, adapt=True, adapt_cooldown=600)
+    backend = load_cluster(load_config(cfg))
+    done = threading.Event()
+    try:
+        victim = backend.stages[-1].name
+        proc = nodes.procs[nodes.index(victim)]
+        assert proc is not None
+
+        def throttle() -> None:
+            while not done.is_set():
+                proc.send_signal(signal.SIGSTOP)
+                time.sleep(0.03)
+                proc.send_signal(signal.SIGCONT)
+                time.sleep(0.003)
+
+        got = _generate(backend, threading.Thread(target=throttle, daemon=True).start, at=4)
+        assert got == reference
+        assert backend.stats.migrations == 1 and backend.stats.failovers == 0, backend.stats
+        assert victim not in {st.name for st in backend.stages}
+        assert "slower than profiled" in backend.stats.last_recovery
+    finally:
+        done.set()
+        time.sleep(0.1)
+        nodes.procs[nodes.index(victim)].send_signal(signal.SIGCONT)  # type: ignore[union-attr]
         backend.close()
 
 
