@@ -36,8 +36,15 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancel: threading.Event = field(default_factory=threading.Event)
     arrived: float = field(default_factory=time.perf_counter)
+    # generated tokens are counted as they stream (as vLLM does), so their rate is live: the worker sets
+    # ``on_tokens`` when the job starts; ``streamed`` is what was counted before the final result
+    on_tokens: Callable[[int], None] = lambda n: None
+    streamed: int = 0
 
     def emit(self, item: Any) -> None:
+        if isinstance(item, Delta):
+            self.streamed += item.n_tokens
+            self.on_tokens(item.n_tokens)
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
 
@@ -134,6 +141,7 @@ class ModelWorker:
     def _started(self, job: Job) -> None:
         self.metrics.queue_time.labels(self.name).observe(time.perf_counter() - job.arrived)
         self.metrics.running.labels(self.name).inc()
+        job.on_tokens = self.metrics.generation_tokens.labels(self.name).inc
 
     def _run_batched(self, backend: BatchBackend) -> None:
         """Continuous batching: admit waiting jobs into free slots between decode steps."""
@@ -156,19 +164,15 @@ class ModelWorker:
 
     def _serve(self, job: Job) -> None:
         assert self.backend is not None
-        counted = 0  # generated tokens are counted as they stream (as vLLM does), so their rate is live
         for item in stream(self.backend, job.prompt, job.params, cancelled=job.cancel.is_set):
             job.emit(item)
-            if isinstance(item, Delta):
-                self.metrics.generation_tokens.labels(self.name).inc(item.n_tokens)
-                counted += item.n_tokens
-            elif isinstance(item, GenerationResult):
-                self._observe(job, item, counted)
+            if isinstance(item, GenerationResult):
+                self._observe(job, item)
 
-    def _observe(self, job: Job, result: GenerationResult, counted: int = 0) -> None:
+    def _observe(self, job: Job, result: GenerationResult) -> None:
         m, name = self.metrics, self.name
         m.prompt_tokens.labels(name).inc(result.prompt_tokens)
-        m.generation_tokens.labels(name).inc(max(0, result.completion_tokens - counted))
+        m.generation_tokens.labels(name).inc(max(0, result.completion_tokens - job.streamed))
         if result.ttft is not None:
             m.ttft.labels(name).observe(result.ttft)
         for dt in result.token_times:
