@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgeinfer.models.dnn import zoo
-from edgeinfer.split.profile import DeviceSpec, device_thread, load_device, profile_model
+from edgeinfer.split.profile import DeviceSpec, device_thread, load_device, profile_model, torch_threads
 from edgeinfer.testbed import cpuquota
 
 needs_quota = pytest.mark.skipif(cpuquota.available() is not None, reason=str(cpuquota.available()))
@@ -37,7 +37,7 @@ def test_a_profile_under_a_quota_measures_the_slower_core_and_adds_up_to_a_pass(
     assert sum(prof.path_ms(path)) > 1.5 * sum(fast.path_ms(path))
     # the profile's sum over the path is what a whole throttled pass takes (within the quota's jitter)
     chain = model.path(path)
-    with device_thread(spec), torch.no_grad():
+    with torch_threads(spec.threads), device_thread(spec), torch.no_grad():  # 1 thread, as the device
         chain.run(x[:1])
         t0 = time.perf_counter()
         for i in range(20):
