@@ -18,6 +18,10 @@ DEFAULT_IDLE_TTL = 300.0  # seconds after which an unused sequence is dropped
 DEFAULT_CEILING_SHARE = 0.9  # default ceiling: this share of the memory available when the node starts
 
 
+def _size(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB" if abs(n) >= 10 * 2**20 else f"{n / 2**10:.0f} KiB"
+
+
 class HostError(RuntimeError):
     """A request the node cannot serve; ``kind`` maps to a gRPC status code."""
 
@@ -72,12 +76,12 @@ class LayerProfile:
 @dataclass(frozen=True)
 class Capabilities:
     node_id: str
-    free_ram: int  # bytes the node may still use for weights (free RAM, capped by the memory limit)
+    free_ram: int  # bytes the node may still use: its ceiling minus weights and KV caches (<= free RAM)
     total_ram: int
     cores: int
     load1: float
     active_requests: int
-    memory_limit: int  # 0 = none
+    memory_limit: int  # the node's byte ceiling over weights and KV caches
     shards: tuple[ShardStatus, ...] = ()
     version: str = ""
     profile: LayerProfile | None = None  # set when asked to measure a model
@@ -121,8 +125,9 @@ class _Loaded:
 
 
 class ShardHost:
-    """A node's shards and KV caches under one byte ceiling (``memory_limit``: weights + KV caches + the
-    scratch of the running forward; default: 90 % of the memory available at start)."""
+    """A node's shards and KV caches under one byte ceiling (``memory_limit``: weights + KV caches; default:
+    90 % of the memory available at start). The scratch of the running forward is checked against the RAM
+    available."""
 
     def __init__(
         self,
@@ -194,9 +199,22 @@ class ShardHost:
         free = self.memory_limit - self.used_bytes() - self.kv_bytes()
         if need > free:
             raise HostError(
-                f"node {self.node_id}: {what} need {need / 2**20:.0f} MiB, but only "
-                f"{max(0, free) / 2**20:.0f} MiB of the node's {self.memory_limit / 2**20:.0f} MiB "
+                f"node {self.node_id}: {what} need {_size(need)}, but only "
+                f"{_size(max(0, free))} of the node's {_size(self.memory_limit)} "
                 "memory limit is free",
+                "memory",
+            )
+
+    def _refuse_scratch(self, need: int) -> None:
+        """The scratch of one forward lives only while it runs (forwards run one at a time): checked against
+        the RAM available, beside the ceiling that bounds what the node keeps."""
+        import psutil
+
+        available = psutil.virtual_memory().available * DEFAULT_CEILING_SHARE
+        if need > available:
+            raise HostError(
+                f"node {self.node_id}: this forward needs {_size(need)} of scratch, but only "
+                f"{_size(available)} of RAM is available: send fewer positions per call",
                 "memory",
             )
 
@@ -371,10 +389,8 @@ class ShardHost:
                 grow = 0
                 if needed > cap:  # KVCache doubles; old and new storage coexist while copying
                     grow = min(shard.max_seq_len, max(needed, 2 * cap, 64)) * loaded.kv_bytes_per_position
-                self._refuse_memory(
-                    f"sequence {seq_id!r} ({needed} positions) and its forward",
-                    grow + self._scratch_bytes(loaded, t, needed),
-                )
+                self._refuse_memory(f"the KV cache of sequence {seq_id!r} ({needed} positions)", grow)
+                self._refuse_scratch(self._scratch_bytes(loaded, t, needed))
                 if have > start_pos:
                     shard.truncate(seq_id, start_pos)
                 if shard.is_first:
@@ -447,13 +463,13 @@ class ShardHost:
         """Measure, as median decode times after ``context`` cached positions: the time per middle layer and
         the fixed cost of one shard forward (from interleaved 1-layer and k-layer shards), the extra time of
         the output head (last-layer shard), and the weight bytes of a layer and of the head."""
-        if model in self._profiles:
-            return self._profiles[model]
         import torch
 
         from edgeinfer.engine.shard import Shard, layer_count, layer_weight_bytes
 
         path = self.model_path(model)
+        if str(path) in self._profiles:  # by file: other spellings of a name measure nothing again
+            return self._profiles[str(path)]
         n = layer_count(path)
         seq_len = context + steps + 2
 
@@ -480,7 +496,17 @@ class ShardHost:
             a = max(1, n // 2 - 2) if n > 2 else 0
             k = max(1, min(4, n - 1 - a))
             need = sum(self._weight_estimate(path, s, e) for s, e in ((a, a + 1), (a, a + k), (n - 1, n)))
-            self._refuse_memory(f"measuring {model} (three trial shards)", need)
+            # trial shards live only while measuring (once per file): checked against the RAM available,
+            # not the ceiling, which bounds what the node keeps (a memory-tight node can still be measured)
+            import psutil
+
+            available = psutil.virtual_memory().available
+            if need > available * DEFAULT_CEILING_SHARE:
+                raise HostError(
+                    f"node {self.node_id}: measuring {model} needs {_size(need)} of trial shards, "
+                    f"but only {_size(available)} of RAM is available",
+                    "memory",
+                )
             shards = [Shard(path, a, a + 1, threads=self.threads, max_seq_len=seq_len)]
             if k > 1:
                 shards.append(Shard(path, a, a + k, threads=self.threads, max_seq_len=seq_len))
@@ -509,5 +535,5 @@ class ShardHost:
             hidden_size=hidden,
             vocab_size=vocab,
         )
-        self._profiles[model] = prof
+        self._profiles[str(path)] = prof
         return prof

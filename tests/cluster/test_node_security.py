@@ -406,10 +406,12 @@ def test_ceiling_holds_under_concurrent_hostile_calls(tmp_path):
         assert held <= ceiling
         assert errors.get("RESOURCE_EXHAUSTED", 0) > 0, errors
         assert set(errors) <= {"RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}, errors
-        # everything the node added during the attack stays within what its ceiling leaves free (+ the
-        # gRPC buffers of the calls in flight and the allocator's slack)
+        # everything the node added during the attack stays within what its ceiling leaves free, plus the
+        # scratch of the one forward running (480 positions on 6 Qwen layers: ~80 MiB) and the gRPC buffers of
+        # the calls in flight
         grown = peak[0] - baseline
-        assert grown <= ceiling - part.weight_bytes + (48 << 20), (grown >> 20, errors)
+        print(f"anonymous RSS grew {grown >> 20} MiB under attack; refusals: {errors}")
+        assert grown <= ceiling - part.weight_bytes + (96 << 20), (grown >> 20, errors)
         client.close()
     finally:
         node.stop()

@@ -63,16 +63,21 @@ def reference(tiny) -> str:
 @pytest.fixture(scope="module")
 def bed(tiny, tmp_path_factory) -> Iterator[tuple[netns.Testbed, list, int]]:
     whole = Shard(tiny, 0, 6, threads=1)
-    limit = int(whole.weight_bytes * 0.6)
+    limit = int(whole.weight_bytes * 0.6)  # the planner's share of each node (the YAML's memory_limit) ...
     whole.close()
     logs = tmp_path_factory.mktemp("nodes")
     with netns.Testbed(3, rate="100mbit") as tb:
-        specs = start_nodes(tb, threads=1, memory_limit=str(limit), log_dir=logs)
+        # ... and the node's own ceiling, which also holds the KV caches
+        specs = start_nodes(tb, threads=1, memory_limit=str(limit + (256 << 10)), log_dir=logs)
         yield tb, specs, limit
 
 
 def _yaml(path: Path, model: Path, specs, **extra) -> Path:
-    doc = {"model": str(model), "nodes": [{"name": s.name, "address": s.address} for s in specs]} | extra
+    whole = Shard(model, 0, 6, threads=1)
+    share = int(whole.weight_bytes * 0.6)  # as in `bed`
+    whole.close()
+    nodes = [{"name": s.name, "address": s.address, "memory_limit": share} for s in specs]
+    doc = {"model": str(model), "nodes": nodes} | extra
     path.write_text(yaml.safe_dump(doc))
     return path
 
