@@ -122,6 +122,7 @@ class Topology:
     reason: str | None = None
     failovers: int = 0
     replans: int = 0
+    migrations: int = 0  # re-plans away from a slow node
     last_recovery: str | None = None
 
 
@@ -270,7 +271,6 @@ def topology(backend: Any) -> Topology | None:
 
     live = [s for s in getattr(backend, "stages", []) if s is not None]
     stages = {s.name: s for s in live}
-    rows = {r.node: r for r in plan.breakdown}
     placed = {s.name: s.placement for s in live} or {s.node: s for s in plan.stages}
     spares = getattr(backend, "standbys", None)
     if spares is not None:
@@ -282,9 +282,13 @@ def topology(backend: Any) -> Topology | None:
     n_layers = problem.model.n_layers
     pool = getattr(backend, "nodes", None)
     nodes = []
-    for cost in problem.nodes:
+    for j, cost in enumerate(problem.nodes):
         name = cost.name
-        st, row, stage = placed.get(name), rows.get(name), stages.get(name)
+        st, stage = placed.get(name), stages.get(name)
+        weights = predicted = None
+        if st is not None:  # the live placement (it changes on failover): its costs from the profile
+            weights = problem.stage_memory(st.start, st.end)
+            predicted = problem.compute(j, st.start, st.end) + problem.hop(j, st.start, st.end)[0]
         address = None
         if stage is not None and hasattr(stage, "client"):
             address = stage.client.address
@@ -311,12 +315,12 @@ def topology(backend: Any) -> Topology | None:
                 local=cost.local,
                 layers=[st.start, st.end - 1] if st else None,
                 head=bool(st and st.end == n_layers),
-                weight_bytes=row.memory if row else None,
+                weight_bytes=weights,
                 memory_bytes=_finite(cost.memory),
                 hop_ms=rtt,
                 mbit_per_s=mbit,
                 standby_for=[standby[name].start, standby[name].end - 1] if name in standby else None,
-                predicted_ms=_ms(row.compute + row.hop) if row else None,
+                predicted_ms=_ms(predicted),
                 step_ms=_ms(_median(t[2] for t in decode)),
                 rpc_ms=_ms(_median(t[1] for t in decode)),
                 steps=len(decode),
@@ -337,6 +341,7 @@ def topology(backend: Any) -> Topology | None:
         reason=health.get("reason") if health else None,
         failovers=int(health.get("failovers", 0)) if health else 0,
         replans=int(health.get("replans", 0)) if health else 0,
+        migrations=int(health.get("migrations", 0)) if health else 0,
         last_recovery=health.get("last_recovery") if health else None,
     )
 

@@ -192,6 +192,7 @@ def cluster(tmp_path_factory) -> Iterator[tuple[ServerProcess, list[subprocess.P
                 for i, h in enumerate(tb.hosts)
             ],
             "wire_dtype": "f32",
+            "planner": {"replicas": 1},  # the node the plan leaves out stands by
             "failover": {"heartbeat": 0.2, "ban": 30.0},
         }
         cfg = tmp / "cluster.yaml"
@@ -236,6 +237,10 @@ def test_gateway_page_shows_the_real_nodes_and_a_killed_node_turns_down(browser,
         and all(a == b + 1 for a, b in zip(starts[1:], ends[:-1], strict=True))
     )
     holders = [c.get_attribute("data-node") for c in cells]
+    spare = [n for n in names if n not in holders]
+    for name in spare:  # 3 nodes, 2 stages: the third holds one stage's layers warm
+        assert rows[name].get_attribute("data-state") == "standby"
+        assert "standby" in rows[name].text
     for name in holders:
         assert browser.find_element(By.CSS_SELECTOR, f'#topo g[data-node="{name}"]').get_attribute(
             "data-state"

@@ -183,11 +183,13 @@ function renderTopology(topo) {
   const down = nodes.filter((n) => n.up === false).length;
   setText("cluster-summary", `${topo.model}, ${topo.n_layers} layers, ${topo.strategy} (${topo.objective}), ` +
     `planned ${fmt(topo.predicted_tokens_per_second)} tok/s · ${nodes.length - down}/${nodes.length} nodes up · ` +
-    `failovers ${topo.failovers}` + (topo.replans ? `, re-plans ${topo.replans}` : ""));
+    `failovers ${topo.failovers}` + (topo.replans ? `, re-plans ${topo.replans}` : "") +
+    (topo.migrations ? `, migrations ${topo.migrations}` : ""));
   const alert = $("cluster-alert");
   const msg = !topo.available ? "The gateway cannot serve: " + (topo.reason || "not enough nodes")
     : (topo.last_recovery ? "Last recovery: " + topo.last_recovery : "");
   alert.hidden = !msg;
+  alert.className = topo.available ? "note" : "alert";
   alert.textContent = msg;
 
   // star topology: the gateway on the left, one box per node on the right
