@@ -14,6 +14,7 @@ API key rule of ``/v1`` and the page asks for the key when it gets a 401.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import statistics
 import threading
@@ -32,6 +33,8 @@ from edgeinfer.api.metrics import Metrics
 
 if TYPE_CHECKING:
     from edgeinfer.api.worker import ModelWorker
+
+log = logging.getLogger("edgeinfer.api")
 
 RATE_WINDOW = 10.0  # seconds of history behind tok/s and req/s
 LATENCY_WINDOW = 300.0  # seconds of history behind the percentiles (like Grafana's rate(...[5m]))
@@ -382,6 +385,15 @@ class Dashboard:
         self.workers = list(workers)
         self.window = Window(metrics)
         self.started = time.monotonic()
+        self._last_topology: Topology | None = None
+
+    def _topology(self, backend: Any) -> Topology | None:
+        """The gateway's topology; while a failover rewires the pipeline under it, the last one read."""
+        try:
+            self._last_topology = topology(backend)
+        except Exception:  # noqa: BLE001 - a view must not fail the page; logged, then the last good one
+            log.warning("dashboard: reading the cluster's topology failed", exc_info=True)
+        return self._last_topology
 
     def state(self) -> DashboardState:
         now = time.monotonic()
@@ -430,7 +442,7 @@ class Dashboard:
             models=models,
             traffic=traffic,
             latency_window_seconds=min(LATENCY_WINDOW, now - latency_base.t) if latency_base else 0.0,
-            topology=topology(gateway_backend) if gateway_backend is not None else None,
+            topology=self._topology(gateway_backend) if gateway_backend is not None else None,
             **pct,
         )
 
