@@ -32,6 +32,8 @@ def message_limit(max_context: int = DEFAULT_MAX_CONTEXT, hidden: int = MAX_HIDD
     """The largest request a node accepts: one prefill of ``max_context`` positions of ``hidden`` f32
     values (+ 1 MiB for the envelope and Ping payloads)."""
     return max_context * hidden * 4 + (1 << 20)
+
+
 _CODES = {
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
     "not_found": grpc.StatusCode.NOT_FOUND,
