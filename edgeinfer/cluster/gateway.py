@@ -118,6 +118,7 @@ class StageFailed(ClusterError):
     def __init__(self, index: int, stage: PipelineStage, exc: Exception):
         super().__init__(f"pipeline stage {index} ({stage.describe()}): {exc}")
         self.index, self.stage = index, stage
+        self.x = None  # the input the stage did not take
 
 
 class ClusterUnavailable(ClusterError):
@@ -319,17 +320,42 @@ class PipelineBackend(VocabMixin):
         m.mark_dead(stage.name, f"missed three deadlines (last {deadline:.1f} s)")
         raise StageFailed(i, stage, ClusterError(f"node {stage.name} missed three deadlines"))
 
-    def step(self, seq_id: str, x, start_pos: int, output: str):
-        """One pass through every stage (x: token ids); returns the last stage's output."""
-        for i in range(len(self.stages)):
+    def step(self, seq_id: str, x, start_pos: int, output: str, record: list[list] | None = None, begin=0):
+        """One pass through the stages from ``begin`` (x: token ids for stage 0, else its input); returns
+        the last stage's output. ``record[i]`` collects the inputs stage i accepted (for a warm replay);
+        a ``StageFailed`` carries the input the failed stage did not take (``x``)."""
+        for i in range(begin, len(self.stages)):
             last = i == len(self.stages) - 1
-            x = self._forward(i, seq_id, x, start_pos, output if last else "logits")
+            try:
+                y = self._forward(i, seq_id, x, start_pos, output if last else "logits")
+            except StageFailed as failed:
+                failed.x = x
+                raise
+            if record is not None:
+                record[i].append(x)
+            x = y
         return x
 
-    def _recover(self, index: int | None, lost: str) -> str:
+    def _resume(self, seq_id: str, i: int, full, n_new: int, pos: int, output: str, record: list[list]):
+        """After stage i moved to its standby: the standby replays stage i's recorded inputs plus the step's
+        own (``full``, from position 0) — one prefill of one stage, the others keep their KV caches — and
+        the step continues from stage i + 1 at ``pos``."""
+        last = i == len(self.stages) - 1
+        try:
+            y = self._forward(i, seq_id, full, 0, output if last else "logits")
+        except StageFailed as failed:
+            failed.x = full
+            raise
+        record[i] = [full]
+        if last:
+            return y
+        return self.step(seq_id, y[-n_new:], pos, output, record, begin=i + 1)
+
+    def _recover(self, index: int | None, lost: str, why: str = "") -> str:
         """Replace the stage of the lost node: its warm standby if alive, else a re-plan over the survivors
         (cold loads). Raises ``ClusterUnavailable`` (and stays unavailable) when the model no longer fits.
-        Returns how it recovered. The caller holds the lock; sequences must be replayed afterwards."""
+        Returns how it recovered. The caller holds the lock; sequences must be replayed afterwards.
+        ``why``: the failure as seen by the data path, kept in the error of an unrecoverable loss."""
         m = self.membership
         assert m is not None
         alive = m.alive()
@@ -359,6 +385,8 @@ class PipelineBackend(VocabMixin):
                 f"{sorted(alive) or 'none'}: {exc}"
             )
             log.warning(self.unavailable)
+            if why:
+                raise ClusterUnavailable(f"{why}; {self.unavailable}") from exc
             raise ClusterUnavailable(self.unavailable) from exc
         was_unavailable = self.unavailable is not None
         self.stages, self.standbys, self.plan = layout.stages, layout.standbys, layout.plan
@@ -421,24 +449,43 @@ class PipelineBackend(VocabMixin):
         output = "top1" if params.greedy else "logits"
         history: list[int] = []  # every id fed so far: the prompt, then the generated tokens
 
+        record: list[list] = [[] for _ in self.stages]  # per stage: the inputs it accepted (warm replay)
+
         def forward(ids: list[int], pos: int):
-            feed, at, t0 = ids, pos, time.perf_counter()
+            t0, replayed = time.perf_counter(), 0
+            x = torch.tensor(ids, dtype=torch.int32)
+
+            def full_replay():
+                """The whole history through the (new) chain as one batched prefill: every KV cache."""
+                record[:] = [[] for _ in self.stages]
+                return self.step(
+                    seq_id, torch.tensor(history[:pos] + list(ids), dtype=torch.int32), 0, output, record
+                )
+
+            run = lambda: self.step(seq_id, x, pos, output, record)  # noqa: E731
             if pos and self._adapt():  # migrated away from a slow node: replay on the new chain
-                feed, at = history[:pos] + list(ids), 0
+                run, replayed = full_replay, pos + len(ids)
             for _ in range(len(self.nodes.names()) + 2 if self.nodes else 1):
                 try:
-                    out = self.step(seq_id, torch.tensor(feed, dtype=torch.int32), at, output)
+                    out = run()
                     break
                 except StageFailed as failed:
                     if self.membership is None:
                         raise
-                    self._recover(failed.index, failed.stage.name)
-                    # rebuild every KV cache of the new chain: the whole history as one batched prefill
-                    feed, at = history[:pos] + list(ids), 0
+                    how = self._recover(failed.index, failed.stage.name, str(failed))
+                    i = failed.index
+                    if how == "standby" and failed.x is not None and len(record) == len(self.stages):
+                        full = torch.cat([*record[i], failed.x]) if record[i] else failed.x
+                        run = lambda i=i, full=full: self._resume(  # noqa: E731
+                            seq_id, i, full, len(ids), pos, output, record
+                        )
+                        replayed = int(full.shape[0])
+                    else:
+                        run, replayed = full_replay, pos + len(ids)
             else:
                 raise ClusterError("the pipeline kept failing while recovering; giving up")
-            if at != pos:
-                self.stats.replayed_tokens += len(feed)
+            if replayed:
+                self.stats.replayed_tokens += replayed
                 self.stats.recoveries.append(time.perf_counter() - t0)
             del history[pos:]
             history.extend(ids)

@@ -317,15 +317,18 @@ def plan(problem: Problem, objective: str = "latency", strategy: str = "auto") -
     return result
 
 
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"
+
+
 def _infeasible_reason(problem: Problem, allowed: list[int], strategy: str) -> str:
     m = problem.model
     total = problem.stage_memory(0, m.n_layers)
     mem = sum(problem.nodes[j].memory for j in allowed)
-    gib = 1 << 30
-    detail = ", ".join(f"{problem.nodes[j].name}: {problem.nodes[j].memory / gib:.2f} GiB" for j in allowed)
+    detail = ", ".join(f"{problem.nodes[j].name}: {_size(problem.nodes[j].memory)}" for j in allowed)
     return (
-        f"the model needs {total / gib:.2f} GiB for weights but the {len(allowed)} usable node(s) "
-        f"(strategy {strategy}) offer {mem / gib:.2f} GiB in total ({detail}), or no contiguous split fits; "
+        f"the model needs {_size(total)} for weights but the {len(allowed)} usable node(s) "
+        f"(strategy {strategy}) offer {_size(mem)} in total ({detail}), or no contiguous split fits; "
         "add nodes or memory, or use a smaller model"
     )
 
