@@ -1,0 +1,262 @@
+"""Chaos benchmark of the cluster gateway on the namespace test-bed (needs root): recovery time after a node
+fault mid-stream, with a warm standby and with a cold re-plan, at several link rates; replay cost versus the
+length of the history; requests completed / failed under faults; tok/s before and after (docs/resilience.md).
+
+Three nodes, each allowed ~60 % of the model's weights (two are needed, the third has room for one warm
+standby or for a re-plan). For every kill: a greedy stream of ``--history`` prompt tokens, ``--before``
+tokens, the fault (``kill -9`` or ``SIGSTOP`` of a primary), ``--after`` tokens. The recovery time is the gap
+between the fault and the first token after it (detection + standby switch or re-plan + replay + one step).
+The node is then restarted and the gateway re-admits it (standbys placed again) before the next kill.
+
+    sudo .venv/bin/python benchmarks/bench_chaos.py --model gemma --rates 1gbit,100mbit,10mbit --kills 10 \\
+        --histories 128,512,2048 --out chaos.json
+
+Everything runs inside a test-bed that is removed on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import signal
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from edgeinfer.bench.table import Format, Output, Table
+from edgeinfer.cluster.bringup import load_cluster
+from edgeinfer.cluster.client import NodeClient, NodeError
+from edgeinfer.cluster.config import load_config
+from edgeinfer.cluster.testbed import NODE_PORT, node_argv
+from edgeinfer.engine.base import SamplingParams
+from edgeinfer.engine.shard import Shard, layer_count
+from edgeinfer.models.registry import resolve
+from edgeinfer.testbed.netns import Testbed
+
+PROSE = "the quick brown fox jumps over the lazy dog while the robot paints a small red boat"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+class Bed:
+    def __init__(self, tb: Testbed, logs: Path):
+        self.tb, self.logs = tb, logs
+        self.procs: list = [None] * len(tb.hosts)
+
+    def start(self, i: int) -> None:
+        out = (self.logs / f"n{i}.log").open("ab")
+        self.procs[i] = self.tb.popen(i, node_argv(NODE_PORT, f"n{i}", 1), stdout=out, stderr=out)
+        client = NodeClient(f"{self.tb.hosts[i].ip}:{NODE_PORT}", f"n{i}", timeout=2)
+        deadline = time.monotonic() + 120
+        try:
+            while True:
+                try:
+                    client.wait_ready(1.0)
+                    client.ping()
+                    return
+                except NodeError:
+                    if time.monotonic() > deadline:
+                        raise
+        finally:
+            client.close()
+
+    def fault(self, name: str, how: str) -> None:
+        proc = self.procs[int(name.removeprefix("n"))]
+        if how == "kill":
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        else:
+            proc.send_signal(signal.SIGSTOP)
+
+    def revive(self, name: str, how: str) -> None:
+        i = int(name.removeprefix("n"))
+        if how == "kill":
+            self.start(i)
+        else:
+            self.procs[i].send_signal(signal.SIGCONT)
+
+
+def prompt_ids(backend, n: int) -> list[int]:
+    ids = backend.tokenize(" ".join(itertools.islice(itertools.cycle(PROSE.split()), n * 2)))
+    return ids[:n]
+
+
+def one_kill(backend, bed: Bed, ids: list[int], before: int, after: int, warm: bool, how: str) -> dict:
+    if warm:
+        covered = [i for i, sb in enumerate(backend.standbys) if sb is not None]
+        if not covered:
+            raise RuntimeError(f"no standby placed: {backend.plan.describe()}")
+        victim = backend.stages[covered[0]].name
+    else:
+        victim = backend.stages[-1].name
+    s0 = (backend.stats.failovers, backend.stats.replans, backend.stats.replayed_tokens)
+    gen = backend.generate_tokens(ids, SamplingParams(temperature=0.0))
+    times, t_fault = [], 0.0
+    t_start = time.perf_counter()
+    try:
+        for k in range(before + after):
+            next(gen)
+            times.append(time.perf_counter())
+            if k == before - 1:
+                bed.fault(victim, how)
+                t_fault = time.perf_counter()
+    finally:
+        gen.close()
+    s1 = (backend.stats.failovers, backend.stats.replans, backend.stats.replayed_tokens)
+    steps_before = [b - a for a, b in itertools.pairwise(times[1:before])]
+    steps_after = [b - a for a, b in itertools.pairwise(times[before + 1 :])]
+    return {
+        "victim": victim,
+        "recovery_s": times[before] - t_fault,
+        "ttft_s": times[0] - t_start,  # the prompt's own prefill: what a full replay costs
+        "failovers": s1[0] - s0[0],
+        "replans": s1[1] - s0[1],
+        "replayed": s1[2] - s0[2],
+        "tok_s_before": 1 / statistics.median(steps_before) if steps_before else float("nan"),
+        "tok_s_after": 1 / statistics.median(steps_after) if steps_after else float("nan"),
+    }
+
+
+def settle(backend, bed: Bed, victim: str, how: str, warm: bool, timeout: float = 120) -> None:
+    """Bring the node back and wait until the gateway re-admitted it (and placed a standby again)."""
+    bed.revive(victim, how)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = backend.membership
+        ok = m.is_up(victim) and (not warm or any(sb is not None for sb in backend.standbys))
+        if ok and backend._lock.acquire(timeout=1):  # the healer is done with it
+            backend._lock.release()
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{victim} was not re-admitted within {timeout:.0f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gemma")
+    ap.add_argument("--rates", default="1gbit,100mbit,10mbit")
+    ap.add_argument("--kills", type=int, default=10, help="faults per scenario and rate")
+    ap.add_argument("--history", type=int, default=512, help="prompt tokens of the recovery scenarios")
+    ap.add_argument("--histories", default="128,512,2048", help="replay cost: prompt lengths (100mbit)")
+    ap.add_argument("--replay-kills", type=int, default=3, help="faults per history length")
+    ap.add_argument("--before", type=int, default=8)
+    ap.add_argument("--after", type=int, default=8)
+    ap.add_argument("--scenarios", default="warm-kill,cold-kill,warm-hang")
+    ap.add_argument("--wire-dtype", default="f16")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    _, path = resolve(args.model, progress=False)
+    n_layers = layer_count(path)
+    whole = Shard(path, 0, n_layers, threads=1)
+    limit = int(whole.weight_bytes * 0.6) + (64 << 20)  # + room for the KV caches of long histories
+    whole.close()
+    ctx = max(4096, max(int(h) for h in args.histories.split(",")) + args.before + args.after + 16)
+    results: dict = {"model": args.model, "limit_bytes": limit, "runs": [], "replay": []}
+    rates = args.rates.split(",")
+    with tempfile.TemporaryDirectory() as tmp, Testbed(3, rate=rates[0]) as tb:
+        bed = Bed(tb, Path(tmp))
+        for i in range(3):
+            bed.start(i)
+
+        def cluster(replicas: int):
+            doc = {
+                "model": str(path),
+                "nodes": [
+                    {"name": f"n{i}", "address": f"{h.ip}:{NODE_PORT}", "memory_limit": limit}
+                    for i, h in enumerate(tb.hosts)
+                ],
+                "ctx_size": ctx,
+                "wire_dtype": args.wire_dtype,
+                "planner": {"replicas": replicas},
+                "failover": {"heartbeat": 0.25, "ban": 1.0, "max_ban": 2.0},
+            }
+            cfg = Path(tmp) / "c.yaml"
+            cfg.write_text(yaml.safe_dump(doc))
+            return load_cluster(load_config(cfg))
+
+        for rate in rates:
+            for i in range(3):
+                tb.set_rate(i, rate)
+            for scenario in args.scenarios.split(","):
+                warm, how = scenario.startswith("warm"), "kill" if scenario.endswith("kill") else "stop"
+                backend = cluster(1 if warm else 0)
+                try:
+                    ids = prompt_ids(backend, args.history)
+                    for k in range(args.kills):
+                        r = one_kill(backend, bed, ids, args.before, args.after, warm, how)
+                        r |= {"rate": rate, "scenario": scenario, "kill": k, "history": len(ids)}
+                        results["runs"].append(r)
+                        print(json.dumps(r), flush=True)
+                        settle(backend, bed, r["victim"], how, warm)
+                finally:
+                    backend.close()
+        tb_rate = "100mbit" if "100mbit" in rates else rates[0]
+        for i in range(3):
+            tb.set_rate(i, tb_rate)
+        for scenario in ("warm-kill", "cold-kill"):
+            warm = scenario == "warm-kill"
+            backend = cluster(1 if warm else 0)
+            try:
+                for h in (int(x) for x in args.histories.split(",")):
+                    ids = prompt_ids(backend, h)
+                    for k in range(args.replay_kills):
+                        r = one_kill(backend, bed, ids, 3, 3, warm, "kill")
+                        r |= {"rate": tb_rate, "scenario": scenario, "kill": k, "history": len(ids)}
+                        results["replay"].append(r)
+                        print(json.dumps(r), flush=True)
+                        settle(backend, bed, r["victim"], "kill", warm)
+            finally:
+                backend.close()
+
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    out = Output(Format.MD)
+    rows_out = []
+    for (rate, scenario), grp in itertools.groupby(results["runs"], key=lambda r: (r["rate"], r["scenario"])):
+        rows = list(grp)
+        rec = [r["recovery_s"] * 1e3 for r in rows]
+        rows_out.append(
+            (
+                rate,
+                scenario,
+                str(len(rows)),
+                f"{pct(rec, 0.5):.0f}",
+                f"{pct(rec, 0.95):.0f}",
+                f"{max(rec):.0f}",
+                f"{sum(r['failovers'] == 1 for r in rows)}/{len(rows)}",
+                f"{statistics.median(r['tok_s_before'] for r in rows):.1f}",
+                f"{statistics.median(r['tok_s_after'] for r in rows):.1f}",
+            )
+        )
+    header = ("rate", "scenario", "kills", "p50 ms", "p95 ms", "max ms", "recovered", "tok/s before", "after")
+    out.table(Table("recovery after a fault mid-stream (fault -> next token)", header, rows_out))
+    rows_out = []
+    for (scenario, h), grp in itertools.groupby(
+        results["replay"], key=lambda r: (r["scenario"], r["history"])
+    ):
+        rows = list(grp)
+        rows_out.append(
+            (
+                scenario,
+                str(h),
+                str(statistics.median(r["replayed"] for r in rows)),
+                f"{statistics.median(r['recovery_s'] for r in rows) * 1e3:.0f}",
+                f"{statistics.median(r['ttft_s'] for r in rows) * 1e3:.0f}",
+            )
+        )
+    header = ("scenario", "history", "replayed tokens", "recovery ms", "prompt prefill ms")
+    out.table(Table("replay cost vs history (kill -9, median)", header, rows_out))
+
+
+if __name__ == "__main__":
+    main()
