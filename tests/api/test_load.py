@@ -28,16 +28,21 @@ def _metric(url: str, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def small_queue(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One model, at most one request waiting behind the running one."""
+    """One model, one slot, at most one request waiting behind the running one (batching:
+    tests/api/test_parallel.py)."""
     log = tmp_path_factory.mktemp("small_queue") / "serve.log"
-    with ServerProcess(["-m", "gemma-3-270m", "--max-queue", "1", "-t", "2"], log=log) as srv:
+    with ServerProcess(
+        ["-m", "gemma-3-270m", "--max-queue", "1", "--parallel", "1", "-t", "2"], log=log
+    ) as srv:
         yield srv.url
 
 
 @pytest.fixture(scope="module")
 def roomy(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("roomy") / "serve.log"
-    with ServerProcess(["-m", "gemma-3-270m", "--max-queue", "16", "-t", "2"], log=log) as srv:
+    with ServerProcess(
+        ["-m", "gemma-3-270m", "--max-queue", "16", "--parallel", "1", "-t", "2"], log=log
+    ) as srv:
         yield srv.url
 
 
