@@ -1,9 +1,10 @@
 """Which nodes the gateway may use: a heartbeat (the node's Ping, which also reports its load), failure
 reports from the data path, bans with back-off and re-admission (docs/resilience.md).
 
-A node is *up* until a heartbeat or a Forward fails; it is then banned for ``ban`` seconds (Petals: 15 s),
-doubled on each new failure up to ``max_ban``, and reset once the node stayed up for ``max_ban``. After its
-ban a node is pinged again and re-admitted when it answers; ``on_change(name, up)`` tells the gateway.
+A node is *up* until two heartbeats in a row fail, or a Forward does (confirmed by a Ping); it is then
+banned for ``ban`` seconds (Petals: 15 s), doubled on each new failure up to ``max_ban``, and reset once
+the node stayed up for ``max_ban``. After its ban a node is pinged again and re-admitted when it answers;
+``on_change(name, up)`` tells the gateway.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from edgeinfer.cluster.config import FailoverOptions
 from edgeinfer.cluster.host import PingResult
 
 log = logging.getLogger("edgeinfer.cluster")
+MISSES = 2  # heartbeats missed in a row before the heartbeat declares a node dead
 
 
 @dataclass
@@ -31,6 +33,7 @@ class NodeState:
     banned_until: float = 0.0
     ban_seconds: float = 0.0  # the last ban's length (0: never banned, or reset)
     failures: int = 0
+    misses: int = 0  # heartbeats missed in a row while up
     last_error: str = ""
     last_ping: PingResult | None = None
 
@@ -103,7 +106,7 @@ class Membership:
             s = self.nodes[name]
             if s.up:
                 return
-            s.up, s.since = True, self.clock()
+            s.up, s.since, s.misses = True, self.clock(), 0
         log.warning("node %s answers again: re-admitted", name)
         if self.on_change:
             self.on_change(name, True)
@@ -129,15 +132,19 @@ class Membership:
         results = list(self._pings.map(self.probe, due))
         for name, r in zip(due, results, strict=True):
             if r is not None:
+                self.nodes[name].misses = 0
                 self._admit(name)
                 continue
             with self._lock:
                 s = self.nodes[name]
                 was_up = s.up
+                s.misses += 1
                 if not was_up:  # still down after its ban: ban again, longer
                     s.ban_seconds = min(self.options.max_ban, s.ban_seconds * 2)
                     s.banned_until = self.clock() + s.ban_seconds
-            if was_up:
+            # two misses in a row: one late Ping on a busy machine is not a death (the data path
+            # confirms its own deadline misses with a Ping and declares a node dead at once)
+            if was_up and s.misses >= MISSES:
                 self.mark_dead(name, s.last_error or "heartbeat failed")
 
     def start(self) -> None:

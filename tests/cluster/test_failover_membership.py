@@ -47,6 +47,8 @@ def test_ban_doubles_and_a_node_that_answers_again_is_readmitted():
 
         server.stop(0).wait(5)
         m.beat()
+        assert m.is_up("m0")  # one missed heartbeat is not a death
+        m.beat()
         s = m.nodes["m0"]
         assert not s.up and s.ban_seconds == 10 and s.banned_until == clock.now + 10
         assert changes == [("m0", False)] and "m0" in s.last_error
@@ -99,7 +101,8 @@ def test_a_hung_node_is_declared_dead_within_the_heartbeat_deadline():
     try:
         t0 = time.monotonic()
         m.beat()
-        assert not m.is_up("h0") and time.monotonic() - t0 < 1.0
+        m.beat()
+        assert not m.is_up("h0") and time.monotonic() - t0 < 1.5  # two heartbeat deadlines
         assert "DEADLINE_EXCEEDED" in m.nodes["h0"].last_error
     finally:
         block.set()
