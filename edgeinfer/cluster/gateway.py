@@ -288,14 +288,22 @@ class PipelineBackend(VocabMixin):
     # --- data path -----------------------------------------------------------------------------------
     def deadline(self, i: int, positions: int) -> float:
         """Deadline of stage i's Forward of ``positions`` tokens: ``deadline_factor`` x its predicted time
-        (profiled compute + hop per token, times the tokens), never below ``min_deadline``."""
+        (profiled compute + hop per token, times the tokens), never below ``min_deadline``. A stage the
+        plan did not price (a standby that took over) is priced from the profile."""
         f = self.failover
         predicted = 0.0
         st = self.stages[i]
-        if self.plan is not None:
-            for row in self.plan.breakdown:
-                if row.node == st.name and row.start == st.placement.start:
-                    predicted = row.compute + row.hop
+        rows = self.plan.breakdown if self.plan is not None else []
+        for row in rows:
+            if row.node == st.name and row.start == st.placement.start and row.end == st.placement.end:
+                predicted = row.compute + row.hop
+        problem = self.replanner.problem if self.replanner is not None else self.problem
+        if not predicted and problem is not None:
+            index = {n.name: j for j, n in enumerate(problem.nodes)}
+            if st.name in index:
+                j = index[st.name]
+                predicted = problem.compute(j, st.placement.start, st.placement.end)
+                predicted += problem.hop(j, st.placement.start, st.placement.end)[0]
         return max(f.min_deadline, f.deadline_factor * predicted * max(1, positions))
 
     def _forward(self, i: int, seq_id: str, x, start_pos: int, output: str):
