@@ -31,6 +31,7 @@ from edgeinfer.bench.table import Format, Output, Table
 from edgeinfer.cluster.bringup import load_cluster
 from edgeinfer.cluster.client import NodeClient, NodeError
 from edgeinfer.cluster.config import load_config
+from edgeinfer.cluster.gateway import ClusterError
 from edgeinfer.cluster.testbed import NODE_PORT, node_argv
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.shard import Shard, layer_count
@@ -100,7 +101,7 @@ def one_kill(backend, bed: Bed, ids: list[int], before: int, after: int, warm: b
         victim = backend.stages[-1].name
     s0 = (backend.stats.failovers, backend.stats.replans, backend.stats.replayed_tokens)
     gen = backend.generate_tokens(ids, SamplingParams(temperature=0.0))
-    times, t_fault = [], 0.0
+    times, t_fault, error = [], 0.0, None
     t_start = time.perf_counter()
     try:
         for k in range(before + after):
@@ -109,8 +110,12 @@ def one_kill(backend, bed: Bed, ids: list[int], before: int, after: int, warm: b
             if k == before - 1:
                 bed.fault(victim, how)
                 t_fault = time.perf_counter()
+    except ClusterError as exc:  # counted as a failed request
+        error = str(exc)
     finally:
         gen.close()
+    if error is not None:
+        return {"victim": victim, "error": error, "recovery_s": float("nan"), "failovers": 0, "replayed": 0}
     s1 = (backend.stats.failovers, backend.stats.replans, backend.stats.replayed_tokens)
     steps_before = [b - a for a, b in itertools.pairwise(times[1:before])]
     steps_after = [b - a for a, b in itertools.pairwise(times[before + 1 :])]
