@@ -228,13 +228,14 @@ def main() -> None:
     out = Output(Format.MD)
     rows_out = []
     for (rate, scenario), grp in itertools.groupby(results["runs"], key=lambda r: (r["rate"], r["scenario"])):
-        rows = list(grp)
+        everything = list(grp)
+        rows = [r for r in everything if "error" not in r] or everything
         rec = [r["recovery_s"] * 1e3 for r in rows]
         rows_out.append(
             (
                 rate,
                 scenario,
-                str(len(rows)),
+                f"{len(everything)} ({len(everything) - len(rows)} failed)",
                 f"{pct(rec, 0.5):.0f}",
                 f"{pct(rec, 0.95):.0f}",
                 f"{max(rec):.0f}",
