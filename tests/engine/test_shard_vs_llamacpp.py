@@ -13,6 +13,7 @@ Gemma 3 270M; top-1 93-99 %). Near-ties in the text decide the rest. See docs/sh
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import llama_cpp
@@ -114,7 +115,11 @@ def check_agreement(name: str, path: Path, ids: list[int], record_property, weig
     floor = self_agreement(path, ids, ref)
     print(f"\n{name} ({weight_format}): shard vs llama.cpp {report}\n{name}: llama.cpp vs itself {floor}")
     record_property(name, {"shard": report, "llama.cpp_self": floor})
-    assert report["top1"] >= min(0.99, floor["top1"] - 0.01), (report, floor)
+    # top-1 agreement is a rate over ~230 positions: allow two binomial standard errors of llama.cpp's own
+    # rate (at 93 % that is 3.3 points, ~8 tokens); which near-ties flip moves with the CPU's instruction set
+    p, n = floor["top1"], report["positions"]
+    slack = max(0.01, 2 * math.sqrt(p * (1 - p) / n))
+    assert report["top1"] >= min(0.99, p - slack), (report, floor, slack)
     # the logits themselves are as close as llama.cpp's own runs, not just their argmax
     assert report["mean_abs_logit_diff"] <= 1.25 * floor["mean_abs_logit_diff"], (report, floor)
     # and the tokens that differ are near-ties: llama.cpp ranks them within a few times its own noise
