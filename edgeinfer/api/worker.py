@@ -3,8 +3,8 @@
 A batch backend (llama.cpp with ``--parallel N`` slots) generates for up to N jobs at once: between two
 decode steps the thread admits waiting jobs into free slots (``engine.scheduler``, continuous batching).
 Other backends (a shard chain, the cluster gateway) run one sequence at a time. Jobs wait in a FIFO of
-bounded depth and are refused with 429 when it is full. Events flow back to the asyncio side through the loop's
-thread-safe callback. A cancelled request (client gone) leaves the queue at once if still waiting
+bounded depth and are refused with 429 when it is full. Events flow back to the asyncio side through the
+loop's thread-safe callback. A cancelled request (client gone) leaves the queue at once if still waiting
 (``withdraw``), or stops between two tokens if running, so its slot is freed at once either way.
 """
 
