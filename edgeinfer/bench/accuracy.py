@@ -217,11 +217,19 @@ class BackendAnswerer:
 class HTTPAnswerer:
     """Answers through an OpenAI-compatible server: /v1/chat/completions or /v1/completions."""
 
-    def __init__(self, url: str, model: str | None, chat: bool, max_tokens: int = 48, timeout: float = 120.0):
+    def __init__(
+        self,
+        url: str,
+        model: str | None,
+        chat: bool,
+        max_tokens: int = 48,
+        timeout: float = 120.0,
+        api_key: str | None = None,
+    ):
         import httpx
 
         self.url, self.model, self.chat, self.max_tokens = url.rstrip("/"), model, chat, max_tokens
-        self.client = httpx.Client(timeout=timeout)
+        self.client = httpx.Client(timeout=timeout, headers=auth_headers(api_key))
 
     def answer(self, messages: list[dict[str, str]], prompt: str) -> str:
         body: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": 0}
@@ -288,12 +296,21 @@ def evaluate(
     return results
 
 
-def server_model(url: str, model: str | None, mode: str | None) -> tuple[str | None, bool]:
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def server_model(
+    url: str, model: str | None, mode: str | None, api_key: str | None = None
+) -> tuple[str | None, bool]:
     """The model to ask a server for and whether to chat, from its /v1/models when not given."""
     import httpx
 
     try:
-        data = httpx.get(url.rstrip("/") + "/v1/models", timeout=10).json()["data"]
+        reply = httpx.get(url.rstrip("/") + "/v1/models", timeout=10, headers=auth_headers(api_key))
+        if reply.status_code == 401:
+            raise ValueError("the server wants an API key: pass --api-key or set EDGEINFER_API_KEY")
+        data = reply.json()["data"]
     except (httpx.HTTPError, KeyError, ValueError) as exc:
         raise ValueError(f"cannot list models at {url}/v1/models: {exc}") from exc
     entry = next((d for d in data if d.get("id") == model), None) if model else (data[0] if data else None)
@@ -317,6 +334,7 @@ def run(
     threads: int | None = None,
     label: str | None = None,
     progress: Progress | None = None,
+    api_key: str | None = None,
 ) -> Run:
     """The `bench accuracy` run: every template on every local model, or through the server at ``url``."""
     from edgeinfer.bench.model import BUNDLED_BOTH
@@ -337,8 +355,8 @@ def run(
     for spec in targets:
         answerer: Any
         if url:
-            name, chat = server_model(url, models[0] if models else None, mode)
-            answerer = HTTPAnswerer(url, name, chat, max_tokens)
+            name, chat = server_model(url, models[0] if models else None, mode, api_key)
+            answerer = HTTPAnswerer(url, name, chat, max_tokens, api_key=api_key)
             close = answerer.close
         else:
             from edgeinfer.engine.load import LoadOptions, open_backend

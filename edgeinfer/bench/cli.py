@@ -279,6 +279,13 @@ def accuracy(
     eval_set: Annotated[
         Path | None, typer.Option(help="A YAML evaluation set (default: the bundled one).")
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGEINFER_API_KEY",
+            help="With --url: API key of the server (sent as 'Authorization: Bearer', not recorded).",
+        ),
+    ] = None,
     output: OutputOpt = None,
     label: LabelOpt = None,
     fmt: FormatOpt = None,
@@ -296,19 +303,23 @@ def accuracy(
     if unknown:  # the templates come from the evaluation set, so they are checked against it, not an enum
         _fail(f"unknown template {', '.join(unknown)}; one of: {', '.join(es.templates)}")
     with _running() as progress:
-        run = kind.run(
-            es,
-            templates,
-            model,
-            url,
-            mode and mode.value,
-            limit,
-            max_tokens,
-            backend,
-            threads,
-            label,
-            progress,
-        )
+        try:
+            run = kind.run(
+                es,
+                templates,
+                model,
+                url,
+                mode and mode.value,
+                limit,
+                max_tokens,
+                backend,
+                threads,
+                label,
+                progress,
+                api_key=api_key,
+            )
+        except ValueError as exc:  # a server that cannot be asked (unreachable, wants a key, lacks the model)
+            _fail(str(exc))
     _finish(run, output, kind.rows, fmt)
 
 

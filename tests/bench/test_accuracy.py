@@ -127,3 +127,25 @@ def test_gemma_base_model_on_a_handful_of_items(gemma_path: Path, es) -> None:
     assert all(d.answer is not None and "\nQuestion:" not in d.answer for d in res.items)
     # few-shot Gemma 270M knows the capital of France
     assert res.items[0].id == "fact-01" and res.items[0].correct, res.items[0]
+
+
+@pytest.mark.slow
+def test_accuracy_through_a_server_that_wants_a_key(tmp_path: Path) -> None:
+    """`bench accuracy --url` sends the API key; without it the refusal is named, not a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from edgeinfer.process import ServerProcess
+
+    key = "bench-accuracy-test-key"
+    args = ["-m", "gemma-3-270m", "--api-key", key, "--parallel", "1"]
+    with ServerProcess(args, log=tmp_path / "server.log") as srv:
+        argv = [sys.executable, "-m", "edgeinfer.cli", "bench", "accuracy", "--url", srv.url, "--limit", "2",
+                "--template", "zero-shot", "--mode", "completion", "-f", "json"]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "EDGEINFER_API_KEY"}
+        refused = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+        assert refused.returncode != 0 and "API key" in refused.stderr, refused.stderr[-2000:]
+        ok = subprocess.run([*argv, "--api-key", key], capture_output=True, text=True, timeout=300, env=env)
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        assert "zero-shot" in ok.stdout and key not in ok.stdout
