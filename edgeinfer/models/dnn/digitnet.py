@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import nn
 
+from edgeinfer.models.dnn.backbone import ExitNet
 from edgeinfer.models.dnn.data import Split, digits
 
 
@@ -45,7 +45,7 @@ class DigitNetConfig:
         return digits(self.res, seed=seed)
 
 
-class DigitNet(nn.Module):
+class DigitNet(ExitNet):
     """``forward`` returns the final exit's logits; ``forward_all`` every exit's (for training)."""
 
     def __init__(self, cfg: DigitNetConfig = DigitNetConfig()):
@@ -81,14 +81,3 @@ class DigitNet(nn.Module):
                 "final": nn.Sequential(nn.Linear(cfg.hidden, cfg.n_classes)),
             }
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.exits["final"](self.backbone(x))
-
-    def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, pos = {}, 0
-        for name, at in sorted(self.exit_at.items(), key=lambda kv: kv[1]):
-            x = self.backbone[pos:at](x)
-            pos = at
-            out[name] = self.exits[name](x)
-        return out

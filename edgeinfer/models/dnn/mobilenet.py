@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from edgeinfer.models.dnn.backbone import ExitNet
 from edgeinfer.models.dnn.data import Split, mnist
 
 
@@ -91,7 +92,7 @@ class MobileNetConfig:
         return mnist(self.res, self.n_train, self.n_val, self.n_test, seed=seed)
 
 
-class BranchyMobileNet(nn.Module):
+class BranchyMobileNet(ExitNet):
     """``forward`` returns the final exit's logits; ``forward_all`` every exit's (for training)."""
 
     def __init__(self, cfg: MobileNetConfig = MobileNetConfig()):
@@ -129,17 +130,6 @@ class BranchyMobileNet(nn.Module):
                 "final": nn.Sequential(nn.Linear(cfg.head, cfg.n_classes)),
             }
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.exits["final"](self.backbone(x))
-
-    def forward_all(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, pos = {}, 0
-        for name, at in sorted(self.exit_at.items(), key=lambda kv: kv[1]):
-            x = self.backbone[pos:at](x)
-            pos = at
-            out[name] = self.exits[name](x)
-        return out
 
 
 def _prod(xs) -> int:
