@@ -81,9 +81,11 @@ class NodeClient:
         output: str = "logits",
         wire_dtype: str = "f16",
         timeout: float | None = None,
+        all_positions: bool = False,
     ) -> ForwardResult:
         """x: token ids (sent as i32) or hidden states (sent as ``wire_dtype``); ``timeout``: this call's
-        deadline in seconds (default: the client's), the gateway derives it from the profiled step time."""
+        deadline in seconds (default: the client's), the gateway derives it from the profiled step time;
+        ``all_positions``: the last shard returns the output of every position (speculative verification)."""
         import torch
 
         dtype = wire_dtype if torch.is_floating_point(x) else "i32"
@@ -94,6 +96,7 @@ class NodeClient:
             start_pos=start_pos,
             output=output,
             wire_dtype=wire_dtype,
+            all_positions=all_positions,
         )
         reply = self._call("forward", self.stub.Forward, req, timeout=timeout)
         return ForwardResult(wire.decode(reply.output), reply.compute_seconds, reply.seq_len)

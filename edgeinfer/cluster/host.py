@@ -42,7 +42,8 @@ class LoadResult:
 
 @dataclass(frozen=True)
 class ForwardResult:
-    output: object  # torch tensor: hidden [T, hidden], logits [vocab] or top1 [id, logit]
+    output: object  # torch tensor: hidden [T, hidden], logits [vocab] or top1 [id, logit] (per position:
+    # [T, vocab] / [T, 2] when asked for all positions)
     compute_seconds: float
     seq_len: int  # positions cached after this call
 
@@ -324,20 +325,30 @@ class ShardHost:
         for seq_id in [q for q in self._last_used if q not in held]:
             del self._last_used[seq_id]
 
-    def _scratch_bytes(self, loaded: _Loaded, t: int, length: int) -> int:
+    def _scratch_bytes(self, loaded: _Loaded, t: int, length: int, all_positions: bool = False) -> int:
         """Memory a forward of ``t`` new positions over ``length`` cached ones needs besides the KV cache:
         attention scores (with their masked and softmax copies), keys widened to f32, the MLP activations."""
         cfg = loaded.shard.cfg
         scores = 3 * cfg.n_heads * t * length
         keys = 2 * cfg.n_kv_heads * length * cfg.head_dim
         acts = t * (8 * cfg.hidden + 3 * cfg.ffn)
-        head = cfg.vocab if loaded.shard.is_last else 0
+        head = cfg.vocab * (t if all_positions else 1) if loaded.shard.is_last else 0
         return 4 * (scores + keys + acts + head)
 
-    def forward(self, shard_id: str, seq_id: str, x, start_pos: int, output: str = "logits") -> ForwardResult:
-        """Run x through the shard after ``start_pos`` cached positions.
+    def forward(
+        self,
+        shard_id: str,
+        seq_id: str,
+        x,
+        start_pos: int,
+        output: str = "logits",
+        all_positions: bool = False,
+    ) -> ForwardResult:
+        """Run x through the shard after ``start_pos`` cached positions; a longer cache is truncated to
+        ``start_pos`` first (the rollback of drafted tokens the gateway rejected).
 
-        On the last shard ``output`` selects full logits of the last position or 'top1' = [id, logit]."""
+        On the last shard ``output`` selects full logits of the last position or 'top1' = [id, logit];
+        ``all_positions``: the same for every position, [T, vocab] or [T, 2] (speculative verification)."""
         import torch
 
         if output not in OUTPUTS:
@@ -390,21 +401,22 @@ class ShardHost:
                 if needed > cap:  # KVCache doubles; old and new storage coexist while copying
                     grow = min(shard.max_seq_len, max(needed, 2 * cap, 64)) * loaded.kv_bytes_per_position
                 self._refuse_memory(f"the KV cache of sequence {seq_id!r} ({needed} positions)", grow)
-                self._refuse_scratch(self._scratch_bytes(loaded, t, needed))
+                self._refuse_scratch(self._scratch_bytes(loaded, t, needed, all_positions))
                 if have > start_pos:
                     shard.truncate(seq_id, start_pos)
                 if shard.is_first:
                     x = x.to(torch.long).reshape(-1)
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    out = shard.forward(seq_id, x)
+                    out = shard.forward(seq_id, x, all_logits=all_positions and shard.is_last)
                 loaded.seqs.add(seq_id)
                 self._last_used[seq_id] = time.monotonic()
                 seconds = time.perf_counter() - t0
                 if shard.is_last and output == "top1":
-                    logits = out.reshape(-1).float()
-                    i = int(torch.argmax(logits))
-                    out = torch.tensor([float(i), float(logits[i])], dtype=torch.float32)
+                    logits = out.float().reshape(t if all_positions else 1, -1)
+                    ids = torch.argmax(logits, dim=-1)
+                    out = torch.stack([ids.float(), logits.gather(1, ids[:, None])[:, 0]], dim=-1)
+                    out = out if all_positions else out[0]
                 return ForwardResult(out, seconds, shard.seq_len(seq_id))
             finally:
                 self.active -= 1

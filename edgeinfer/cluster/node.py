@@ -86,10 +86,15 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             raise ValueError(f"wire_dtype must be one of {wire.WIRE_DTYPES}, got {dtype!r}")
         x = wire.decode(request.input)  # the payload's length is checked against its shape
         r = self.host.forward(
-            request.shard_id, request.seq_id, x, request.start_pos, request.output or "logits"
+            request.shard_id,
+            request.seq_id,
+            x,
+            request.start_pos,
+            request.output or "logits",
+            request.all_positions,
         )
-        if r.output.numel() == 2 and request.output == "top1":
-            dtype = "f32"  # (id, logit) must stay exact
+        if request.output == "top1" and r.output.shape[-1] == 2:
+            dtype = "f32"  # (id, logit) rows must stay exact
         return node_pb2.ForwardReply(
             output=wire.encode(r.output, dtype), compute_seconds=r.compute_seconds, seq_len=r.seq_len
         )

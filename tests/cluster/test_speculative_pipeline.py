@@ -1,0 +1,73 @@
+"""Speculative verification through the pipeline (issue 14): nodes over real gRPC on loopback.
+
+The last shard returns the output of every position of one Forward (``all_positions``), a Forward at a lower
+``start_pos`` rolls the KV caches back, and the gateway verifies drafted tokens in one pass through every
+stage: greedy output is token-identical to plain pipelined decoding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeinfer.cluster.client import NodeClient
+from edgeinfer.cluster.host import ShardHost
+from edgeinfer.cluster.node import start
+from edgeinfer.engine.shard import Shard
+from edgeinfer.models.synthetic import write_tiny_gguf
+
+N_LAYERS = 4
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", arch="llama", n_layers=N_LAYERS)
+
+
+@pytest.fixture(scope="module")
+def node(tiny):
+    host = ShardHost("s0", threads=1, memory_limit=None)
+    server, port = start(host, "127.0.0.1:0")
+    client = NodeClient(f"127.0.0.1:{port}", "s0", timeout=30)
+    client.wait_ready(10)
+    yield client
+    client.close()
+    server.stop(0)
+    host.close()
+
+
+def test_last_shard_returns_every_position_and_rolls_back(node, tiny):
+    """Logits and top-1 of all T positions equal the whole model's; a Forward at a lower start_pos
+    truncates the cache on every stage and continues as if the rejected positions were never fed."""
+    a = node.load(str(tiny), 0, 2)
+    b = node.load(str(tiny), 2, N_LAYERS)
+    whole = Shard(tiny, 0, N_LAYERS, threads=1)
+    prompt = torch.tensor([5, 17, 33, 2, 99])
+    ref = whole.forward("r", prompt, all_logits=True)  # [5, vocab]
+
+    def run(ids, pos, output, all_positions=True):
+        h = node.forward(a.shard_id, "s", ids, pos, wire_dtype="f32").output
+        return node.forward(b.shard_id, "s", h, pos, output, "f32", all_positions=all_positions).output
+
+    logits = run(prompt, 0, "logits")
+    assert logits.shape == (5, whole.vocab_size)
+    assert torch.allclose(logits, ref, atol=1e-4)
+    top1 = run(prompt, 0, "top1")  # same start_pos: the cache is truncated to 0 and recomputed
+    assert top1.shape == (5, 2) and top1.dtype == torch.float32
+    assert top1[:, 0].long().tolist() == ref.argmax(-1).tolist()
+    assert torch.allclose(top1[:, 1], ref.max(-1).values, atol=1e-4)
+    assert run(prompt, 0, "top1", all_positions=False).shape == (2,)  # the plain output is unchanged
+
+    # a verify pass of 4 drafted positions, of which only the first 2 are kept
+    drafted = torch.tensor([7, 8, 9, 10])
+    run(drafted, 5, "top1")
+    assert node.forward(a.shard_id, "s", torch.tensor([1]), 7, wire_dtype="f32").seq_len == 8
+    whole.forward("r", drafted[:2])
+    after = run(torch.tensor([1, 3]), 7, "logits")  # the caches hold [0, 7) again, then 2 new
+    assert torch.allclose(after, whole.forward("r", torch.tensor([1, 3]), all_logits=True), atol=1e-4)
+    node.drop("s")
+    node.unload(a.shard_id)
+    node.unload(b.shard_id)
+    whole.close()
