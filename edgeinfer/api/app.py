@@ -249,19 +249,20 @@ def create_app(
             worker.submit(job)
         except QueueFull:
             raise APIError(
+        logprobs = params.logprobs is not None
                 429, f"server busy: the queue for '{worker.name}' is full; retry later", code="queue_full"
             ) from None
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            builder = ResponseBuilder(rid, created, worker.name, chat, include_usage)
+            builder = ResponseBuilder(rid, created, worker.name, chat, include_usage, logprobs)
             return StreamingResponse(
                 stream_events(request.receive, job, worker, builder),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        builder = ResponseBuilder(rid, created, worker.name, chat)
+        builder = ResponseBuilder(rid, created, worker.name, chat, logprobs=logprobs)
         return await collect_events(request.receive, job, worker, builder)
 
     dashboard.install(app, models.workers.values(), metrics)

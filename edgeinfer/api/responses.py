@@ -7,6 +7,7 @@ running, has its job withdrawn from the queue or stopped between two tokens at o
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
@@ -16,6 +17,9 @@ from fastapi.responses import JSONResponse
 from edgeinfer.api.errors import APIError, error_body
 from edgeinfer.api.worker import Job, ModelWorker
 from edgeinfer.engine.generate import Delta, GenerationResult
+from edgeinfer.engine.logprobs import TokenLogprobs
+
+MIN_LOGPROB = -9999.0  # what OpenAI and vLLM report for a token of probability 0 (JSON has no -inf)
 
 
 def _usage(result: GenerationResult) -> dict[str, int]:
@@ -30,12 +34,75 @@ def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
+def _logprob(x: float) -> float:
+    return max(x, MIN_LOGPROB)
+
+
+def token_text(raw: bytes) -> str:
+    """A token's text as OpenAI spells it: the text, or ``bytes:\\xe4\\xbd`` when the token holds only part
+    of a UTF-8 character."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
 class ResponseBuilder:
     """Builds response objects in the chat or the completion flavour."""
 
-    def __init__(self, rid: str, created: int, model: str, chat: bool, include_usage: bool = False):
+    def __init__(
+        self,
+        rid: str,
+        created: int,
+        model: str,
+        chat: bool,
+        include_usage: bool = False,
+        logprobs: bool = False,
+    ):
         self.rid, self.created, self.model, self.chat = rid, created, model, chat
         self.include_usage = include_usage  # streams only: every chunk carries usage (null until the last)
+        self.logprobs = logprobs  # the request asked for logprobs
+        # completions' text_offset: characters of completion text before each token, across chunks
+        self._offset = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def logprobs_body(self, tokens: list[TokenLogprobs] | None) -> dict[str, Any] | None:
+        """The ``logprobs`` of a choice (or chunk) for these tokens: chat's ``content`` list or the legacy
+        completions' parallel lists; None when the request did not ask for logprobs."""
+        if not self.logprobs:
+            return None
+        tokens = tokens or []
+        if self.chat:
+            content = [
+                {
+                    "token": token_text(t.bytes),
+                    "logprob": _logprob(t.logprob),
+                    "bytes": list(t.bytes),
+                    "top_logprobs": [
+                        {"token": token_text(a.bytes), "logprob": _logprob(a.logprob), "bytes": list(a.bytes)}
+                        for a in t.top
+                    ],
+                }
+                for t in tokens
+            ]
+            return {"content": content, "refusal": None}
+        offsets = []
+        for t in tokens:
+            offsets.append(self._offset)
+            self._offset += len(self._decoder.decode(t.bytes))
+        top: list[dict[str, float]] = []
+        for t in tokens:
+            alternatives: dict[str, float] = {}
+            for a in t.top:  # best first: a text two tokens share keeps the better logprob
+                alternatives.setdefault(token_text(a.bytes), _logprob(a.logprob))
+            alternatives.setdefault(token_text(t.bytes), _logprob(t.logprob))  # the sampled token, always
+            top.append(alternatives)
+        return {
+            "tokens": [token_text(t.bytes) for t in tokens],
+            "token_logprobs": [_logprob(t.logprob) for t in tokens],
+            "top_logprobs": top,
+            "text_offset": offsets,
+        }
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -46,15 +113,23 @@ class ResponseBuilder:
             "choices": choices,
         }
 
-    def chunk(self, text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+    def chunk(
+        self,
+        text: str | None,
+        finish: str | None,
+        role: bool = False,
+        logprobs: list[TokenLogprobs] | None = None,
+    ) -> dict[str, Any]:
+        """A stream chunk; ``logprobs`` are those of the tokens ``text`` came from (content chunks only)."""
+        lp = self.logprobs_body(logprobs) if text else None
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant"} if role else {}
             if text is not None:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
             out = self._envelope("chat.completion.chunk", [choice])
         else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish}
             out = self._envelope("text_completion", [choice])
         if self.include_usage:
             out["usage"] = None
@@ -66,16 +141,18 @@ class ResponseBuilder:
         out["usage"] = _usage(result)
         return out
 
-    def final(self, result: GenerationResult) -> dict[str, Any]:
+    def final(self, result: GenerationResult, logprobs: list[TokenLogprobs] | None = None) -> dict[str, Any]:
+        """The whole response; ``logprobs`` are those of every token of ``result.text``."""
+        lp = self.logprobs_body(logprobs)
         if self.chat:
             message = {"role": "assistant", "content": result.text}
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": result.finish_reason}
+            choice = {"index": 0, "message": message, "logprobs": lp, "finish_reason": result.finish_reason}
             out = self._envelope("chat.completion", [choice])
         else:
             choice = {
                 "index": 0,
                 "text": result.text,
-                "logprobs": None,
+                "logprobs": lp,
                 "finish_reason": result.finish_reason,
             }
             out = self._envelope("text_completion", [choice])
@@ -114,7 +191,7 @@ async def stream_events(
             if item is GONE:
                 return
             if isinstance(item, Delta):
-                yield _sse(builder.chunk(item.text, None))
+                yield _sse(builder.chunk(item.text, None, logprobs=item.logprobs))
             elif isinstance(item, GenerationResult):
                 yield _sse(builder.chunk(None if builder.chat else "", item.finish_reason))
                 if builder.include_usage:  # usage once, in its own chunk, as OpenAI sends it
@@ -134,13 +211,16 @@ async def collect_events(
     receive: Receive, job: Job, worker: ModelWorker, builder: ResponseBuilder
 ) -> JSONResponse:
     watcher = asyncio.create_task(_watch(receive, job, worker))
+    logprobs: list[TokenLogprobs] = []
     try:
         while True:
             item = await job.events.get()
             if item is GONE:  # nobody will read this answer
                 return JSONResponse(error_body(499, "client closed the request"), status_code=499)
+            if isinstance(item, Delta) and item.logprobs:
+                logprobs.extend(item.logprobs)
             if isinstance(item, GenerationResult):
-                return JSONResponse(builder.final(item))
+                return JSONResponse(builder.final(item, logprobs))
             if isinstance(item, Exception):
                 raise APIError(500, f"generation failed: {item}", code="internal_error")
     finally:

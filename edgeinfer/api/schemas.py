@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edgeinfer.engine.base import SamplingParams
+from edgeinfer.engine.logprobs import MAX_TOP
+
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's bound for the legacy completions' ``logprobs``
 
 
 class StreamOptions(BaseModel):
@@ -54,6 +57,10 @@ class SamplingFields(BaseModel):
             raise ValueError("at most 4 stop sequences are allowed")
         return v
 
+    def logprob_count(self) -> int | None:
+        """How many alternatives to report with each token; None when no logprobs are asked for."""
+        return None
+
     def sampling(self, extra_stops: tuple[str, ...] = ()) -> SamplingParams:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
@@ -63,6 +70,7 @@ class SamplingFields(BaseModel):
             max_tokens=self.max_completion_tokens or self.max_tokens,
             stop=tuple(stops) + tuple(extra_stops),
             seed=self.seed,
+            logprobs=self.logprob_count(),
         )
 
 
@@ -81,18 +89,32 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs requires logprobs to be true")
+        return v
+
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int]
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
 
 # Features a client may set that this server does not implement: rejected with a clear 400 rather than
 # silently ignored (a non-default value would otherwise change what the client gets).
 UNSUPPORTED = {
-    "logprobs": "logprobs are not supported",
-    "top_logprobs": "logprobs are not supported",
     "tools": "tool calling is not supported",
     "functions": "function calling is not supported",
     "response_format": "response_format is not supported",

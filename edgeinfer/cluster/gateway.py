@@ -454,7 +454,8 @@ class PipelineBackend(VocabMixin):
         if self.unavailable is not None:
             raise ClusterUnavailable(self.unavailable)
         seq_id = uuid.uuid4().hex
-        output = "top1" if params.greedy else "logits"
+        top1 = params.greedy and params.logprobs is None  # logprobs need the whole logits row
+        output = "top1" if top1 else "logits"
         history: list[int] = []  # every id fed so far: the prompt, then the generated tokens
 
         record: list[list] = [[] for _ in self.stages]  # per stage: the inputs it accepted (warm replay)

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from edgeinfer.engine.logprobs import TokenLogprobs
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -21,6 +23,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     top_k: int = 0  # 0 = disabled, as in OpenAI
+    # None: plain token ids; k >= 0: the backend yields ``engine.logprobs.TokenLogprobs`` with k alternatives
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -64,8 +68,9 @@ class Backend(Protocol):
         """True for end-of-generation tokens (EOS, EOT, ...)."""
         ...
 
-    def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
-        """Yield sampled token ids forever (the caller stops); prefill happens before the first yield."""
+    def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int | TokenLogprobs]:
+        """Yield sampled token ids forever (the caller stops); prefill happens before the first yield. With
+        ``params.logprobs`` set, yield ``TokenLogprobs`` (the token id and its log probabilities) instead."""
         ...
 
     def close(self) -> None: ...

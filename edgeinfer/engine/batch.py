@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from edgeinfer.engine.base import ModelInfo, SamplingParams
+from edgeinfer.engine.logprobs import TokenLogprobs
 
 KV_BYTES_PER_VALUE = 2  # llama.cpp's default KV cache type is f16
 
@@ -40,8 +41,9 @@ class BatchBackend(Protocol):
         """Take a free slot for a new sequence (its prompt is prefilled by the next steps); the slot id."""
         ...
 
-    def step(self) -> dict[int, int]:
-        """One forward pass over the active slots; the token sampled for each slot that produced one."""
+    def step(self) -> dict[int, int | TokenLogprobs]:
+        """One forward pass over the active slots; the token sampled for each slot that produced one (with
+        its log probabilities when the slot's ``SamplingParams.logprobs`` asked for them)."""
         ...
 
     def remove(self, slot: int) -> None:

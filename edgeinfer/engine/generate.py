@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from edgeinfer.engine.base import Backend, SamplingParams
+from edgeinfer.engine.logprobs import TokenLogprobs, TopLogprob
 
 
 class ContextLengthExceeded(ValueError):
@@ -28,10 +29,12 @@ class ContextLengthExceeded(ValueError):
 
 @dataclass
 class Delta:
-    """New text since the previous delta; ``n_tokens`` is how many tokens it came from."""
+    """New text since the previous delta; ``n_tokens`` is how many tokens it came from, ``logprobs`` (when
+    asked for) those tokens' log probabilities with their bytes, in order."""
 
     text: str
     n_tokens: int
+    logprobs: list[TokenLogprobs] | None = None
 
 
 @dataclass
@@ -105,11 +108,15 @@ class SequencePolicy:
         self.result = GenerationResult(finish_reason="length", prompt_tokens=n_prompt, completion_tokens=0)
         self.pieces: list[str] = []
         self.pending_tokens = 0
+        self.pending_logprobs: list[TokenLogprobs] | None = [] if params.logprobs is not None else None
         self.stopped_by_string = False
         self.done = budget <= 0
 
-    def feed(self, token: int) -> Delta | None:
+    def feed(self, token: int | TokenLogprobs) -> Delta | None:
         assert not self.done, "feed after the sequence finished"
+        lp = None
+        if isinstance(token, TokenLogprobs):
+            lp, token = token, token.token_id
         r = self.result
         now = time.perf_counter()
         if r.ttft is None:
@@ -123,12 +130,14 @@ class SequencePolicy:
             return None
         r.completion_tokens += 1
         self.pending_tokens += 1
-        text, stopped = self.matcher.feed(self.decoder.decode(self.vocab.token_bytes([token])))
+        raw = self.vocab.token_bytes([token])
+        if self.pending_logprobs is not None and lp is not None:
+            self.pending_logprobs.append(self._with_bytes(lp, raw))
+        text, stopped = self.matcher.feed(self.decoder.decode(raw))
         delta = None
         if text:
             self.pieces.append(text)
-            delta = Delta(text, self.pending_tokens)
-            self.pending_tokens = 0
+            delta = self._delta(text)
         if stopped:
             r.finish_reason = "stop"
             self.stopped_by_string = True
@@ -137,6 +146,19 @@ class SequencePolicy:
             r.finish_reason = "length"
             self.done = True
         return delta
+
+    def _delta(self, text: str) -> Delta:
+        delta = Delta(text, self.pending_tokens, self.pending_logprobs)
+        self.pending_tokens = 0
+        if self.pending_logprobs is not None:
+            self.pending_logprobs = []
+        return delta
+
+    def _with_bytes(self, lp: TokenLogprobs, raw: bytes) -> TokenLogprobs:
+        """The token's and its alternatives' bytes, so that the API never re-tokenizes."""
+        tb = self.vocab.token_bytes
+        top = tuple(TopLogprob(t.token_id, t.logprob, tb([t.token_id])) for t in lp.top)
+        return TokenLogprobs(lp.token_id, lp.logprob, top, raw)
 
     def cancel(self) -> None:
         self.result.finish_reason = "cancelled"
@@ -153,7 +175,7 @@ class SequencePolicy:
             tail = self.matcher.flush() + self.decoder.decode(b"", final=True)
             if tail:
                 self.pieces.append(tail)
-                out.append(Delta(tail, self.pending_tokens))
+                out.append(self._delta(tail))
         self.result.text = "".join(self.pieces)
         self.result.total = time.perf_counter() - self.start
         out.append(self.result)

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from edgeinfer.engine.base import ModelInfo, SamplingParams
+from edgeinfer.engine.logprobs import TokenLogprobs, token_logprobs
 from edgeinfer.engine.threads import default_threads
 from edgeinfer.engine.vocab import Vocab, VocabMixin
 
@@ -50,10 +51,10 @@ class LlamaCppBackend(VocabMixin):
             threads=threads,
         )
 
-    def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
+    def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int | TokenLogprobs]:
         seed = _RANDOM_SEED if params.seed is None else params.seed & 0xFFFFFFFF
         self.llm.set_seed(seed)
-        return self.llm.generate(
+        tokens = self.llm.generate(
             list(prompt),
             temp=max(params.temperature, 0.0),
             top_p=params.top_p,
@@ -62,6 +63,29 @@ class LlamaCppBackend(VocabMixin):
             typical_p=1.0,
             repeat_penalty=1.0,
         )
+        return tokens if params.logprobs is None else self._with_logprobs(tokens, params.logprobs)
+
+    def _with_logprobs(self, tokens: Iterator[int], k: int) -> Iterator[TokenLogprobs]:
+        """Each token with the log probabilities of the logits it was sampled from: those of the last
+        evaluated position, still in the context when ``generate`` yields (it evaluates the token after)."""
+        import ctypes
+
+        import llama_cpp
+        import numpy as np
+        import torch
+
+        n_vocab = self.llm.n_vocab()
+        try:
+            for token in tokens:
+                ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+                row = np.ctypeslib.as_array(
+                    ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)
+                )
+                yield token_logprobs(torch.from_numpy(row), token, k)
+        finally:
+            close = getattr(tokens, "close", None)
+            if close is not None:
+                close()
 
     def close(self) -> None:
         self.llm.close()

@@ -20,6 +20,7 @@ import torch
 from edgeinfer.engine.base import ModelInfo, SamplingParams
 from edgeinfer.engine.batch import NoFreeSlot
 from edgeinfer.engine.generate import check_context
+from edgeinfer.engine.logprobs import TokenLogprobs, token_logprobs
 from edgeinfer.engine.sampling import Sampler
 from edgeinfer.engine.threads import default_threads
 from edgeinfer.engine.vocab import Vocab, VocabMixin, _quiet_native_stderr
@@ -33,6 +34,7 @@ class _Sequence:
     admitted: int  # admission order: prompts are prefilled first come, first served
     decoding: bool = False  # True once the prompt is in the cache and tokens are being sampled
     n_prompt: int = 0
+    logprobs: int | None = None  # how many alternatives to report with each token; None = no logprobs
 
 
 class LlamaCppBatchBackend(VocabMixin):
@@ -122,6 +124,7 @@ class LlamaCppBatchBackend(VocabMixin):
             sampler=sampler or Sampler(params),
             admitted=self._admitted,
             n_prompt=len(prompt),
+            logprobs=params.logprobs,
         )
         return slot
 
@@ -142,7 +145,7 @@ class LlamaCppBatchBackend(VocabMixin):
             chunk -= take
         return plan
 
-    def step(self) -> dict[int, int]:
+    def step(self) -> dict[int, int | TokenLogprobs]:
         plan = self._plan()
         if not plan:
             return {}
@@ -169,13 +172,14 @@ class LlamaCppBatchBackend(VocabMixin):
             s = self._seqs[slot]
             s.pos += take
             del s.pending[:take]
-        sampled: dict[int, int] = {}
+        sampled: dict[int, int | TokenLogprobs] = {}
         for slot, i in outputs:
             s = self._seqs[slot]
-            token = s.sampler(self._logits(i))
+            logits = self._logits(i)
+            token = s.sampler(logits)
             s.pending = [token]
             s.decoding = True
-            sampled[slot] = token
+            sampled[slot] = token if s.logprobs is None else token_logprobs(logits, token, s.logprobs)
         return sampled
 
     def _logits(self, i: int) -> torch.Tensor:
@@ -183,7 +187,7 @@ class LlamaCppBatchBackend(VocabMixin):
         row = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
         return torch.from_numpy(row)  # read before the next decode overwrites it
 
-    def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
+    def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int | TokenLogprobs]:
         """One sequence alone (the ``Backend`` protocol); only while no other slot is in use."""
         slot = self.add(prompt, params)
         try:
