@@ -249,11 +249,11 @@ def create_app(
             worker.submit(job)
         except QueueFull:
             raise APIError(
-        logprobs = params.logprobs is not None
                 429, f"server busy: the queue for '{worker.name}' is full; retry later", code="queue_full"
             ) from None
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
+        logprobs = params.logprobs is not None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             builder = ResponseBuilder(rid, created, worker.name, chat, include_usage, logprobs)

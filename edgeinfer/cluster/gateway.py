@@ -498,7 +498,7 @@ class PipelineBackend(VocabMixin):
                 self.stats.recoveries.append(time.perf_counter() - t0)
             del history[pos:]
             history.extend(ids)
-            return int(out[0]) if params.greedy else out  # top1: the last node picked the token
+            return int(out[0]) if top1 else out  # top1: the last node picked the token
 
         with self._lock:
             try:
