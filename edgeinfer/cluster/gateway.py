@@ -15,7 +15,6 @@ import uuid
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +23,7 @@ from edgeinfer.cluster.client import NodeClient, NodeError, NodePool
 from edgeinfer.cluster.config import LOCAL, FailoverOptions
 from edgeinfer.cluster.host import ShardHost
 from edgeinfer.cluster.planner import InfeasiblePlan, Plan, Problem, Stage
+from edgeinfer.cluster.state import ClusterState, ResilienceStats, StageStatus
 from edgeinfer.engine.base import ModelInfo, SamplingParams
 from edgeinfer.engine.decode import decode_tokens
 from edgeinfer.engine.vocab import Vocab, VocabMixin
@@ -102,18 +102,6 @@ class LocalStage(PipelineStage):
         self.host.unload(self.shard_id)
 
 
-@dataclass
-class ResilienceStats:
-    """What recovery did (read by the server's metrics and ``GET /v1/cluster``)."""
-
-    failovers: int = 0  # recoveries of a failed stage (standby or re-plan)
-    replans: int = 0
-    migrations: int = 0  # re-plans away from a slow node
-    replayed_tokens: int = 0
-    recoveries: deque[float] = field(default_factory=lambda: deque(maxlen=TIMINGS_KEPT))  # seconds each
-    last_recovery: str = ""
-
-
 class StageFailed(ClusterError):
     def __init__(self, index: int, stage: PipelineStage, exc: Exception):
         super().__init__(f"pipeline stage {index} ({stage.describe()}): {exc}")
@@ -169,6 +157,7 @@ class PipelineBackend(VocabMixin):
         self._closed = threading.Event()
         self._healer: threading.Thread | None = None
         self._stale: set[str] = set()  # re-admitted nodes whose leftover shards must go
+        self._joining: set[str] = set()  # nodes that joined or came back, to be profiled
         self._lost = ""  # the node whose loss made the model unavailable
         self._adapt_after = 0.0  # monotonic time before which no slow-node adaptation is tried
         self.info = ModelInfo(
@@ -195,7 +184,7 @@ class PipelineBackend(VocabMixin):
 
     def node_changed(self, name: str, up: bool) -> None:
         if up:
-            self._stale.add(name)
+            self._joining.add(name)  # profiled by the healer before the planner may use it
         self._heal.set()
 
     def _heal_loop(self) -> None:
@@ -204,25 +193,74 @@ class PipelineBackend(VocabMixin):
             self._heal.clear()
             if self._closed.is_set():
                 return
+            profiles = self._profile_joining()  # outside the lock: a sequence may run meanwhile
             with self._lock:  # waits for the running sequence, which recovers by itself
                 try:
+                    self._admit_profiles(profiles)
                     self._heal_now()
                 except Exception as exc:  # noqa: BLE001 - logged; the next change retries
                     log.warning("cluster healing failed: %s", exc)
+
+    def _profile_joining(self) -> list:
+        """Nodes that joined (discovery) or came back are measured again before the planner uses them: a
+        restarted or rescheduled node may differ in speed and memory, and a node once judged slow gets
+        its fresh costs. A node that fails its profiling is declared dead (ban, back-off)."""
+        m = self.membership
+        names, self._joining = sorted(self._joining), set()
+        if self.replanner is None or m is None:
+            self._stale.update(names)
+            return []
+        profiles = []
+        for name in names:
+            if not m.is_up(name):
+                continue
+            try:
+                profiles.append(self.replanner.measure(name))
+            except Exception as exc:  # noqa: BLE001 - a node that cannot be profiled is not used
+                m.mark_dead(name, f"profiling failed: {exc}")
+        return profiles
+
+    def _admit_profiles(self, profiles: list) -> None:
+        """Under the lock: the fresh profiles into the planner's problem; nodes gone from discovery out."""
+        m = self.membership
+        if self.replanner is None or m is None:
+            return
+        for p in profiles:
+            if p.name not in {n.name for n in self.replanner.problem.nodes}:
+                self.stats.joined += 1
+            self.replanner.admit(p)
+            self._stale.add(p.name)
+        known = m.names()
+        for node in list(self.replanner.problem.nodes):
+            if not node.local and node.name not in known:
+                self.replanner.forget(node.name)
+                self.stats.left += 1
+        self.problem = self.replanner.problem
 
     def _heal_now(self) -> None:
         m = self.membership
         assert m is not None
         returned = sorted(n for n in self._stale if m.is_up(n))
         self._stale.clear()
+        gone: list[PipelineStage] = []  # stages whose node came back without their shard (it restarted)
         for name in returned:
             if self.nodes is not None:
-                self._unload_leftovers(name)
-        down = [i for i, st in enumerate(self.stages) if isinstance(st, RemoteStage) and not m.is_up(st.name)]
-        if self.unavailable is not None or down:
+                gone += self._unload_leftovers(name)
+        self.standbys = [None if any(sb is g for g in gone) else sb for sb in self.standbys]
+        for _ in range(len(self.stages)):  # a standby covers one lost stage; a re-plan covers them all
+            down = [
+                i
+                for i, st in enumerate(self.stages)
+                if isinstance(st, RemoteStage) and (not m.is_up(st.name) or any(st is g for g in gone))
+            ]
+            if self.unavailable is None and not down:
+                break
             lost = self.stages[down[0]].name if down else self._lost
-            self._recover(down[0] if down else None, lost)
-        elif returned and self.replanner is not None and self.failover.recover:
+            if self._recover(down[0] if down else None, lost, stale=gone) == "replan":
+                break
+        else:
+            return
+        if not down and returned and self.replanner is not None and self.failover.recover:
             self._rebalance(returned)
 
     def _rebalance(self, returned: list[str]) -> None:
@@ -248,42 +286,62 @@ class PipelineBackend(VocabMixin):
         self.stats.last_recovery = f"{', '.join(returned)} back: re-planned as {layout.plan.describe()}"
         log.warning(self.stats.last_recovery)
 
-    def _unload_leftovers(self, name: str) -> None:
-        """A node back from the dead may still hold shards the pipeline no longer uses: unload them."""
+    def _unload_leftovers(self, name: str) -> list[PipelineStage]:
+        """A node back from the dead may still hold shards the pipeline no longer uses: unload them. Returns
+        the pipeline's stages on that node whose shard it no longer holds (the node restarted: its memory is
+        gone, so those stages must be loaded again, never reused)."""
         assert self.nodes is not None
-        ours = {st.shard_id for st in [*self.stages, *self.standbys] if st is not None and st.name == name}
+        ours = {
+            st.shard_id: st for st in [*self.stages, *self.standbys] if st is not None and st.name == name
+        }
         client = self.nodes[name]
+        held = set()
         for sh in client.capabilities().shards:
-            if sh.shard_id not in ours:
+            if sh.shard_id in ours:
+                held.add(sh.shard_id)
+            else:
                 client.unload(sh.shard_id)
                 log.info("unloaded leftover shard %s from %s", sh.shard_id, name)
+        gone = [st for shard_id, st in ours.items() if shard_id not in held]
+        for st in gone:
+            log.warning(
+                "node %s came back without shard %s (%s): it will be loaded again",
+                name,
+                st.shard_id,
+                st.describe(),
+            )
+        return gone
 
     def health(self) -> tuple[bool, str | None]:
         return self.unavailable is None, self.unavailable
 
-    def cluster_state(self) -> dict:
-        """The live plan, node states and standbys (``GET /v1/cluster``)."""
+    def cluster_state(self) -> ClusterState:
+        """The live plan, node states and standbys (``GET /v1/cluster``, the dashboard, the metrics)."""
 
-        def stage(st: PipelineStage | None) -> dict | None:
-            if st is None:
-                return None
-            return {"node": st.name, "start": st.placement.start, "end": st.placement.end}
+        def stage(st: PipelineStage | None) -> StageStatus | None:
+            return None if st is None else StageStatus(st.name, st.placement.start, st.placement.end)
 
-        nodes = self.membership.snapshot() if self.membership else []
         s = self.stats
-        return {
-            "available": self.unavailable is None,
-            "reason": self.unavailable,
-            "plan": self.plan.describe() if self.plan else None,
-            "stages": [stage(st) for st in self.stages],
-            "standbys": [stage(st) for st in self.standbys],
-            "nodes": nodes,
-            "failovers": s.failovers,
-            "replans": s.replans,
-            "migrations": s.migrations,
-            "replayed_tokens": s.replayed_tokens,
-            "last_recovery": s.last_recovery or None,
-        }
+        return ClusterState(
+            available=self.unavailable is None,
+            reason=self.unavailable,
+            plan=self.plan.describe() if self.plan else None,
+            stages=tuple(StageStatus(st.name, st.placement.start, st.placement.end) for st in self.stages),
+            standbys=tuple(stage(st) for st in self.standbys),
+            nodes=tuple(self.membership.snapshot()) if self.membership else (),
+            failovers=s.failovers,
+            replans=s.replans,
+            migrations=s.migrations,
+            replayed_tokens=s.replayed_tokens,
+            last_recovery=s.last_recovery or None,
+        )
+
+    def take_recoveries(self) -> list[float]:
+        """Recovery durations (seconds) measured since the last call (the metrics' histogram drains them)."""
+        out = []
+        while self.stats.recoveries:
+            out.append(self.stats.recoveries.popleft())
+        return out
 
     # --- data path -----------------------------------------------------------------------------------
     def deadline(self, i: int, positions: int) -> float:
@@ -359,11 +417,14 @@ class PipelineBackend(VocabMixin):
             return y
         return self.step(seq_id, y[-n_new:], pos, output, record, begin=i + 1)
 
-    def _recover(self, index: int | None, lost: str, why: str = "") -> str:
+    def _recover(
+        self, index: int | None, lost: str, why: str = "", stale: Sequence[PipelineStage] = ()
+    ) -> str:
         """Replace the stage of the lost node: its warm standby if alive, else a re-plan over the survivors
         (cold loads). Raises ``ClusterUnavailable`` (and stays unavailable) when the model no longer fits.
         Returns how it recovered. The caller holds the lock; sequences must be replayed afterwards.
-        ``why``: the failure as seen by the data path, kept in the error of an unrecoverable loss."""
+        ``why``: the failure as seen by the data path, kept in the error of an unrecoverable loss.
+        ``stale``: stages on live nodes whose shard is gone (a restarted node): never reused."""
         m = self.membership
         assert m is not None
         alive = m.alive()
@@ -384,6 +445,7 @@ class PipelineBackend(VocabMixin):
         current = [st for st in [*self.stages, *self.standbys] if st is not None and st.name in alive]
         if index is not None:
             current = [st for st in current if st is not self.stages[index]]
+        current = [st for st in current if not any(st is g for g in stale)]
         try:
             layout = self.replanner.rebuild(alive, current)
         except (InfeasiblePlan, ClusterError, NodeError, ValueError) as exc:
