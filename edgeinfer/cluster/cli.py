@@ -75,6 +75,14 @@ def node(
             min=16,
         ),
     ] = 4096,
+    health_listen: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT to answer the standard gRPC health service (grpc.health.v1) on, alone and in "
+            "plaintext, for probes that can present neither the token nor a certificate (Kubernetes' grpc "
+            "probes). The node's own port answers it too, behind the token/TLS. Default: off."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Log level (debug, info, warning).")] = "info",
 ) -> None:
     """Host model shards and serve them over gRPC (load/unload layer ranges, forward with per-sequence KV
@@ -119,6 +127,7 @@ def node(
             ),
             security=security,
             max_message=message_limit(max_context, widest_hidden(host)),
+            health_listen=health_listen,
         )
     except OSError as exc:
         _fail(f"cannot listen on {listen}: {exc}")

@@ -7,11 +7,13 @@ import ipaddress
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import asdict
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edgeinfer.cluster import wire
 from edgeinfer.cluster.auth import ClusterSecurity, TokenInterceptor, server_credentials
@@ -168,6 +170,93 @@ def bound_allocator(mmap_threshold: int = 1 << 20) -> bool:
         return False
 
 
+NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name  # "edgeinfer.node.Node"
+HEALTH_STALL = 30.0  # seconds without a free gRPC worker after which the node reports NOT_SERVING
+
+
+class NodeHealth:
+    """The standard gRPC health service (``grpc.health.v1.Health``) of a node, for kubelet ``grpc:`` probes
+    and ``grpc_health_probe``. It reports, for ``""`` (the whole server) and ``edgeinfer.node.Node``:
+
+    - SERVING while a gRPC worker of the node picks up new work within ``stall`` seconds;
+    - NOT_SERVING when none has for ``stall`` seconds (every worker stuck, e.g. in a forward that never
+      returns: calls would queue, then be refused), when the worker pool is gone, and from shutdown on.
+
+    A watchdog thread submits a no-op to the node's worker pool every ``period`` seconds (while the previous
+    one ran) and sets the status from how long the last one has been waiting. ``serve(listen)`` also answers
+    the health service alone, in plaintext, on a second port: the kubelet's gRPC probes can present neither
+    the cluster token nor a client certificate, and that port reveals nothing but the status."""
+
+    def __init__(self, stall: float = HEALTH_STALL, period: float = 1.0):
+        self.stall = stall
+        self.period = period
+        self.servicer = health.HealthServicer(experimental_non_blocking=True)
+        self._pool: futures.Executor | None = None
+        self._stop = threading.Event()
+        self._closing = False
+        self._serving: bool | None = None
+        self._servers: list[grpc.Server] = []
+        self._set(False)
+
+    def attach(self, pool: futures.Executor) -> None:
+        """Watch ``pool`` (the node server's workers) from now on."""
+        self._pool = pool
+        self._set(True)
+        threading.Thread(target=self._watch, name="edgeinfer-health", daemon=True).start()
+
+    @property
+    def serving(self) -> bool:
+        return bool(self._serving)
+
+    def _set(self, serving: bool) -> None:
+        if serving == self._serving:
+            return
+        if self._serving is not None:
+            log.warning("health: %s", "SERVING" if serving else "NOT_SERVING")
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", NODE_SERVICE):
+            self.servicer.set(service, status)
+
+    def _watch(self) -> None:
+        pending: futures.Future | None = None
+        since = time.monotonic()
+        while not self._stop.wait(self.period):
+            try:
+                if pending is None or pending.done():
+                    pending, since = self._pool.submit(lambda: None), time.monotonic()
+            except RuntimeError:  # the pool was shut down: the server stopped
+                self._set(False)
+                return
+            stalled = not pending.done() and time.monotonic() - since >= self.stall
+            self._set(not (stalled or self._closing))
+
+    def serve(self, listen: str) -> int:
+        """Answer the health service alone, without TLS or token, on ``listen``; returns the bound port."""
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), maximum_concurrent_rpcs=8)
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
+        port = server.add_insecure_port(listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        server.start()
+        self._servers.append(server)
+        return port
+
+    def shutdown(self) -> None:
+        """NOT_SERVING from now on (the node is stopping); the health port keeps answering until close()."""
+        self._closing = True
+        self._set(False)
+        self.servicer.enter_graceful_shutdown()
+
+    def close(self) -> None:
+        self.shutdown()
+        self._stop.set()
+        for server in self._servers:
+            server.stop(0)
+
+
 def is_loopback(listen: str) -> bool:
     host = listen.rsplit(":", 1)[0].strip("[]")
     if host == "localhost":
@@ -184,25 +273,30 @@ def start(
     max_workers: int = 8,
     security: ClusterSecurity | None = None,
     max_message: int | None = None,
+    health: NodeHealth | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start serving on ``listen`` ('HOST:PORT', port 0 = any); returns (server, bound port).
 
     ``security``: the token every call must carry and/or mutual TLS. At most ``max_workers`` calls run and
     as many more wait; the rest get RESOURCE_EXHAUSTED at once. Requests above ``max_message`` bytes are
-    refused by gRPC before they are buffered whole."""
+    refused by gRPC before they are buffered whole. ``health``: the gRPC health service, also served on
+    this port (behind the same token/TLS), watching this server's workers."""
     limit = max_message or message_limit()
     options = [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", MAX_MESSAGE),
     ]
     interceptors = [TokenInterceptor(security.token)] if security and security.token else []
+    pool = futures.ThreadPoolExecutor(max_workers=max_workers)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
+        pool,
         options=options,
         interceptors=interceptors,
         maximum_concurrent_rpcs=2 * max_workers,
     )
     node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(host), server)
+    if health is not None:
+        health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     if security and security.tls:
         port = server.add_secure_port(listen, server_credentials(security))
     else:
@@ -210,6 +304,8 @@ def start(
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     server.start()
+    if health is not None:
+        health.attach(pool)
     return server, port
 
 
@@ -226,13 +322,23 @@ def serve_forever(
     ready: Callable[[int], None] | None = None,
     security: ClusterSecurity | None = None,
     max_message: int | None = None,
+    health_listen: str | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; ``ready(port)`` is called once listening."""
+    """Serve until SIGTERM/SIGINT; ``ready(port)`` is called once listening. ``health_listen``: also answer
+    the gRPC health service alone, in plaintext, there (the kubelet's gRPC probes)."""
     bound_allocator()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server, port = start(host, listen, security=security, max_message=max_message)
+    node_health = NodeHealth()
+    server, port = start(host, listen, security=security, max_message=max_message, health=node_health)
+    if health_listen:
+        try:
+            health_port = node_health.serve(health_listen)
+        except OSError:
+            server.stop(0)
+            raise
+        log.info("gRPC health service (plaintext, health only) on %s (port %d)", health_listen, health_port)
     mode = security.describe() if security else "none"
     log.info(
         "node %s listening on %s (port %d); authentication: %s; memory limit %.0f MiB",
@@ -257,5 +363,7 @@ def serve_forever(
     try:
         stop.wait()
     finally:
+        node_health.shutdown()  # NOT_SERVING while the calls in flight finish
         server.stop(grace=2).wait(5)
+        node_health.close()
         host.close()
