@@ -21,6 +21,7 @@ from edgeinfer.api.metrics import CountRequests, Metrics
 from edgeinfer.api.responses import ResponseBuilder, collect_events, stream_events
 from edgeinfer.api.schemas import UNSUPPORTED, ChatCompletionRequest, CompletionRequest, SamplingFields
 from edgeinfer.api.worker import Job, ModelWorker, QueueFull
+from edgeinfer.cluster.state import ClusterView
 from edgeinfer.engine.chat import ChatFormatError, ChatFormatter, build_chat_prompt
 from edgeinfer.engine.generate import ContextLengthExceeded, check_context
 from edgeinfer.models.registry import lookup
@@ -76,10 +77,9 @@ class ModelSet:
 
 def unavailable(worker: ModelWorker) -> str | None:
     """Why a loaded backend cannot serve now (a cluster that lost too many nodes), else None."""
-    health = getattr(worker.backend, "health", None)
-    if health is None:
+    if not isinstance(worker.backend, ClusterView):
         return None
-    ok, reason = health()
+    ok, reason = worker.backend.health()
     return None if ok else reason or "unavailable"
 
 
@@ -139,12 +139,8 @@ def create_app(
             body["errors"] = errors
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    def clusters() -> dict[str, Any]:
-        return {
-            n: w.backend
-            for n, w in models.workers.items()
-            if w.backend is not None and hasattr(w.backend, "cluster_state")
-        }
+    def clusters() -> dict[str, ClusterView]:
+        return {n: w.backend for n, w in models.workers.items() if isinstance(w.backend, ClusterView)}
 
     @app.get("/v1/cluster")
     async def cluster() -> dict[str, Any]:
@@ -152,12 +148,12 @@ def create_app(
         found = clusters()
         if not found:
             raise APIError(404, "no model is served by a cluster", code="not_a_cluster")
-        return {"object": "cluster", "models": {n: b.cluster_state() for n, b in found.items()}}
+        return {"object": "cluster", "models": {n: b.cluster_state().to_json() for n, b in found.items()}}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         for n, b in clusters().items():
-            metrics.observe_cluster(n, b.stats, b.membership.snapshot() if b.membership else [])
+            metrics.observe_cluster(n, b.cluster_state(), b.take_recoveries())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def model_entry(w: ModelWorker) -> dict[str, Any]:

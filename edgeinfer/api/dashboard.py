@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 
 from edgeinfer.api.errors import APIError
 from edgeinfer.api.metrics import Metrics
+from edgeinfer.cluster.state import ClusterView, NodeStatus
 
 if TYPE_CHECKING:
     from edgeinfer.api.worker import ModelWorker
@@ -280,8 +281,8 @@ def topology(backend: Any) -> Topology | None:
         standby = {s.name: s.placement for s in spares if s is not None}
     else:
         standby = {s.node: s for s in getattr(plan, "standbys", []) if s is not None}
-    health = _cluster_view(backend)
-    beats = {n["name"]: n for n in health.get("nodes", [])} if health else {}
+    health = backend.cluster_state() if isinstance(backend, ClusterView) else None
+    beats = {n.name: n for n in health.nodes} if health else {}
     n_layers = problem.model.n_layers
     pool = getattr(backend, "nodes", None)
     nodes = []
@@ -340,37 +341,30 @@ def topology(backend: Any) -> Topology | None:
         objective=plan.objective,
         predicted_tokens_per_second=_finite(plan.tokens_per_second),
         nodes=nodes,
-        available=bool(health.get("available", True)) if health else True,
-        reason=health.get("reason") if health else None,
-        failovers=int(health.get("failovers", 0)) if health else 0,
-        replans=int(health.get("replans", 0)) if health else 0,
-        migrations=int(health.get("migrations", 0)) if health else 0,
-        last_recovery=health.get("last_recovery") if health else None,
+        available=health.available if health else True,
+        reason=health.reason if health else None,
+        failovers=health.failovers if health else 0,
+        replans=health.replans if health else 0,
+        migrations=health.migrations if health else 0,
+        last_recovery=health.last_recovery if health else None,
     )
 
 
-def _cluster_view(backend: Any) -> dict[str, Any] | None:
-    """The gateway's live view (``GET /v1/cluster``: node heartbeats, failovers), when it keeps one."""
-    state = getattr(backend, "cluster_state", None)
-    return state() if callable(state) else None
-
-
-def _beat(node: dict[str, Any] | None) -> dict[str, Any]:
+def _beat(node: NodeStatus | None) -> dict[str, Any]:
     if not node:
         return {}
     return {
-        "up": node.get("up"),
-        "load1": _finite(node.get("load1")),
-        "free_bytes": _finite(node.get("free_bytes")),
-        "failures": int(node.get("failures") or 0),
-        "last_error": node.get("last_error"),
+        "up": node.up,
+        "load1": _finite(node.load1),
+        "free_bytes": _finite(node.free_bytes),
+        "failures": node.failures,
+        "last_error": node.last_error,
     }
 
 
 def _model_state(w: ModelWorker) -> str:
     """loading | ready | failed, or unavailable: a gateway that lost too many nodes to serve."""
-    health = getattr(w.backend, "health", None) if w.state == "ready" else None
-    if callable(health) and not health()[0]:
+    if w.state == "ready" and isinstance(w.backend, ClusterView) and not w.backend.health()[0]:
         return "unavailable"
     return w.state
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from edgeinfer.cluster.state import ClusterState
+
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 _TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -100,22 +102,21 @@ class Metrics:
         )
         self._cluster_seen: dict[tuple[str, str], int] = {}
 
-    def observe_cluster(self, model: str, stats, nodes: list[dict]) -> None:  # type: ignore[no-untyped-def]
-        """Sync from a cluster backend: ``stats`` its ``ResilienceStats``, ``nodes`` its node states."""
-        for node in nodes:
-            self.node_up.labels(model, node["name"]).set(1 if node["up"] else 0)
-        for what, counter in (
-            ("failovers", self.failovers),
-            ("replans", self.replans),
-            ("replayed_tokens", self.replayed_tokens),
+    def observe_cluster(self, model: str, state: ClusterState, recoveries: list[float]) -> None:
+        """Sync from a cluster backend: its ``ClusterState`` and the recovery durations it measured since."""
+        for node in state.nodes:
+            self.node_up.labels(model, node.name).set(1 if node.up else 0)
+        for what, counter, total in (
+            ("failovers", self.failovers, state.failovers),
+            ("replans", self.replans, state.replans),
+            ("replayed_tokens", self.replayed_tokens, state.replayed_tokens),
         ):
-            total = int(getattr(stats, what))
             seen = self._cluster_seen.get((model, what), 0)
             if total > seen:
                 counter.labels(model).inc(total - seen)
             self._cluster_seen[(model, what)] = total
-        while stats.recoveries:
-            self.recovery.labels(model).observe(stats.recoveries.popleft())
+        for seconds in recoveries:
+            self.recovery.labels(model).observe(seconds)
 
 
 class CountRequests:

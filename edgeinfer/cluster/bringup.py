@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeinfer.cluster.config import ClusterConfig, load_config
+from edgeinfer.cluster.config import ClusterConfig, load_config, resolve_dns
 from edgeinfer.cluster.gateway import ClusterError, PipelineBackend
 from edgeinfer.cluster.membership import Membership
 from edgeinfer.cluster.planner import Plan, Problem, Stage, place_standbys, plan
@@ -99,7 +99,16 @@ def load_cluster(
         replanner=Replanner(cfg, problem, loader),
     )
     if cfg.failover.recover and profile.clients.names():
-        backend.attach(Membership(profile.clients, cfg.failover))
+        d = cfg.discovery
+        backend.attach(
+            Membership(
+                profile.clients,
+                cfg.failover,
+                discover=(lambda: resolve_dns(d)) if d is not None and d.interval else None,
+                discover_every=d.interval if d is not None else 0.0,
+                rpc_timeout=cfg.rpc_timeout,
+            )
+        )
     return backend
 
 

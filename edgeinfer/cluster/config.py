@@ -60,6 +60,7 @@ class Discovery(_Strict):
     port: int = 50051
     expect: int = Field(1, ge=1)  # wait until at least this many addresses resolve
     timeout: float = Field(60.0, ge=0)
+    interval: float = Field(10.0, ge=0)  # seconds between two re-resolutions while serving (0: never)
 
 
 class FixedStage(_Strict):
@@ -82,12 +83,22 @@ class PlannerOptions(_Strict):
     local_memory_limit: int | None = None
     local_threads: int | None = Field(None, ge=1)
     stages: tuple[FixedStage, ...] = ()  # a fixed plan instead of the planner's (still checked for memory)
-    replicas: int = Field(0, ge=0, le=1)  # warm standbys per stage (docs/resilience.md)
+    replicas: int = Field(0, ge=0)  # warm standbys per stage: 0 or 1 (docs/resilience.md)
 
     @field_validator("local_memory_limit", mode="before")
     @classmethod
     def _size(cls, v: str | int | None) -> int | None:
         return parse_bytes(v)
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, v: int) -> int:
+        if v > 1:
+            raise ValueError(
+                f"{v} warm standbys per stage are not supported: 0 or 1 (one standby per stage; "
+                "a second failure of the same stage is recovered by a re-plan, docs/resilience.md)"
+            )
+        return v
 
 
 class FailoverOptions(_Strict):
@@ -198,19 +209,26 @@ def discover(cfg: ClusterConfig) -> list[NodeSpec]:
     assert d is not None
     deadline = time.monotonic() + d.timeout
     while True:
-        try:
-            infos = socket.getaddrinfo(d.dns, d.port, socket.AF_INET, socket.SOCK_STREAM)
-            ips = sorted({i[4][0] for i in infos})
-        except socket.gaierror:
-            ips = []
-        if len(ips) >= d.expect:
-            return [NodeSpec(name=f"node-{ip}", address=f"{ip}:{d.port}") for ip in ips]
+        found = resolve_dns(d)
+        if len(found) >= d.expect:
+            return found
         if time.monotonic() > deadline:
             raise ConfigError(
-                f"DNS discovery: {d.dns} resolves to {len(ips)} address(es) after {d.timeout:.0f} s, "
+                f"DNS discovery: {d.dns} resolves to {len(found)} address(es) after {d.timeout:.0f} s, "
                 f"expected at least {d.expect}"
             )
         time.sleep(1.0)
+
+
+def resolve_dns(d: Discovery) -> list[NodeSpec]:
+    """The nodes behind the discovery name now: one ``node-<ip>`` per A record (none if it does not
+    resolve). The gateway calls it again every ``interval`` seconds (``Membership.rediscover``)."""
+    try:
+        infos = socket.getaddrinfo(d.dns, d.port, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror:
+        return []
+    ips = sorted({i[4][0] for i in infos})
+    return [NodeSpec(name=f"node-{ip}", address=f"{ip}:{d.port}") for ip in ips]
 
 
 def write_config(path: str | Path, model: str, nodes: list[NodeSpec], **extra) -> Path:

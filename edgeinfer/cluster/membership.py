@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from edgeinfer.cluster.client import NodeError, NodePool
-from edgeinfer.cluster.config import FailoverOptions
+from edgeinfer.cluster.config import FailoverOptions, NodeSpec
 from edgeinfer.cluster.host import PingResult
+from edgeinfer.cluster.state import NodeStatus
 
 log = logging.getLogger("edgeinfer.cluster")
 MISSES = 2  # heartbeats missed in a row before the heartbeat declares a node dead
@@ -37,20 +38,20 @@ class NodeState:
     last_error: str = ""
     last_ping: PingResult | None = None
 
-    def as_dict(self, now: float) -> dict:
+    def status(self, now: float) -> NodeStatus:
         p = self.last_ping
-        return {
-            "name": self.name,
-            "address": self.address,
-            "up": self.up,
-            "banned_for_s": round(max(0.0, self.banned_until - now), 2),
-            "failures": self.failures,
-            "last_error": self.last_error or None,
-            "rtt_ms": round(p.seconds * 1e3, 2) if p else None,
-            "load1": p.load1 if p else None,
-            "free_bytes": p.free_bytes if p else None,
-            "active_sequences": p.active_sequences if p else None,
-        }
+        return NodeStatus(
+            name=self.name,
+            address=self.address,
+            up=self.up,
+            banned_for_s=round(max(0.0, self.banned_until - now), 2),
+            failures=self.failures,
+            last_error=self.last_error or None,
+            rtt_ms=round(p.seconds * 1e3, 2) if p else None,
+            load1=p.load1 if p else None,
+            free_bytes=p.free_bytes if p else None,
+            active_sequences=p.active_sequences if p else None,
+        )
 
 
 class Membership:
@@ -60,29 +61,43 @@ class Membership:
         options: FailoverOptions,
         on_change: Callable[[str, bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        discover: Callable[[], list[NodeSpec]] | None = None,
+        discover_every: float = 0.0,
+        rpc_timeout: float = 60.0,
     ):
+        """``discover``: the nodes a DNS name resolves to now (``config.resolve_dns``), asked again every
+        ``discover_every`` seconds: new addresses join (pinged, then admitted like a node whose ban is
+        over), vanished ones leave. Without it the membership is the pool's nodes, fixed."""
         self.pool, self.options, self.on_change, self.clock = pool, options, on_change, clock
+        self.discover, self.discover_every, self.rpc_timeout = discover, discover_every, rpc_timeout
         now = clock()
         self.nodes = {n: NodeState(n, pool[n].address, since=now) for n in pool.names()}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pings = ThreadPoolExecutor(max_workers=max(1, len(self.nodes)), thread_name_prefix="heartbeat")
+        self._next_discovery = now + discover_every
+        workers = max(4, 2 * len(self.nodes))  # room for nodes that join later (threads start on demand)
+        self._pings = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heartbeat")
 
     # --- state -------------------------------------------------------------------------------------------
     def alive(self) -> set[str]:
         with self._lock:
             return {n for n, s in self.nodes.items() if s.up}
 
+    def names(self) -> set[str]:
+        """Every member, up or down (a node gone from discovery is no member)."""
+        with self._lock:
+            return set(self.nodes)
+
     def is_up(self, name: str) -> bool:
         with self._lock:
             s = self.nodes.get(name)
             return s is not None and s.up
 
-    def snapshot(self) -> list[dict]:
+    def snapshot(self) -> list[NodeStatus]:
         now = self.clock()
         with self._lock:
-            return [s.as_dict(now) for s in self.nodes.values()]
+            return [s.status(now) for s in self.nodes.values()]
 
     def mark_dead(self, name: str, why: str) -> None:
         """A failure seen by the heartbeat or the data path: ban the node (back-off), tell the gateway."""
@@ -103,8 +118,8 @@ class Membership:
 
     def _admit(self, name: str) -> None:
         with self._lock:
-            s = self.nodes[name]
-            if s.up:
+            s = self.nodes.get(name)
+            if s is None or s.up:  # gone from discovery meanwhile, or up already
                 return
             s.up, s.since, s.misses = True, self.clock(), 0
         log.warning("node %s answers again: re-admitted", name)
@@ -118,10 +133,12 @@ class Membership:
             r = self.pool[name].ping(timeout=timeout or self.options.min_deadline)
         except NodeError as exc:
             with self._lock:
-                self.nodes[name].last_error = str(exc)
+                if name in self.nodes:
+                    self.nodes[name].last_error = str(exc)
             return None
         with self._lock:
-            self.nodes[name].last_ping = r
+            if name in self.nodes:
+                self.nodes[name].last_ping = r
         return r
 
     def beat(self) -> None:
@@ -132,11 +149,15 @@ class Membership:
         results = list(self._pings.map(self.probe, due))
         for name, r in zip(due, results, strict=True):
             if r is not None:
-                self.nodes[name].misses = 0
+                with self._lock:
+                    if name in self.nodes:
+                        self.nodes[name].misses = 0
                 self._admit(name)
                 continue
             with self._lock:
-                s = self.nodes[name]
+                s = self.nodes.get(name)
+                if s is None:  # left (discovery) during the round
+                    continue
                 was_up = s.up
                 s.misses += 1
                 if not was_up:  # still down after its ban: ban again, longer
@@ -147,6 +168,37 @@ class Membership:
             if was_up and s.misses >= MISSES:
                 self.mark_dead(name, s.last_error or "heartbeat failed")
 
+    # --- discovery -------------------------------------------------------------------------------------
+    def rediscover(self) -> tuple[list[str], list[str]]:
+        """Resolve the discovery name again: addresses that appeared join (down, due for a Ping: the next
+        heartbeat admits them, which tells the gateway), vanished ones leave (the gateway recovers their
+        stages). A name that resolves to nothing changes nothing (a DNS hiccup must not empty the cluster;
+        nodes really gone fail their heartbeats). Returns (joined, left)."""
+        if self.discover is None:
+            return [], []
+        found = {spec.name: spec for spec in self.discover()}
+        if not found:
+            log.warning("discovery: the name resolves to no address; membership unchanged")
+            return [], []
+        with self._lock:
+            known = set(self.nodes)
+        joined = sorted(set(found) - known)
+        left = sorted(known - set(found))
+        for name in joined:
+            spec = found[name]
+            if name not in self.pool.names() or self.pool[name].address != spec.address:
+                self.pool.connect(name, spec.address, timeout=self.rpc_timeout)
+            with self._lock:
+                self.nodes[name] = NodeState(name, spec.address, up=False, since=self.clock())
+            log.warning("discovery: node %s (%s) appeared", name, spec.address)
+        for name in left:
+            with self._lock:
+                self.nodes.pop(name, None)
+            log.warning("discovery: node %s is gone from the name's addresses: it leaves", name)
+            if self.on_change:
+                self.on_change(name, False)
+        return joined, left
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="membership", daemon=True)
         self._thread.start()
@@ -154,6 +206,9 @@ class Membership:
     def _run(self) -> None:
         while not self._stop.wait(self.options.heartbeat):
             try:
+                if self.discover is not None and self.discover_every and self.clock() >= self._next_discovery:
+                    self._next_discovery = self.clock() + self.discover_every
+                    self.rediscover()
                 self.beat()
             except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure
                 log.exception("heartbeat round failed")

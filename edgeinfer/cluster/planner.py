@@ -174,6 +174,20 @@ class Problem:
         self._time = [_prefix(_per_layer(n.layer_time, L, f"layer_time of {n.name}")) for n in nodes]
         self._mem = _prefix(_per_layer(model.layer_bytes, L, "layer_bytes"))
 
+    def with_node(self, node: NodeCost, link: Link | None) -> Problem:
+        """This problem with ``node`` added, or its costs replaced (a node (re)joined and was profiled);
+        ``link``: its gateway link (None for the local device)."""
+        nodes = [n for n in self.nodes if n.name != node.name] + [node]
+        links = dict(self.links)
+        if link is not None:
+            links = {k: v for k, v in links.items() if node.name not in k} | {(GATEWAY, node.name): link}
+        return Problem(nodes, self.model, links)
+
+    def without(self, name: str) -> Problem:
+        """This problem without node ``name`` (it left the cluster)."""
+        nodes = [n for n in self.nodes if n.name != name]
+        return Problem(nodes, self.model, {k: v for k, v in self.links.items() if name not in k})
+
     def link(self, a: str, b: str) -> Link:
         if a == b:
             return FREE

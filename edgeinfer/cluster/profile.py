@@ -77,6 +77,27 @@ def probe_forward(
     return max(0.0, statistics.median(extra))
 
 
+def profile_node(
+    cfg: ClusterConfig, client: NodeClient, memory_limit: int | None = None, say=None, reclaim: bool = False
+) -> NodeProfile:
+    """Measure one node (layer times, link, the cost of a Forward call) and the memory the planner may use
+    on it: what it has free, capped by ``memory_limit`` (the YAML's). ``reclaim``: also count the weights of
+    the shards it holds (a node profiled again while serving: its leftovers are unloaded, the rest are the
+    gateway's own stages)."""
+    say = say or (lambda m: log.info(m))
+    say(f"profiling {client.name} ({client.address}): layer time ...")
+    caps = client.capabilities(cfg.model, measure=True)
+    if caps.profile is None:
+        raise ValueError(f"node {client.name} ({client.address}) did not measure {cfg.model}")
+    say(f"profiling {client.name}: link ...")
+    rtt, bw = client.probe_link()
+    call = probe_forward(client, cfg.model, caps.profile, cfg.threads, cfg.wire_dtype)
+    memory = float(caps.free_ram + (sum(sh.weight_bytes for sh in caps.shards) if reclaim else 0))
+    if memory_limit is not None:
+        memory = min(memory, memory_limit)
+    return NodeProfile(client.name, client.address, caps.profile, rtt, bw, memory, call_s=call)
+
+
 def profile_cluster(cfg: ClusterConfig, progress=None) -> ClusterProfile:
     """Connect to every node, measure it and its link. ``progress(message)`` is called between steps."""
     say = progress or (lambda m: log.info(m))
@@ -86,17 +107,7 @@ def profile_cluster(cfg: ClusterConfig, progress=None) -> ClusterProfile:
         for spec in specs:
             client = out.clients.connect(spec.name, spec.address, timeout=cfg.rpc_timeout)
             client.wait_ready(timeout=min(30.0, cfg.rpc_timeout))
-            say(f"profiling {spec.name} ({spec.address}): layer time ...")
-            caps = client.capabilities(cfg.model, measure=True)
-            if caps.profile is None:
-                raise ValueError(f"node {spec.name} ({spec.address}) did not measure {cfg.model}")
-            say(f"profiling {spec.name}: link ...")
-            rtt, bw = client.probe_link()
-            call = probe_forward(client, cfg.model, caps.profile, cfg.threads, cfg.wire_dtype)
-            memory = float(caps.free_ram)
-            if spec.memory_limit is not None:
-                memory = min(memory, spec.memory_limit)
-            out.nodes.append(NodeProfile(spec.name, spec.address, caps.profile, rtt, bw, memory, call_s=call))
+            out.nodes.append(profile_node(cfg, client, spec.memory_limit, say))
         if cfg.wants_local:
             say("profiling the local device ...")
             host = ShardHost(
@@ -138,19 +149,25 @@ def build_problem(profile: ClusterProfile, wire_bytes: int = 2, output_bytes: fl
         input_bytes=4,
         output_bytes=output_bytes,
     )
-    nodes = [
-        NodeCost(
-            p.name,
-            p.layers.layer_seconds,
-            memory=p.memory,
-            head_time=p.layers.head_seconds,
-            stage_time=p.layers.stage_seconds,
-            local=p.local,
-        )
-        for p in profile.nodes
-    ]
-    # a hop's fixed latency: what a real Forward call adds to the compute (it includes the RTT), else the RTT
-    links = {
-        (GATEWAY, p.name): Link(max(p.rtt_s, p.call_s), p.bytes_per_s) for p in profile.nodes if not p.local
-    }
+    nodes = [node_cost(p) for p in profile.nodes]
+    links = {(GATEWAY, p.name): node_link(p) for p in profile.nodes if not p.local}
     return Problem(nodes, model, links)
+
+
+def node_cost(p: NodeProfile) -> NodeCost:
+    """The planner's costs of one measured node."""
+    layers = p.layers
+    return NodeCost(
+        p.name,
+        layers.layer_seconds,
+        memory=p.memory,
+        head_time=layers.head_seconds,
+        stage_time=layers.stage_seconds,
+        local=p.local,
+    )
+
+
+def node_link(p: NodeProfile) -> Link:
+    """The gateway->node hop: its fixed latency is what a real Forward call adds to the compute (which
+    includes the RTT), else the RTT."""
+    return Link(max(p.rtt_s, p.call_s), p.bytes_per_s)

@@ -19,6 +19,7 @@ from edgeinfer.cluster.config import LOCAL, ClusterConfig
 from edgeinfer.cluster.gateway import ClusterError, LocalStage, PipelineStage, RemoteStage
 from edgeinfer.cluster.host import ShardHost
 from edgeinfer.cluster.planner import Plan, Problem, Stage, place_standbys, plan
+from edgeinfer.cluster.profile import NodeProfile, node_cost, node_link, profile_node
 
 log = logging.getLogger("edgeinfer.cluster")
 
@@ -80,6 +81,28 @@ def survivors(problem: Problem, alive: set[str]) -> Problem:
 class Replanner:
     def __init__(self, cfg: ClusterConfig, problem: Problem, loader: StageLoader):
         self.cfg, self.problem, self.loader = cfg, problem, loader
+
+    def measure(self, name: str) -> NodeProfile:
+        """Profile a node that joined or came back (no lock needed: it only talks to that node). Raises
+        ``NodeError`` or ``ValueError``."""
+        spec = next((n for n in self.cfg.nodes if n.name == name), None)
+        limit = spec.memory_limit if spec is not None else None
+        return profile_node(self.cfg, self.loader.pool[name], limit, reclaim=True)
+
+    def admit(self, p: NodeProfile) -> None:
+        """Plan with what the node is now: its fresh costs replace the old ones (a slow-node scaling
+        included); a new node is added."""
+        self.problem = self.problem.with_node(node_cost(p), node_link(p))
+        log.info(
+            "profiled %s: %.2f ms per layer, %.0f MiB for the plan",
+            p.name,
+            p.layers.layer_seconds * 1e3,
+            p.memory / 2**20,
+        )
+
+    def forget(self, name: str) -> None:
+        """A node left the cluster (discovery): the planner no longer considers it."""
+        self.problem = self.problem.without(name)
 
     def choose(self, alive: set[str]) -> tuple[Plan, list[Stage | None]]:
         """The best plan over the survivors (raises ``InfeasiblePlan`` when the model no longer fits). A
