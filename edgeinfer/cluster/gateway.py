@@ -54,7 +54,11 @@ class PipelineStage(ABC):
         return f"{self.name}, layers {self.placement.start}-{self.placement.end - 1}"
 
     @abstractmethod
-    def forward(self, seq_id: str, x, start_pos: int, output: str, timeout: float | None = None): ...
+    def forward(
+        self, seq_id: str, x, start_pos: int, output: str, timeout: float | None = None, all_positions=False
+    ):
+        """``all_positions``: a last stage returns the output of every position (speculative verification);
+        a ``start_pos`` below the cached length rolls the stage's KV cache back first."""
 
     @abstractmethod
     def drop(self, seq_id: str) -> None: ...
@@ -69,9 +73,13 @@ class RemoteStage(PipelineStage):
         super().__init__(client.name, shard_id, placement)
         self.client, self.wire_dtype = client, wire_dtype
 
-    def forward(self, seq_id: str, x, start_pos: int, output: str, timeout: float | None = None):
+    def forward(
+        self, seq_id: str, x, start_pos: int, output: str, timeout: float | None = None, all_positions=False
+    ):
         t0 = time.perf_counter()
-        r = self.client.forward(self.shard_id, seq_id, x, start_pos, output, self.wire_dtype, timeout)
+        r = self.client.forward(
+            self.shard_id, seq_id, x, start_pos, output, self.wire_dtype, timeout, all_positions
+        )
         self.timings.append((int(x.shape[0]), time.perf_counter() - t0, r.compute_seconds))
         return r.output
 
@@ -89,9 +97,11 @@ class LocalStage(PipelineStage):
         super().__init__(LOCAL, shard_id, placement)
         self.host = host
 
-    def forward(self, seq_id: str, x, start_pos: int, output: str, timeout: float | None = None):
+    def forward(
+        self, seq_id: str, x, start_pos: int, output: str, timeout: float | None = None, all_positions=False
+    ):
         t0 = time.perf_counter()  # in-process: no deadline
-        r = self.host.forward(self.shard_id, seq_id, x, start_pos, output)
+        r = self.host.forward(self.shard_id, seq_id, x, start_pos, output, all_positions)
         self.timings.append((int(x.shape[0]), time.perf_counter() - t0, r.compute_seconds))
         return r.output
 
@@ -107,6 +117,19 @@ class StageFailed(ClusterError):
         super().__init__(f"pipeline stage {index} ({stage.describe()}): {exc}")
         self.index, self.stage = index, stage
         self.x = None  # the input the stage did not take
+
+
+def trim_record(record: list[list], length: int) -> None:
+    """Keep the inputs of the first ``length`` positions in every stage's record (``step``): positions
+    beyond were drafted tokens the gateway rejected, rolled back on the nodes by the next Forward."""
+    for inputs in record:
+        kept, n = [], 0
+        for x in inputs:
+            if n >= length:
+                break
+            kept.append(x[: length - n])
+            n += int(kept[-1].shape[0])
+        inputs[:] = kept
 
 
 class ClusterUnavailable(ClusterError):
@@ -364,13 +387,13 @@ class PipelineBackend(VocabMixin):
                 predicted += problem.hop(j, st.placement.start, st.placement.end)[0]
         return max(f.min_deadline, f.deadline_factor * predicted * max(1, positions))
 
-    def _forward(self, i: int, seq_id: str, x, start_pos: int, output: str):
+    def _forward(self, i: int, seq_id: str, x, start_pos: int, output: str, all_positions: bool = False):
         stage = self.stages[i]
         m = self.membership
         deadline = self.deadline(i, int(x.shape[0])) if m is not None else None
         for _ in range(3):
             try:
-                return stage.forward(seq_id, x, start_pos, output, deadline)
+                return stage.forward(seq_id, x, start_pos, output, deadline, all_positions)
             except NodeError as exc:
                 if m is None or exc.code in _REFUSED:
                     raise ClusterError(f"pipeline stage {i} ({stage.describe()}): {exc}") from exc
@@ -386,14 +409,25 @@ class PipelineBackend(VocabMixin):
         m.mark_dead(stage.name, f"missed three deadlines (last {deadline:.1f} s)")
         raise StageFailed(i, stage, ClusterError(f"node {stage.name} missed three deadlines"))
 
-    def step(self, seq_id: str, x, start_pos: int, output: str, record: list[list] | None = None, begin=0):
+    def step(
+        self,
+        seq_id: str,
+        x,
+        start_pos: int,
+        output: str,
+        record: list[list] | None = None,
+        begin=0,
+        all_positions: bool = False,
+    ):
         """One pass through the stages from ``begin`` (x: token ids for stage 0, else its input); returns
         the last stage's output. ``record[i]`` collects the inputs stage i accepted (for a warm replay);
         a ``StageFailed`` carries the input the failed stage did not take (``x``)."""
         for i in range(begin, len(self.stages)):
             last = i == len(self.stages) - 1
             try:
-                y = self._forward(i, seq_id, x, start_pos, output if last else "logits")
+                y = self._forward(
+                    i, seq_id, x, start_pos, output if last else "logits", last and all_positions
+                )
             except StageFailed as failed:
                 failed.x = x
                 raise
@@ -402,20 +436,30 @@ class PipelineBackend(VocabMixin):
             x = y
         return x
 
-    def _resume(self, seq_id: str, i: int, full, n_new: int, pos: int, output: str, record: list[list]):
+    def _resume(
+        self,
+        seq_id: str,
+        i: int,
+        full,
+        n_new: int,
+        pos: int,
+        output: str,
+        record: list[list],
+        all_positions: bool = False,
+    ):
         """After stage i moved to its standby: the standby replays stage i's recorded inputs plus the step's
         own (``full``, from position 0) — one prefill of one stage, the others keep their KV caches — and
         the step continues from stage i + 1 at ``pos``."""
         last = i == len(self.stages) - 1
         try:
-            y = self._forward(i, seq_id, full, 0, output if last else "logits")
+            y = self._forward(i, seq_id, full, 0, output if last else "logits", last and all_positions)
         except StageFailed as failed:
             failed.x = full
             raise
         record[i] = [full]
         if last:
             return y
-        return self.step(seq_id, y[-n_new:], pos, output, record, begin=i + 1)
+        return self.step(seq_id, y[-n_new:], pos, output, record, i + 1, all_positions)
 
     def _recover(
         self, index: int | None, lost: str, why: str = "", stale: Sequence[PipelineStage] = ()
@@ -522,18 +566,21 @@ class PipelineBackend(VocabMixin):
 
         record: list[list] = [[] for _ in self.stages]  # per stage: the inputs it accepted (warm replay)
 
-        def forward(ids: list[int], pos: int):
+        def forward(ids: list[int], pos: int, all_positions: bool = False):
+            """``ids`` at positions ``pos...``: the token (top1) or logits of the last position, or with
+            ``all_positions`` those of every position (a list of ids, or logits [T, vocab]). Positions from
+            ``pos`` on that an earlier call fed (drafted tokens not accepted) are rolled back."""
             t0, replayed = time.perf_counter(), 0
             x = torch.tensor(ids, dtype=torch.int32)
+            trim_record(record, pos)  # a warm replay must never see rejected positions
 
             def full_replay():
                 """The whole history through the (new) chain as one batched prefill: every KV cache."""
                 record[:] = [[] for _ in self.stages]
-                return self.step(
-                    seq_id, torch.tensor(history[:pos] + list(ids), dtype=torch.int32), 0, output, record
-                )
+                full = torch.tensor(history[:pos] + list(ids), dtype=torch.int32)
+                return self.step(seq_id, full, 0, output, record, 0, all_positions)
 
-            run = lambda: self.step(seq_id, x, pos, output, record)  # noqa: E731
+            run = lambda: self.step(seq_id, x, pos, output, record, 0, all_positions)  # noqa: E731
             if pos and self._adapt():  # migrated away from a slow node: replay on the new chain
                 run, replayed = full_replay, pos + len(ids)
             for _ in range(len(self.nodes.names()) + 2 if self.nodes else 1):
@@ -548,7 +595,7 @@ class PipelineBackend(VocabMixin):
                     if how == "standby" and failed.x is not None and len(record) == len(self.stages):
                         full = torch.cat([*record[i], failed.x]) if record[i] else failed.x
                         run = lambda i=i, full=full: self._resume(  # noqa: E731
-                            seq_id, i, full, len(ids), pos, output, record
+                            seq_id, i, full, len(ids), pos, output, record, all_positions
                         )
                         replayed = int(full.shape[0])
                     else:
@@ -560,6 +607,9 @@ class PipelineBackend(VocabMixin):
                 self.stats.recoveries.append(time.perf_counter() - t0)
             del history[pos:]
             history.extend(ids)
+            if all_positions:  # a replay returns every replayed position: keep those of ``ids``
+                out = out[-len(ids) :]
+                return out[:, 0].long().tolist() if top1 else out
             return int(out[0]) if top1 else out  # top1: the last node picked the token
 
         with self._lock:
