@@ -60,6 +60,11 @@ def _containers() -> list[tuple[dict, dict]]:
     return out
 
 
+def _arg(container: dict, flag: str) -> str:
+    args = container.get("args", [])
+    return args[args.index(flag) + 1]
+
+
 def _port_number(container: dict, port: int | str) -> int:
     if isinstance(port, int):
         return port
@@ -157,6 +162,7 @@ def test_every_container_is_probed_on_routes_that_exist():
     from edgeinfer.api.app import create_app
     from edgeinfer.api.metrics import Metrics
     from edgeinfer.api.worker import ModelWorker
+    from edgeinfer.cluster.node import NODE_SERVICE
 
     metrics = Metrics()
     app = create_app([ModelWorker("m", lambda: None, metrics)], metrics)
@@ -168,9 +174,14 @@ def test_every_container_is_probed_on_routes_that_exist():
             if "httpGet" in p:
                 assert c["command"][:2] == ["edgeinfer", "serve"]
                 assert p["httpGet"]["path"] in routes, (kind, p)
+                _port_number(c, p["httpGet"]["port"])
             else:
-                assert "tcpSocket" in p, (kind, p)  # the node has no gRPC health service
-            _port_number(c, (p.get("httpGet") or p["tcpSocket"])["port"])
+                # the node: Kubernetes' gRPC probe on its plaintext health-only port (grpc.health.v1)
+                assert c["command"][:2] == ["edgeinfer", "node"] and "grpc" in p, (kind, p)
+                assert p["grpc"].get("service", "") in ("", NODE_SERVICE)
+                assert _arg(c, "--health-listen") == f"0.0.0.0:{p['grpc']['port']}"
+                assert p["grpc"]["port"] in {q["containerPort"] for q in c["ports"]}
+                assert p["grpc"]["port"] != _port_number(c, "grpc")  # the kubelet has no token or cert
         if c["command"][:2] == ["edgeinfer", "serve"]:
             assert probes["readinessProbe"]["httpGet"]["path"] == "/health"
             assert probes["startupProbe"]["httpGet"]["path"] == "/health"
@@ -190,14 +201,21 @@ def test_secrets_are_secret_refs_and_never_in_a_configmap():
     exactly the Secrets the manifests reference (and the manifests ship no Secret values)."""
     docs = _docs()
     assert not [d for d in docs if d["kind"] == "Secret"], "Secret values do not belong in the repository"
+    secret_mounts = _secret_mounts()
     for d in docs:
         if d["kind"] == "ConfigMap":
             for key, text in d["data"].items():
                 assert not SECRET_WORDS.search(key), key
+                assert "-----BEGIN" not in text, f"{key} holds a PEM block"
                 flat = yaml.safe_load(text) if key.endswith((".yaml", ".yml")) else {}
-                assert not SECRET_WORDS.search(yaml.safe_dump(flat)), (
-                    f"{key} looks like it holds a credential"
-                )
+                # a credential-like field may only name a file in a Secret volume (security.tls: the paths
+                # of the mounted certificates), never hold a value
+                for path, value in _leaves(flat):
+                    if SECRET_WORDS.search(path):
+                        assert isinstance(value, str) and value.startswith("/"), f"{key}: {path} = {value!r}"
+                        assert any(value.startswith(m + "/") for m in secret_mounts), (
+                            f"{key}: {path} names {value}, which is in no Secret volume"
+                        )
     refs = set()
     for _, c in _containers():
         for e in c.get("env", []):
@@ -212,6 +230,88 @@ def test_secrets_are_secret_refs_and_never_in_a_configmap():
             assert not arg.startswith(("--api-key=", "--token")), arg
     assert ("edgeinfer-api-key", "api-key") in refs
     assert refs == _secrets_created_by_the_docs()
+
+
+def _leaves(tree, prefix: str = ""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield prefix, tree
+
+
+def _secret_mounts(workload: dict | None = None) -> set[str]:
+    """Mount paths of Secret volumes (of one workload, or of all)."""
+    out = set()
+    for w in [workload] if workload else _workloads():
+        spec = w["spec"]["template"]["spec"]
+        secret_volumes = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
+        for c in spec["containers"]:
+            out |= {m["mountPath"] for m in c.get("volumeMounts", []) if m["name"] in secret_volumes}
+    return out
+
+
+def _docs_commands() -> list[str]:
+    """The shell commands of docs/deploy.md's code blocks, continuation lines joined."""
+    text = DOCS.read_text().replace("\\\n", " ")
+    return [" ".join(line.split()) for line in text.splitlines()]
+
+
+def _secret_files_by_the_docs() -> dict[str, dict[str, str]]:
+    """Secret name -> {key: file} of the docs' `kubectl create secret generic NAME --from-file=...`."""
+    made: dict[str, dict[str, str]] = {}
+    for line in _docs_commands():
+        m = re.match(r"kubectl -n edgeinfer create secret generic (\S+) (.*--from-file=.*)$", line)
+        if m:
+            for spec in re.findall(r"--from-file=(\S+)", m.group(2)):
+                key, _, path = spec.rpartition("=")
+                made.setdefault(m.group(1), {})[key or Path(path).name] = path
+    return made
+
+
+def _certs_command_of_the_docs() -> list[str]:
+    (line,) = [x for x in _docs_commands() if x.startswith(".venv/bin/edgeinfer cluster certs ")]
+    return shlex.split(line)
+
+
+def test_tls_certificates_are_secret_volumes_the_docs_fill():
+    """Mutual TLS between gateway and nodes: every node pod (each replica) passes its own certificate and key
+    and the CA from a Secret volume, the gateway's cluster YAML names its client certificate in another; the
+    docs' `edgeinfer cluster certs` names exactly the StatefulSet's pods, and their `kubectl create secret`
+    commands put every file the pods open into the Secret the pods mount, and never the CA's key."""
+    from edgeinfer.cluster.config import parse_config
+
+    by_kind = _by_kind()
+    sts = by_kind[("StatefulSet", "edgeinfer-node")]
+    gw = by_kind[("Deployment", "edgeinfer-gateway")]
+    files = _secret_files_by_the_docs()
+    for name, keys in files.items():
+        assert "ca.key" not in keys and not any(p.endswith("ca.key") for p in keys.values()), name
+    certs = _certs_command_of_the_docs()
+    pods = [f"edgeinfer-node-{i}" for i in range(sts["spec"]["replicas"])]
+    assert [certs[i + 1] for i, a in enumerate(certs) if a == "--node"] == pods
+
+    def secret_of(workload: dict, path: str) -> tuple[str, str]:
+        spec = workload["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (c,) = spec["containers"]
+        for m in c["volumeMounts"]:
+            if path.startswith(m["mountPath"] + "/") and "secret" in volumes[m["name"]]:
+                assert m.get("readOnly") is True
+                return volumes[m["name"]]["secret"]["secretName"], path[len(m["mountPath"]) + 1 :]
+        raise AssertionError(f"{path} is in no Secret volume of {workload['metadata']['name']}")
+
+    (node,) = sts["spec"]["template"]["spec"]["containers"]
+    for pod in pods:
+        for flag in ("--tls-cert", "--tls-key", "--tls-ca"):
+            secret, key = secret_of(sts, _expand(_arg(node, flag), {"POD_NAME": pod}))
+            assert key in files[secret], f"docs/deploy.md does not put {key} into {secret}"
+    assert Path(files["edgeinfer-node-tls"][f"node-{pods[0]}.pem"]).parent.name == certs[3]
+    cfg = parse_config(yaml.safe_load(by_kind[("ConfigMap", "edgeinfer-cluster")]["data"]["cluster.yaml"]))
+    assert cfg.security.tls is not None
+    for path in (cfg.security.tls.ca, cfg.security.tls.cert, cfg.security.tls.key):
+        secret, key = secret_of(gw, path)
+        assert key in files[secret], f"docs/deploy.md does not put {key} into {secret}"
 
 
 def _secrets_created_by_the_docs() -> set[tuple[str, str]]:
@@ -405,6 +505,17 @@ def _probe(pod: Pod, probe: dict) -> bool:
             return 200 <= httpx.get(url, timeout=timeout).status_code < 400
         except httpx.HTTPError:
             return False
+    if "grpc" in probe:  # the kubelet's gRPC probe: grpc.health.v1 Check, SERVING passes
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            with grpc.insecure_channel(f"{pod.ip}:{probe['grpc']['port']}") as channel:
+                request = health_pb2.HealthCheckRequest(service=probe["grpc"].get("service", ""))
+                reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
     if "tcpSocket" in probe:
         try:
             socket.create_connection(
@@ -459,6 +570,15 @@ def test_manifests_run_on_the_testbed(tmp_path):
     secrets: dict[str, dict[str, str]] = {}
     for name, key in _secrets_created_by_the_docs():
         secrets.setdefault(name, {})[key] = os.urandom(16).hex()
+    # the certificates, made by the docs' `edgeinfer cluster certs` and put into the Secrets as they say
+    certs_cmd = _certs_command_of_the_docs()
+    certs_cmd[0] = str(Path(sys.executable).with_name("edgeinfer"))
+    out = subprocess.run(certs_cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    secret_files = {
+        name: {key: (tmp_path / path).read_bytes() for key, path in keys.items()}
+        for name, keys in _secret_files_by_the_docs().items()
+    }
     services = [d for d in docs if d["kind"] == "Service"]
 
     pods: list[Pod] = []
@@ -488,6 +608,10 @@ def test_manifests_run_on_the_testbed(tmp_path):
                     if "configMap" in v:
                         for key, text in configmaps[v["configMap"]["name"]].items():
                             (d / key).write_text(text)
+                    elif "secret" in v:
+                        for key, data in secret_files[v["secret"]["secretName"]].items():
+                            (d / key).write_bytes(data)
+                            (d / key).chmod(v["secret"].get("defaultMode", 0o644))
                     else:
                         assert "emptyDir" in v, v
                     mounts[m["mountPath"]] = str(d)
