@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Literal
 
 import pydantic
 import yaml
@@ -130,6 +131,29 @@ class SecurityOptions(_Strict):
     tls: TlsOptions | None = None
 
 
+class SpeculativeOptions(_Strict):
+    """Speculative decoding through the pipeline (docs/cluster.md): drafted tokens verified in one pass."""
+
+    mode: Literal["off", "ngram"] = "off"  # ngram: prompt lookup (exit:K needs a model on one device)
+    draft_max: int = Field(8, ge=1, le=64)  # tokens drafted per pass at most (the drafter backs off below)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, v: object) -> object:
+        """``speculative: ngram`` is short for ``speculative: {mode: ngram}``."""
+        return {"mode": v} if isinstance(v, str | bool) else v
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _off(cls, v: object) -> object:
+        if isinstance(v, str) and v.startswith("exit:"):
+            raise ValueError(
+                "exit:K drafts with the model's own first K layers, which a pipeline spreads over its nodes: "
+                "use ngram here (exit:K is an option of `edgeinfer serve` on one device)"
+            )
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
+
+
 class ClusterConfig(_Strict):
     model: str = Field(min_length=1)  # bundled model name or GGUF path (resolved on every node)
     name: str | None = None  # served model name; default: the model's
@@ -142,6 +166,7 @@ class ClusterConfig(_Strict):
     threads: int = Field(0, ge=0)  # per shard on the nodes; 0 = the node's default
     security: SecurityOptions = SecurityOptions()  # how the gateway authenticates to the nodes
     failover: FailoverOptions = FailoverOptions()
+    speculative: SpeculativeOptions = SpeculativeOptions()
 
     @model_validator(mode="after")
     def _nodes(self) -> ClusterConfig:

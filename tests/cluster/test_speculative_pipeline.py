@@ -7,12 +7,14 @@ stage: greedy output is token-identical to plain pipelined decoding.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from edgeinfer.cluster.client import NodeClient
+from edgeinfer.cluster.config import ConfigError, parse_config
 from edgeinfer.cluster.host import ShardHost
 from edgeinfer.cluster.node import start
 from edgeinfer.engine.shard import Shard
@@ -71,3 +73,31 @@ def test_last_shard_returns_every_position_and_rolls_back(node, tiny):
     node.unload(a.shard_id)
     node.unload(b.shard_id)
     whole.close()
+
+
+@pytest.mark.parametrize(
+    ("doc", "mode", "draft_max"),
+    [
+        ({}, "off", 8),
+        ({"speculative": False}, "off", 8),  # YAML's bare `off`
+        ({"speculative": "ngram"}, "ngram", 8),
+        ({"speculative": {"mode": "ngram", "draft_max": 4}}, "ngram", 4),
+    ],
+)
+def test_yaml_speculative_options(doc, mode, draft_max):
+    cfg = parse_config({"model": "qwen", "nodes": [{"address": "h:1"}]} | doc)
+    assert (cfg.speculative.mode, cfg.speculative.draft_max) == (mode, draft_max)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("exit:4", "exit:K drafts with the model's own first K layers"),
+        ({"mode": "ngram", "draft_max": 0}, "speculative.draft_max"),
+        ({"mode": "lookahead"}, "speculative.mode"),
+        ({"mod": "ngram"}, "unknown key 'speculative.mod'"),
+    ],
+)
+def test_yaml_speculative_errors_name_the_key(value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config({"model": "qwen", "nodes": [{"address": "h:1"}], "speculative": value})
