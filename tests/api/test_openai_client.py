@@ -118,8 +118,9 @@ def test_errors_surface_as_client_exceptions(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as empty:
         client.chat.completions.create(model="gemma-3-270m", messages=[])
     assert empty.value.body["param"] == "messages"
-    with pytest.raises(openai.BadRequestError):
-        client.completions.create(model="gemma-3-270m", prompt="x", logprobs=2)
+    with pytest.raises(openai.BadRequestError) as lp:
+        client.completions.create(model="gemma-3-270m", prompt="x", logprobs=6)  # OpenAI's bound is 5
+    assert lp.value.body["param"] == "logprobs"
 
 
 def test_overlong_prompt_is_a_400_that_says_what_to_fix(client: openai.OpenAI) -> None:
