@@ -97,6 +97,7 @@ def load_cluster(
         standbys=standbys,
         failover=cfg.failover,
         replanner=Replanner(cfg, problem, loader),
+        speculative=cfg.speculative.options(),
     )
     if cfg.failover.recover and profile.clients.names():
         d = cfg.discovery

@@ -131,7 +131,7 @@ class SecurityOptions(_Strict):
     tls: TlsOptions | None = None
 
 
-class SpeculativeOptions(_Strict):
+class SpeculativeSection(_Strict):
     """Speculative decoding through the pipeline (docs/cluster.md): drafted tokens verified in one pass."""
 
     mode: Literal["off", "ngram"] = "off"  # ngram: prompt lookup (exit:K needs a model on one device)
@@ -153,6 +153,12 @@ class SpeculativeOptions(_Strict):
             )
         return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
 
+    def options(self):
+        """The engine's ``SpeculativeOptions`` for these settings."""
+        from edgeinfer.engine.speculative import SpeculativeOptions
+
+        return SpeculativeOptions(self.mode, None, self.draft_max)
+
 
 class ClusterConfig(_Strict):
     model: str = Field(min_length=1)  # bundled model name or GGUF path (resolved on every node)
@@ -166,7 +172,7 @@ class ClusterConfig(_Strict):
     threads: int = Field(0, ge=0)  # per shard on the nodes; 0 = the node's default
     security: SecurityOptions = SecurityOptions()  # how the gateway authenticates to the nodes
     failover: FailoverOptions = FailoverOptions()
-    speculative: SpeculativeOptions = SpeculativeOptions()
+    speculative: SpeculativeSection = SpeculativeSection()
 
     @model_validator(mode="after")
     def _nodes(self) -> ClusterConfig:

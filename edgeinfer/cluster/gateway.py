@@ -26,6 +26,8 @@ from edgeinfer.cluster.planner import InfeasiblePlan, Plan, Problem, Stage
 from edgeinfer.cluster.state import ClusterState, ResilienceStats, StageStatus
 from edgeinfer.engine.base import ModelInfo, SamplingParams
 from edgeinfer.engine.decode import decode_tokens
+from edgeinfer.engine.draft import NgramDrafter
+from edgeinfer.engine.speculative import SpecStats, SpeculativeOptions, speculative_tokens
 from edgeinfer.engine.vocab import Vocab, VocabMixin
 
 if TYPE_CHECKING:
@@ -140,6 +142,36 @@ class ClusterUnavailable(ClusterError):
 _REFUSED = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNIMPLEMENTED", "PERMISSION_DENIED", "UNAUTHENTICATED"}
 
 
+class PipelineSequence:
+    """One sequence through the pipeline as the ``TokenModel`` of speculative decoding (engine/draft.py):
+    ``feed`` runs drafted positions through every stage in one pass; ``truncate`` costs no call, the next
+    Forward continues at the kept length and each node rolls its KV cache back to it. Greedy passes ship the
+    last node's top-1 id per position ([T] ids), never the logits."""
+
+    def __init__(self, forward, top1: bool, vocab_size: int = 0):
+        self._forward, self.top1, self.vocab_size = forward, top1, vocab_size
+        self.length = 0  # positions the pipeline holds for this sequence
+
+    def feed(self, ids: Sequence[int], all_logits: bool = False):
+        import torch
+
+        out = self._forward(list(ids), self.length, all_positions=all_logits)
+        self.length += len(ids)
+        if self.top1:  # TEMPORARY: one-hot rows until accept() takes the ids
+            picks = torch.tensor(out if all_logits else [out], dtype=torch.long)
+            rows = torch.full((len(picks), self.vocab_size), float("-inf"))
+            return rows.scatter_(1, picks[:, None], 0.0)
+        return out if all_logits else out.reshape(1, -1)
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length} of {self.length} positions")
+        self.length = length
+
+    def close(self) -> None:
+        """The caller drops the sequence on every stage."""
+
+
 class PipelineBackend(VocabMixin):
     def __init__(
         self,
@@ -153,8 +185,10 @@ class PipelineBackend(VocabMixin):
         standbys: list[PipelineStage | None] | None = None,
         failover: FailoverOptions | None = None,
         replanner: Replanner | None = None,
+        speculative: SpeculativeOptions | None = None,
     ):
         """``nodes``: the connections the remote stages use; the backend closes them on ``close``.
+        ``speculative``: ngram drafts verified in one pass through every stage (``PipelineSequence``).
         ``standbys``: per stage its warm standby (same layers loaded on another node) or None.
         ``replanner``: rebuilds the pipeline over the surviving nodes (``cluster/recovery.py``); with a
         ``Membership`` attached (``attach``) a failed stage is recovered and the sequence replayed."""
@@ -174,6 +208,10 @@ class PipelineBackend(VocabMixin):
         self.replanner = replanner
         self.membership: Membership | None = None
         self.stats = ResilienceStats()
+        self.speculative = speculative or SpeculativeOptions()
+        if self.speculative.mode not in ("off", "ngram"):
+            raise ClusterError(f"speculative {self.speculative} is not available in a pipeline (use ngram)")
+        self.spec_stats = SpecStats()  # drafted / accepted tokens and passes of the speculative sequences
         self.unavailable: str | None = None  # why the model cannot be served now (HTTP 503)
         self._lock = threading.Lock()  # one sequence at a time through the pipeline
         self._heal = threading.Event()
@@ -614,7 +652,14 @@ class PipelineBackend(VocabMixin):
 
         with self._lock:
             try:
-                yield from decode_tokens(forward, prompt, params, self.info.n_ctx)
+                if self.speculative.enabled and params.logprobs is None:  # logprobs: plain decoding
+                    seq = PipelineSequence(forward, top1, self.info.vocab_size)
+                    drafter, k = NgramDrafter(), self.speculative.draft_max
+                    yield from speculative_tokens(
+                        seq, drafter, prompt, params, k, self.info.n_ctx, self.spec_stats
+                    )
+                else:
+                    yield from decode_tokens(forward, prompt, params, self.info.n_ctx)
             finally:
                 for stage in self.stages:
                     if self.membership is not None and not self.membership.is_up(stage.name):

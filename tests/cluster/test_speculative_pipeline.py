@@ -7,16 +7,20 @@ stage: greedy output is token-identical to plain pipelined decoding.
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from edgeinfer.cluster.bringup import load_cluster
 from edgeinfer.cluster.client import NodeClient
-from edgeinfer.cluster.config import ConfigError, parse_config
+from edgeinfer.cluster.config import ConfigError, load_config, parse_config
 from edgeinfer.cluster.host import ShardHost
 from edgeinfer.cluster.node import start
+from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.shard import Shard
 from edgeinfer.models.synthetic import write_tiny_gguf
 
@@ -101,3 +105,75 @@ def test_yaml_speculative_options(doc, mode, draft_max):
 def test_yaml_speculative_errors_name_the_key(value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config({"model": "qwen", "nodes": [{"address": "h:1"}], "speculative": value})
+
+
+class Loopback:
+    """Node servers on loopback in this process (restartable: ``kill`` stops one's gRPC server)."""
+
+    def __init__(self, n: int):
+        self.hosts = [ShardHost(f"n{i}", threads=1, memory_limit=None) for i in range(n)]
+        self.servers: list = [None] * n
+        self.ports = [0] * n
+        for i in range(n):
+            self.servers[i], self.ports[i] = start(self.hosts[i], "127.0.0.1:0")
+
+    def nodes(self, limit: int | None = None) -> list[dict]:
+        extra = {"memory_limit": limit} if limit else {}
+        return [{"name": f"n{i}", "address": f"127.0.0.1:{p}"} | extra for i, p in enumerate(self.ports)]
+
+    def kill(self, name: str) -> None:
+        self.servers[int(name.removeprefix("n"))].stop(0)
+
+    def close(self) -> None:
+        for server, host in zip(self.servers, self.hosts, strict=True):
+            server.stop(0)
+            host.close()
+
+
+@pytest.fixture(scope="module")
+def loopback():
+    nodes = Loopback(3)
+    yield nodes
+    nodes.close()
+
+
+def _backend(tmp_path: Path, model: Path, nodes: list[dict], speculative, **extra):
+    doc = {"model": str(model), "nodes": nodes, "wire_dtype": "f32", "speculative": speculative} | extra
+    path = tmp_path / f"c-{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return load_cluster(load_config(path))
+
+
+def _tokens(backend, prompt: str, n: int, **params) -> list[int]:
+    gen = backend.generate_tokens(backend.tokenize(prompt), SamplingParams(**({"temperature": 0.0} | params)))
+    try:
+        return list(itertools.islice(gen, n))
+    finally:
+        gen.close()
+
+
+PROMPTS = ("def add(a, b): return a + b", "hello world hello world", "the ship sails")
+STAGES = [
+    {"node": "n0", "layers": [0, 2]},
+    {"node": "n1", "layers": [2, 3]},
+    {"node": "n2", "layers": [3, 4]},
+]
+
+
+def test_greedy_speculative_pipeline_equals_plain_pipelined_decoding(loopback, tiny, tmp_path):
+    """Three stages; drafts are accepted and rejected (rolled back on every node), and every token equals
+    the plain pipeline's."""
+    planner = {"stages": STAGES}
+    plain = _backend(tmp_path, tiny, loopback.nodes(), "off", planner=planner)
+    spec = _backend(tmp_path, tiny, loopback.nodes(), {"mode": "ngram", "draft_max": 6}, planner=planner)
+    try:
+        for prompt in PROMPTS:
+            assert _tokens(spec, prompt, 40) == _tokens(plain, prompt, 40), prompt
+        s = spec.spec_stats
+        assert s.accepted > 0 and s.drafted > s.accepted  # both kept and rolled-back drafts
+        assert s.emitted == s.passes + s.accepted and s.tokens_per_pass > 1.0
+        assert plain.spec_stats.passes == 0
+        assert all(h.sequence_count() == 0 for h in loopback.hosts)  # every sequence dropped at the end
+    finally:
+        spec.close()
+        plain.close()
