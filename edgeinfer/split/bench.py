@@ -9,6 +9,7 @@ bytes on the wire at every cut with and without compression.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import statistics
@@ -17,12 +18,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import httpx
 
 from edgeinfer.bench.table import Table, fmt_num
+from edgeinfer.split.profile import DeviceSpec
 
 
 @dataclass
@@ -38,6 +40,220 @@ class SplitBenchConfig:
     delay_ms: float = 0.0
     port: int = 8090
     accuracy_inputs: int | None = None  # test inputs for the exits / cascades part (None: the whole split)
+    deadline_ms: float | None = (
+        None  # deadline mode at every rate (all exits, the runtime picks exit + split)
+    )
+    deadline_requests: int = 200  # requests per rate in deadline mode
+    link_change: tuple[str, str] | None = None  # (from, to): the link rate changes in the middle of a run
+    change_requests: int = 60  # requests on each side of the change
+
+
+NAN = float("nan")
+
+
+def _fields(cls, d: dict) -> dict:
+    """The keys of ``d`` that are fields of dataclass ``cls`` (older recorded runs lack newer fields)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+def _ci(v) -> tuple[float, float]:
+    return (float("nan"), float("nan")) if v is None else (float(v[0]), float(v[1]))
+
+
+@dataclass
+class SplitMeasure:
+    """One forced split at one rate: medians over the requests (the device energy from its power model)."""
+
+    split: int
+    median_ms: float
+    sent_bytes: float
+    fallbacks: int
+    ci95_ms: tuple[float, float] = (NAN, NAN)
+    device_ms: float = NAN  # the parts and the energy: not in runs recorded before they were measured
+    transfer_ms: float = NAN
+    edge_ms: float = NAN
+    energy_mj: float = NAN
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SplitMeasure:
+        d = _fields(cls, d)
+        return cls(**{**d, "ci95_ms": _ci(d.get("ci95_ms"))})
+
+
+@dataclass
+class DeadlineResult:
+    """Deadline mode at one rate: every exit allowed; the runtime picks exit and split to meet it."""
+
+    deadline_ms: float
+    requests: int
+    met: int
+    accuracy: float  # of the answers given (labels of the test split)
+    median_ms: float
+    p99_ms: float
+    max_ms: float
+    exits: dict[str, int]
+    splits: dict[int, int]
+    fallbacks: int
+    replans: int
+
+    @property
+    def met_fraction(self) -> float:
+        return self.met / self.requests if self.requests else float("nan")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DeadlineResult:
+        d = _fields(cls, d)
+        return cls(**{**d, "splits": {int(k): v for k, v in d["splits"].items()}})
+
+
+@dataclass
+class RateResult:
+    rate: str
+    link_estimate_mbit: float | None
+    link_estimate_rtt_ms: float | None
+    splits: list[SplitMeasure]
+    predicted_ms: list[float]  # from the profiles as measured
+    predicted_corrected_ms: list[float]  # with the client's online compute-scale correction
+    compute_scale: dict[str, float]
+    device_only_ms: float
+    edge_only_ms: float
+    best_split: int
+    best_ms: float
+    chosen_splits: dict[int, int]
+    chosen_ms: float
+    chosen_fallbacks: int
+    chosen_replans: int
+    chosen_probe_ms_total: float
+    chosen_split_measured_ms: float
+    chosen_ci95_ms: tuple[float, float] = (NAN, NAN)
+    deadline: DeadlineResult | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RateResult:
+        d = _fields(cls, d)
+        d["splits"] = [SplitMeasure.from_dict(x) for x in d["splits"]]
+        d["chosen_splits"] = {int(k): v for k, v in d["chosen_splits"].items()}
+        d["chosen_ci95_ms"] = _ci(d.get("chosen_ci95_ms"))
+        d["deadline"] = DeadlineResult.from_dict(d["deadline"]) if d.get("deadline") else None
+        return cls(**d)
+
+
+@dataclass
+class ExitResult:
+    exit: str
+    test_accuracy: float  # measured at training time
+    runtime_test_accuracy: float  # what the device client answered
+    device_ms: float
+    mean_ms: float
+    profiled_ms: float
+
+
+@dataclass
+class CascadeResult:
+    criterion: str
+    thresholds: dict[str, float]
+    val: dict
+    runtime_test_accuracy: float
+    device_ms: float
+    mean_ms: float
+    test_accuracy: float
+    exit_rate: dict[str, int]
+
+
+@dataclass
+class CutBytes:
+    """Bytes on the wire at one cut: raw f32 and every dtype+codec (``sizes``: "f16+lz4" -> bytes)."""
+
+    cut: int
+    after: str
+    f32: int
+    sizes: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return {"cut": self.cut, "after": self.after, "f32": self.f32, **self.sizes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CutBytes:
+        rest = {k: v for k, v in d.items() if k not in ("cut", "after", "f32")}
+        return cls(d["cut"], d["after"], d["f32"], rest)
+
+
+@dataclass
+class ChangeSample:
+    """One request of the link-change run."""
+
+    t_s: float  # since the start of the run
+    after_change: bool
+    latency_ms: float
+    split: int
+    exit: str
+    link_mbit: float | None
+    deadline_met: bool | None = None
+
+
+@dataclass
+class LinkChangeResult:
+    """The link rate changes in the middle of a run (tc on the test-bed); the adaptive client re-plans."""
+
+    from_rate: str
+    to_rate: str
+    samples: list[ChangeSample]
+    split_before: int  # the plan's split at the change
+    split_after: int  # its split at the end
+    requests_to_replan: int | None  # requests after the change until the plan's split moved (None: never)
+    seconds_to_replan: float | None
+    transient_max_ms: float  # the slowest request between the change and the re-plan (itself included)
+    before_ms: float  # median before the change
+    after_ms: float  # median after the re-plan
+    after_max_ms: float
+    best_after_ms: float | None  # the best forced split's median at to_rate (from the sweep), if measured
+    replans: int
+    deadline: DeadlineResult | None = None  # the deadline-mode client, interleaved, across the change
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LinkChangeResult:
+        d = _fields(cls, d)
+        d["samples"] = [ChangeSample(**x) for x in d["samples"]]
+        d["deadline"] = DeadlineResult.from_dict(d["deadline"]) if d.get("deadline") else None
+        return cls(**d)
+
+
+@dataclass
+class SplitBenchResult:
+    config: SplitBenchConfig
+    device: DeviceSpec
+    n_layers: int
+    rates: list[RateResult]
+    uptime_load: list[str]
+    exits: list[ExitResult] = field(default_factory=list)
+    cascades: list[CascadeResult] = field(default_factory=list)
+    bytes: list[CutBytes] = field(default_factory=list)
+    link_change: LinkChangeResult | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON the benchmark writes (``--out``); ``from_dict`` reads it back, older runs included."""
+        d = asdict(self)
+        d["device"] = self.device.to_dict()
+        d["bytes"] = [c.to_dict() for c in self.bytes]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SplitBenchResult:
+        cfg = dict(_fields(SplitBenchConfig, d["config"]))
+        if cfg.get("link_change"):
+            cfg["link_change"] = tuple(cfg["link_change"])
+        return cls(
+            config=SplitBenchConfig(**cfg),
+            device=DeviceSpec.from_dict(d["device"]),
+            n_layers=d["n_layers"],
+            rates=[RateResult.from_dict(r) for r in d["rates"]],
+            uptime_load=list(d.get("uptime_load", [])),
+            exits=[ExitResult(**_fields(ExitResult, e)) for e in d.get("exits", [])],
+            cascades=[CascadeResult(**_fields(CascadeResult, c)) for c in d.get("cascades", [])],
+            bytes=[CutBytes.from_dict(c) for c in d.get("bytes", [])],
+            link_change=LinkChangeResult.from_dict(d["link_change"]) if d.get("link_change") else None,
+        )
 
 
 def _median(xs: list[float]) -> float:
@@ -90,7 +306,108 @@ def start_edge(tb, i: int, model: str, port: int, delay_ms: float, log: Path) ->
     raise RuntimeError(f"edge server not healthy after 120 s; log: {log}")
 
 
-def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict:
+def _p(xs: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``xs``."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def deadline_summary(results: list, labels: list[int], deadline_ms: float, replans: int) -> DeadlineResult:
+    """Deadline mode's figures from the runtime's answers (``InferenceResult``) and the inputs' labels."""
+    lat = [r.latency_ms for r in results]
+    return DeadlineResult(
+        deadline_ms=deadline_ms,
+        requests=len(results),
+        met=sum(1 for r in results if r.latency_ms <= deadline_ms),
+        accuracy=sum(r.pred == y for r, y in zip(results, labels, strict=True)) / max(1, len(results)),
+        median_ms=_median(lat),
+        p99_ms=_p(lat, 0.99),
+        max_ms=max(lat, default=float("nan")),
+        exits=dict(Counter(r.exit for r in results)),
+        splits=dict(Counter(r.split for r in results)),
+        fallbacks=sum(r.fallback for r in results),
+        replans=replans,
+    )
+
+
+def run_link_change(
+    tb,
+    host: int,
+    client,
+    inputs: Callable[[int], tuple],
+    from_rate: str,
+    to_rate: str,
+    requests: int,
+    deadline_client=None,
+    min_s: float = 0.0,
+) -> LinkChangeResult:
+    """The link of test-bed ``host`` at ``from_rate`` for ``requests`` requests (and at least ``min_s``
+    seconds), then changed to ``to_rate`` with tc while the client keeps going for as many more. ``inputs(i)``
+    is the i-th (x, label). With ``deadline_client``, a deadline-mode client runs interleaved with it."""
+    from edgeinfer.split.linkshape import shape
+
+    shape(tb, host, from_rate)
+    samples: list[ChangeSample] = []
+    dl_results: list = []
+    dl_labels: list[int] = []
+    t0 = time.monotonic()
+    i = 0
+    split_before = -1
+    plan_changed_at: int | None = None
+    changed_t = 0.0
+    for after in (False, True):
+        if after:
+            split_before = client.current_plan().split
+            replans_before = client.replans
+            shape(tb, host, to_rate)
+            changed_t = time.monotonic() - t0
+        k, start = 0, time.monotonic()
+        while k < requests or (not after and time.monotonic() - start < min_s):
+            x, y = inputs(i)
+            r = client.infer(x)
+            link = client.link()
+            samples.append(ChangeSample(time.monotonic() - t0, after, r.latency_ms, r.split, r.exit,
+                                        link.bandwidth_bps / 1e6 if link else None))  # fmt: skip
+            if (
+                after
+                and plan_changed_at is None
+                and (r.split != split_before or client.replans > replans_before)
+            ):
+                plan_changed_at = k
+            if deadline_client is not None:
+                d = deadline_client.infer(x)
+                dl_results.append(d)
+                dl_labels.append(y)
+                samples[-1].deadline_met = d.deadline_met
+            i, k = i + 1, k + 1
+    before = [s for s in samples if not s.after_change]
+    after_all = [s for s in samples if s.after_change]
+    settled = after_all[plan_changed_at + 1 :] if plan_changed_at is not None else after_all
+    transient = after_all[: (plan_changed_at or len(after_all)) + 1]
+    dl = None
+    if deadline_client is not None:
+        dl = deadline_summary(dl_results, dl_labels, deadline_client.cfg.deadline_ms, deadline_client.replans)
+    return LinkChangeResult(
+        from_rate=from_rate,
+        to_rate=to_rate,
+        samples=samples,
+        split_before=split_before,
+        split_after=after_all[-1].split,
+        requests_to_replan=None if plan_changed_at is None else plan_changed_at + 1,
+        seconds_to_replan=None if plan_changed_at is None else after_all[plan_changed_at].t_s - changed_t,
+        transient_max_ms=max(s.latency_ms for s in transient),
+        before_ms=_median([s.latency_ms for s in before]),
+        after_ms=_median([s.latency_ms for s in settled]),
+        after_max_ms=max((s.latency_ms for s in settled), default=float("nan")),
+        best_after_ms=None,
+        replans=client.replans,
+        deadline=dl,
+    )
+
+
+def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> SplitBenchResult:
     import torch
 
     from edgeinfer.models.dnn import zoo
@@ -115,8 +432,17 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
     power = dev.device.power
     n = len(m.path(final))
     wire = wire_key(cfg.dtype, cfg.codec)
-    result: dict = {"config": asdict(cfg), "device": dev.device.to_dict(), "n_layers": n, "rates": []}
-    result["uptime_load"] = Path("/proc/loadavg").read_text().split()[:3]
+    result = SplitBenchResult(
+        config=cfg,
+        device=dev.device,
+        n_layers=n,
+        rates=[],
+        uptime_load=Path("/proc/loadavg").read_text().split()[:3],
+    )
+
+    def item(i: int) -> tuple:
+        j = i % len(test)
+        return test.x[j : j + 1], int(test.y[j])
 
     rng = random.Random(0)
 
@@ -124,7 +450,7 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
         """``k`` requests per client after ``cfg.warm``, round-robin in a random order every round."""
         got: list[list] = [[] for _ in clients]
         for i in range(cfg.warm + k):
-            x = test.x[i % len(test) : i % len(test) + 1]
+            x, _ = item(i)
             order = list(range(len(clients)))
             rng.shuffle(order)
             for j in order:
@@ -132,6 +458,9 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
                 if i >= cfg.warm:
                     got[j].append(r)
         return got
+
+    def client(**kw) -> DeviceClient:
+        return DeviceClient(m, dev, edge, url, ClientConfig(cfg.dtype, cfg.codec, **kw))
 
     # SIGTERM (e.g. `timeout`) unwinds the `with Testbed` below: the test-bed installs that guard itself
     with Testbed(1, rate=None, name=f"spb{os.getpid() % 100000}") as tb:
@@ -141,9 +470,8 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
         for rate in cfg.rates:
             shape(tb, 0, rate)
             log(f"rate {rate}: measuring {n + 1} forced splits and the adaptive client, interleaved")
-            forced = [DeviceClient(m, dev, edge, url, ClientConfig(cfg.dtype, cfg.codec, force=(final, s)))
-                      for s in range(n + 1)]  # fmt: skip
-            adaptive = DeviceClient(m, dev, edge, url, ClientConfig(cfg.dtype, cfg.codec, exits=[final]))
+            forced = [client(force=(final, s)) for s in range(n + 1)]
+            adaptive = client(exits=[final])
             clients = [*forced, adaptive]
             try:
                 adaptive.probe()
@@ -157,53 +485,96 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
                 for c in clients:
                     c.close()
             splits = [
-                {
-                    "split": s,
-                    "median_ms": _median([r.latency_ms for r in got[s]]),
-                    "ci95_ms": median_ci95([r.latency_ms for r in got[s]]),
-                    "device_ms": _median([r.device_ms for r in got[s]]),
-                    "transfer_ms": _median([r.transfer_ms for r in got[s]]),
-                    "edge_ms": _median([r.edge_ms for r in got[s]]),
-                    # the device's energy (the Neurosurgeon objective) from the measured parts of each request
-                    # and the device spec's power model: compute_w x device + tx_w x transfer + idle_w x edge
-                    "energy_mj": _median([_energy_mj(power, r) for r in got[s]]),
-                    "sent_bytes": _median([r.sent_bytes for r in got[s]]),
-                    "fallbacks": sum(r.fallback for r in got[s]),
-                }
+                SplitMeasure(
+                    split=s,
+                    median_ms=_median([r.latency_ms for r in got[s]]),
+                    ci95_ms=median_ci95([r.latency_ms for r in got[s]]),
+                    device_ms=_median([r.device_ms for r in got[s]]),
+                    transfer_ms=_median([r.transfer_ms for r in got[s]]),
+                    edge_ms=_median([r.edge_ms for r in got[s]]),
+                    # the device's energy (the Neurosurgeon objective) from the measured parts of each
+                    # request and the device spec's power model: compute_w x device + tx_w x transfer +
+                    # idle_w x edge
+                    energy_mj=_median([_energy_mj(power, r) for r in got[s]]),
+                    sent_bytes=_median([r.sent_bytes for r in got[s]]),
+                    fallbacks=sum(r.fallback for r in got[s]),
+                )
                 for s in range(n + 1)
             ]
             rs = got[-1]
             chosen = Counter(r.split for r in rs)
             paths = all_paths(dev, edge, wire, [final])
-            predicted = [evaluate(paths[0], s, link).total_ms for s in range(n + 1)] if link else []
-            corrected = [evaluate(scaled, s, link).total_ms for s in range(n + 1)] if link else []
-            best = min(splits, key=lambda x: x["median_ms"])
-            entry = {
-                "rate": rate,
-                "link_estimate_mbit": link.bandwidth_bps / 1e6 if link else None,
-                "link_estimate_rtt_ms": 1000 * link.rtt_s if link else None,
-                "splits": splits,
-                "predicted_ms": predicted,  # from the profiles as measured
-                "predicted_corrected_ms": corrected,  # with the client's online compute-scale correction
-                "compute_scale": scale,
-                "device_only_ms": splits[-1]["median_ms"],
-                "edge_only_ms": splits[0]["median_ms"],
-                "best_split": best["split"],
-                "best_ms": best["median_ms"],
-                "chosen_splits": dict(chosen),
-                "chosen_ms": _median([r.latency_ms for r in rs]),
-                "chosen_ci95_ms": median_ci95([r.latency_ms for r in rs]),
-                "chosen_fallbacks": sum(r.fallback for r in rs),
-                "chosen_replans": replans,
-                "chosen_probe_ms_total": probe_ms,
-                "chosen_split_measured_ms": splits[chosen.most_common(1)[0][0]]["median_ms"],
-            }
-            log(
-                f"  device-only {entry['device_only_ms']:.2f} ms, edge-only {entry['edge_only_ms']:.2f} ms, "
-                f"best split {best['split']} {best['median_ms']:.2f} ms, chosen {dict(chosen)} "
-                f"{entry['chosen_ms']:.2f} ms (link estimate {entry['link_estimate_mbit']} Mbit/s)"
+            best = min(splits, key=lambda x: x.median_ms)
+            entry = RateResult(
+                rate=rate,
+                link_estimate_mbit=link.bandwidth_bps / 1e6 if link else None,
+                link_estimate_rtt_ms=1000 * link.rtt_s if link else None,
+                splits=splits,
+                predicted_ms=[evaluate(paths[0], s, link).total_ms for s in range(n + 1)] if link else [],
+                predicted_corrected_ms=[evaluate(scaled, s, link).total_ms for s in range(n + 1)]
+                if link
+                else [],
+                compute_scale=scale,
+                device_only_ms=splits[-1].median_ms,
+                edge_only_ms=splits[0].median_ms,
+                best_split=best.split,
+                best_ms=best.median_ms,
+                chosen_splits=dict(chosen),
+                chosen_ms=_median([r.latency_ms for r in rs]),
+                chosen_ci95_ms=median_ci95([r.latency_ms for r in rs]),
+                chosen_fallbacks=sum(r.fallback for r in rs),
+                chosen_replans=replans,
+                chosen_probe_ms_total=probe_ms,
+                chosen_split_measured_ms=splits[chosen.most_common(1)[0][0]].median_ms,
             )
-            result["rates"].append(entry)
+            log(
+                f"  device-only {entry.device_only_ms:.2f} ms, edge-only {entry.edge_only_ms:.2f} ms, "
+                f"best split {best.split} {best.median_ms:.2f} ms, chosen {dict(chosen)} "
+                f"{entry.chosen_ms:.2f} ms (link estimate {entry.link_estimate_mbit} Mbit/s)"
+            )
+            if cfg.deadline_ms is not None:
+                # deadline mode: every exit allowed; the runtime picks exit and split to meet the deadline
+                with client(deadline_ms=cfg.deadline_ms) as dl:
+                    dl.probe()
+                    for i in range(cfg.warm):
+                        dl.infer(item(i)[0])
+                    inputs = [item(cfg.warm + i) for i in range(cfg.deadline_requests)]
+                    answers = [dl.infer(x) for x, _ in inputs]
+                    entry.deadline = deadline_summary(
+                        answers, [y for _, y in inputs], cfg.deadline_ms, dl.replans
+                    )
+                d = entry.deadline
+                log(
+                    f"  deadline {cfg.deadline_ms:g} ms: met {d.met}/{d.requests} "
+                    f"({100 * d.met_fraction:.1f} %), accuracy {d.accuracy:.3f}, exits {d.exits}, "
+                    f"splits {d.splits}, p99 {d.p99_ms:.2f} ms"
+                )
+            result.rates.append(entry)
+
+        if cfg.link_change is not None:
+            a, b = cfg.link_change
+            log(f"link change: {a} -> {b} after {cfg.change_requests} requests")
+            with client(exits=[final]) as adaptive:
+                dl = client(deadline_ms=cfg.deadline_ms) if cfg.deadline_ms is not None else None
+                try:
+                    shape(tb, 0, a)
+                    adaptive.probe()
+                    for i in range(cfg.warm):
+                        adaptive.infer(item(i)[0])
+                        if dl is not None:
+                            dl.infer(item(i)[0])
+                    ch = run_link_change(tb, 0, adaptive, item, a, b, cfg.change_requests, dl)
+                finally:
+                    if dl is not None:
+                        dl.close()
+            measured = {r.rate: r.best_ms for r in result.rates}
+            ch.best_after_ms = measured.get(b)
+            result.link_change = ch
+            log(
+                f"  split {ch.split_before} -> {ch.split_after} after {ch.requests_to_replan} request(s) "
+                f"({ch.seconds_to_replan} s); median {ch.before_ms:.2f} -> {ch.after_ms:.2f} ms, "
+                f"transient max {ch.transient_max_ms:.2f} ms, best measured at {b}: {ch.best_after_ms}"
+            )
 
     # accuracy vs latency of every exit (device-only, measured) and of the early-exit cascades
     # every exit device-only and the three calibrated cascades, interleaved over the whole test set: the
@@ -220,7 +591,7 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
     finally:
         for c in local:
             c.close()
-    ys = [int(test.y[i % len(test)]) for i in range(cfg.warm, cfg.warm + n_acc)]
+    ys = [item(i)[1] for i in range(cfg.warm, cfg.warm + n_acc)]
 
     def summary(rs: list) -> dict:
         return {
@@ -229,29 +600,33 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> dict
             "mean_ms": statistics.fmean(r.latency_ms for r in rs),
         }
 
-    exits = [
-        {"exit": e.name, "test_accuracy": e.accuracy, **summary(rs), "profiled_ms": sum(dev.path_ms(e.name))}
+    result.exits = [
+        ExitResult(e.name, e.accuracy, **summary(rs), profiled_ms=sum(dev.path_ms(e.name)))
         for e, rs in zip(m.exits, got_local[: len(m.exits)], strict=True)
     ]
-    cascades = [
-        {"criterion": crit, "thresholds": th.values, "val": th.stats, **(st := summary(rs)),
-         "test_accuracy": st["runtime_test_accuracy"], "exit_rate": dict(Counter(r.exit for r in rs))}
-        for (crit, th), rs in zip(ths.items(), got_local[len(m.exits) :], strict=True)
-    ]  # fmt: skip
-    result["exits"] = exits
-    result["cascades"] = cascades
+    for (crit, th), rs in zip(ths.items(), got_local[len(m.exits) :], strict=True):
+        st = summary(rs)
+        result.cascades.append(
+            CascadeResult(
+                crit,
+                th.values,
+                th.stats,
+                **st,
+                test_accuracy=st["runtime_test_accuracy"],
+                exit_rate=dict(Counter(r.exit for r in rs)),
+            )  # fmt: skip
+        )
     names = dev.exits[final]["path"]
-    result["bytes"] = [{"cut": 0, "after": "(input)", "f32": dev.input_bytes, **dev.input_wire}] + [
-        {"cut": i + 1, "after": nm, "f32": dev.layers[nm].out_bytes, **dev.layers[nm].wire}
-        for i, nm in enumerate(names)
+    result.bytes = [CutBytes(0, "(input)", dev.input_bytes, dict(dev.input_wire))] + [
+        CutBytes(i + 1, nm, dev.layers[nm].out_bytes, dict(dev.layers[nm].wire)) for i, nm in enumerate(names)
     ]
     return result
 
 
-def tables(result: dict) -> list[Table]:
+def tables(result: SplitBenchResult) -> list[Table]:
     """The run's results as the bench harness's tables (terminal, Markdown or JSON like `edgeinfer bench`)."""
     rates = Table(
-        f"Split latency vs link rate ({result['config']['model']}, device {result['device']['name']})",
+        f"Split latency vs link rate ({result.config.model}, device {result.device.name})",
         (
             "rate",
             "estimate Mbit/s",
@@ -266,18 +641,18 @@ def tables(result: dict) -> list[Table]:
         ),
         [
             (
-                r["rate"],
-                fmt_num(r["link_estimate_mbit"], 2),
-                fmt_num(r["device_only_ms"], 2),
-                fmt_num(r["edge_only_ms"], 2),
-                str(r["best_split"]),
-                fmt_num(r["best_ms"], 2),
-                ", ".join(f"{k}×{v}" for k, v in r["chosen_splits"].items()),
-                fmt_num(r["chosen_ms"], 2),
-                str(r["chosen_fallbacks"]),
-                str(r["chosen_replans"]),
+                r.rate,
+                fmt_num(r.link_estimate_mbit, 2),
+                fmt_num(r.device_only_ms, 2),
+                fmt_num(r.edge_only_ms, 2),
+                str(r.best_split),
+                fmt_num(r.best_ms, 2),
+                ", ".join(f"{k}×{v}" for k, v in r.chosen_splits.items()),
+                fmt_num(r.chosen_ms, 2),
+                str(r.chosen_fallbacks),
+                str(r.chosen_replans),
             )
-            for r in result["rates"]
+            for r in result.rates
         ],
         right=frozenset({1, 2, 3, 4, 5, 7, 8, 9}),
     )
@@ -285,31 +660,105 @@ def tables(result: dict) -> list[Table]:
         "Accuracy vs device-only latency of the exits and early-exit cascades",
         ("exit / cascade", "test accuracy", "median ms", "mean ms"),
         [
-            (e["exit"], f"{e['test_accuracy']:.3f}", fmt_num(e["device_ms"], 2), fmt_num(e["mean_ms"], 2))
-            for e in result["exits"]
+            (e.exit, f"{e.test_accuracy:.3f}", fmt_num(e.device_ms, 2), fmt_num(e.mean_ms, 2))
+            for e in result.exits
         ]
         + [
             (
-                f"cascade ({c['criterion']})",
-                f"{c['test_accuracy']:.3f}",
-                fmt_num(c["device_ms"], 2),
-                fmt_num(c["mean_ms"], 2),
+                f"cascade ({c.criterion})",
+                f"{c.test_accuracy:.3f}",
+                fmt_num(c.device_ms, 2),
+                fmt_num(c.mean_ms, 2),
             )
-            for c in result["cascades"]
+            for c in result.cascades
         ],
         right=frozenset({1, 2, 3}),
     )
-    keys = [k for k in result["bytes"][0] if k not in ("cut", "after")] if result["bytes"] else []
+    keys = ["f32", *result.bytes[0].sizes] if result.bytes else []
     wire = Table(
         "Bytes on the wire at every cut",
         ("cut", "after", *keys),
-        [(str(c["cut"]), c["after"], *(f"{c[k]:,}" for k in keys)) for c in result["bytes"]],
+        [(str(c.cut), c.after, *(f"{c.to_dict()[k]:,}" for k in keys)) for c in result.bytes],
         right=frozenset({0, *range(2, 2 + len(keys))}),
     )
-    return [rates, exits, wire]
+    out = [rates, exits, wire]
+    with_deadline = [r for r in result.rates if r.deadline is not None]
+    if with_deadline:
+        out.append(
+            Table(
+                f"Deadline mode: {with_deadline[0].deadline.deadline_ms:g} ms, every exit allowed",
+                (
+                    "rate",
+                    "requests",
+                    "met",
+                    "met %",
+                    "accuracy",
+                    "median ms",
+                    "p99 ms",
+                    "max ms",
+                    "exits",
+                    "splits",
+                    "fallbacks",
+                ),  # fmt: skip
+                [
+                    (
+                        r.rate,
+                        str(d.requests),
+                        str(d.met),
+                        f"{100 * d.met_fraction:.1f}",
+                        f"{d.accuracy:.3f}",
+                        fmt_num(d.median_ms, 2),
+                        fmt_num(d.p99_ms, 2),
+                        fmt_num(d.max_ms, 2),
+                        ", ".join(f"{k}×{v}" for k, v in d.exits.items()),
+                        ", ".join(f"{k}×{v}" for k, v in d.splits.items()),
+                        str(d.fallbacks),
+                    )
+                    for r in with_deadline
+                    if (d := r.deadline) is not None
+                ],
+                right=frozenset({1, 2, 3, 4, 5, 6, 7, 10}),
+            )
+        )
+    ch = result.link_change
+    if ch is not None:
+        row = (
+            f"{ch.from_rate} → {ch.to_rate}",
+            f"{ch.split_before} → {ch.split_after}",
+            str(ch.requests_to_replan),
+            fmt_num(1000 * ch.seconds_to_replan, 0) if ch.seconds_to_replan is not None else "-",
+            fmt_num(ch.transient_max_ms, 2),
+            fmt_num(ch.before_ms, 2),
+            fmt_num(ch.after_ms, 2),
+            fmt_num(ch.after_max_ms, 2),
+            fmt_num(ch.best_after_ms, 2),
+            f"{ch.after_ms / ch.best_after_ms:.2f}" if ch.best_after_ms else "-",
+            f"{ch.deadline.met}/{ch.deadline.requests}" if ch.deadline else "-",
+        )
+        out.append(
+            Table(
+                "Link change mid-run (tc on the test-bed)",
+                (
+                    "change",
+                    "split",
+                    "requests to re-plan",
+                    "ms to re-plan",
+                    "transient max ms",
+                    "median before ms",
+                    "median after ms",
+                    "max after ms",
+                    "best measured after ms",
+                    "after ÷ best",
+                    "deadline met",
+                ),  # fmt: skip
+                [row],
+                right=frozenset(range(2, 11)),
+            )
+        )
+    return out
 
 
-def plot(result: dict, outdir: Path) -> list[Path]:
+def plot(result: SplitBenchResult, outdir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,9 +766,8 @@ def plot(result: dict, outdir: Path) -> list[Path]:
 
     outdir.mkdir(parents=True, exist_ok=True)
     paths = []
-    rates = result["rates"]
-    x = [r["link_estimate_mbit"] or 0 for r in rates]
-    labels = [r["rate"] for r in rates]
+    rates = result.rates
+    labels = [r.rate for r in rates]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     lines = [
         ("device_only_ms", "device-only", "s--"),
@@ -328,31 +776,28 @@ def plot(result: dict, outdir: Path) -> list[Path]:
         ("chosen_ms", "chosen split", "x-"),
     ]
     for key, label, style in lines:
-        ax.plot(range(len(rates)), [r[key] for r in rates], style, label=label)
+        ax.plot(range(len(rates)), [getattr(r, key) for r in rates], style, label=label)
     ax.set_xticks(range(len(rates)), labels)
     ax.set_yscale("log")
     ax.set_xlabel("link rate (tbf)")
     ax.set_ylabel("median end-to-end latency (ms)")
-    ax.set_title(f"{result['config']['model']}: device {result['device']['name']} (emulated) <-> edge")
+    ax.set_title(f"{result.config.model}: device {result.device.name} (emulated) <-> edge")
     ax.grid(alpha=0.3)
     ax.legend()
-    del x
     p = outdir / "split_latency_bandwidth.png"
     fig.tight_layout()
     fig.savefig(p, dpi=120)
     paths.append(p)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for e in result["exits"]:
-        ax.plot(e["device_ms"], e["test_accuracy"], "o")
-        ax.annotate(
-            e["exit"], (e["device_ms"], e["test_accuracy"]), textcoords="offset points", xytext=(5, 5)
-        )
-    for i, c in enumerate(result["cascades"]):
-        xy = (c["device_ms"], c["test_accuracy"])
+    for e in result.exits:
+        ax.plot(e.device_ms, e.test_accuracy, "o")
+        ax.annotate(e.exit, (e.device_ms, e.test_accuracy), textcoords="offset points", xytext=(5, 5))
+    for i, c in enumerate(result.cascades):
+        xy = (c.device_ms, c.test_accuracy)
         ax.plot(*xy, "x")
         ax.annotate(
-            f"cascade ({c['criterion']})",
+            f"cascade ({c.criterion})",
             xy,
             textcoords="offset points",
             xytext=(5, -12 - 11 * i),
@@ -367,7 +812,7 @@ def plot(result: dict, outdir: Path) -> list[Path]:
     paths.append(p)
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    cuts = result["bytes"]
+    cuts = [c.to_dict() for c in result.bytes]
     for key in ("f32", "f16+lz4", "int8+zstd"):
         ax.plot([c["cut"] for c in cuts], [c[key] for c in cuts], "o-", label=key)
     ax.set_yscale("log")

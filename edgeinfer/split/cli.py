@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -34,15 +35,42 @@ DevProfOpt = Annotated[
 EdgeProfOpt = Annotated[
     Path | None, typer.Option(help="Edge profile JSON, e.g. made on the edge server (else profiled now).")
 ]
-DtypeOpt = Annotated[str, typer.Option(help="Tensor dtype on the wire: f32, f16 or int8.")]
-CodecOpt = Annotated[str, typer.Option(help="Lossless codec on the wire: none, lz4 or zstd.")]
+
+
+# The choices of the options below, as typer enums: a value outside them is a usage error (exit 2) naming the
+# valid ones, before anything loads. They mirror the logic's tuples (compress.DTYPES / CODECS,
+# exits.CRITERIA, planner.OBJECTIVES; tests/split/test_cli.py keeps them equal) without importing torch for
+# `--help`.
+class WireDtype(StrEnum):
+    f32 = "f32"
+    f16 = "f16"
+    int8 = "int8"
+
+
+class Codec(StrEnum):
+    none = "none"
+    lz4 = "lz4"
+    zstd = "zstd"
+
+
+class Objective(StrEnum):
+    latency = "latency"
+    energy = "energy"
+
+
+class Criterion(StrEnum):
+    entropy = "entropy"
+    top1 = "top1"
+    margin = "margin"
+
+
+DtypeOpt = Annotated[WireDtype, typer.Option(help="Tensor dtype on the wire.")]
+CodecOpt = Annotated[Codec, typer.Option(help="Lossless codec on the wire.")]
 DeadlineOpt = Annotated[
     float | None,
-    typer.Option(help="Latency deadline in ms: the most accurate exit that meets it is planned."),
+    typer.Option(help="Latency deadline in ms: the most accurate exit that meets it is planned.", min=0.001),
 ]
-ObjectiveOpt = Annotated[
-    str, typer.Option(help="What the split minimises: 'latency' or 'energy' (device joules).")
-]
+ObjectiveOpt = Annotated[Objective, typer.Option(help="What the split minimises (energy: device joules).")]
 
 
 def _fail(message: str) -> None:
@@ -97,15 +125,6 @@ def _profiles(model, device: str, edge: str, device_profile: Path | None, edge_p
     except ValueError as exc:
         _fail(str(exc))
     return dev, edg
-
-
-def _check_wire(dtype: str, codec: str) -> None:
-    from edgeinfer.split.compress import WireError, check
-
-    try:
-        check(dtype, codec)
-    except WireError as exc:
-        _fail(str(exc))
 
 
 @app.command()
@@ -214,9 +233,9 @@ def plan(
     bandwidth: Annotated[str, typer.Option(help="Link bandwidth, e.g. 5mbit, 100mbit, 1gbit.")] = "20mbit",
     rtt_ms: Annotated[float, typer.Option(help="Link round-trip time in ms.", min=0.0)] = 2.0,
     deadline_ms: DeadlineOpt = None,
-    objective: ObjectiveOpt = "latency",
-    dtype: DtypeOpt = "f16",
-    codec: CodecOpt = "lz4",
+    objective: ObjectiveOpt = Objective.latency,
+    dtype: DtypeOpt = WireDtype.f16,
+    codec: CodecOpt = Codec.lz4,
     device: DeviceOpt = "rpi4-like",
     edge: EdgeDevOpt = "edge-host",
     device_profile: DevProfOpt = None,
@@ -228,7 +247,7 @@ def plan(
     from edgeinfer.split.planner import LinkEstimate, all_paths, best_split, evaluate, plan_split
     from edgeinfer.units import parse_rate_bps
 
-    _check_wire(dtype, codec)
+    dtype, codec, objective = dtype.value, codec.value, objective.value
     try:
         link = LinkEstimate(parse_rate_bps(bandwidth), rtt_ms / 1000)
     except ValueError as exc:
@@ -303,16 +322,21 @@ def serve_edge(
 
 @app.command()
 def run(
-    edge_url: Annotated[str, typer.Option("--edge-url", help="Edge server URL (from `serve-edge`).")],
+    edge_url: Annotated[
+        str,
+        typer.Option(
+            "--edge-url",
+            help="Edge server URL (from `serve-edge`); several, comma-separated, to fail over between them.",
+        ),
+    ],
     model: ModelOpt = "digitnet",
     n: Annotated[int, typer.Option("-n", help="Test-set inputs to run.", min=1)] = 50,
     deadline_ms: DeadlineOpt = None,
-    objective: ObjectiveOpt = "latency",
-    dtype: DtypeOpt = "f16",
-    codec: CodecOpt = "lz4",
+    objective: ObjectiveOpt = Objective.latency,
+    dtype: DtypeOpt = WireDtype.f16,
+    codec: CodecOpt = Codec.lz4,
     early_exit: Annotated[
-        str | None,
-        typer.Option(help="Stop at a confident early exit: criterion 'entropy', 'top1' or 'margin'."),
+        Criterion | None, typer.Option(help="Stop at a confident early exit, by this criterion.")
     ] = None,
     target_accuracy: Annotated[
         float | None,
@@ -330,18 +354,20 @@ def run(
 
     from edgeinfer.models.dnn import zoo
     from edgeinfer.split.device import ClientConfig, DeviceClient
-    from edgeinfer.split.exits import CRITERIA, calibrate_on_val
+    from edgeinfer.split.exits import calibrate_on_val
 
-    _check_wire(dtype, codec)
-    if early_exit and early_exit not in CRITERIA:
-        _fail(f"unknown criterion {early_exit!r}; choose one of {', '.join(CRITERIA)}")
+    dtype, codec, objective = dtype.value, codec.value, objective.value
+    early_exit = early_exit.value if early_exit else None
     m = _load_model(model)
     dev, edg = _profiles(m, device, edge, device_profile, edge_profile)
     th = calibrate_on_val(m, early_exit, target_accuracy) if early_exit else None
     cfg = ClientConfig(dtype=dtype, codec=codec, deadline_ms=deadline_ms, objective=objective, thresholds=th)
     test = zoo.dataset(m.name)["test"]
     results = []
-    with DeviceClient(m, dev, edg, edge_url, cfg) as client:
+    urls = [u.strip() for u in edge_url.split(",") if u.strip()]
+    if not urls:
+        _fail("--edge-url needs at least one URL")
+    with DeviceClient(m, dev, edg, urls, cfg) as client:
         for i in track(range(min(n, len(test))), description="inferring", console=err, transient=True):
             r = client.infer(test.x[i : i + 1])
             results.append((r, int(test.y[i])))
@@ -395,8 +421,27 @@ def bench(
     requests: Annotated[int, typer.Option("-n", help="Requests per measured point.", min=3)] = 15,
     model: ModelOpt = "digitnet",
     device: DeviceOpt = "rpi4-like",
-    dtype: DtypeOpt = "f16",
-    codec: CodecOpt = "lz4",
+    dtype: DtypeOpt = WireDtype.f16,
+    codec: CodecOpt = Codec.lz4,
+    deadline_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="Also run deadline mode at every rate: every exit allowed, the runtime picks exit and split "
+            "to meet this deadline (reports the share met and the accuracy).",
+            min=0.001,
+        ),
+    ] = None,
+    deadline_requests: Annotated[int, typer.Option(help="Requests per rate in deadline mode.", min=1)] = 200,
+    link_change: Annotated[
+        str | None,
+        typer.Option(
+            help="FROM,TO: a run whose link rate changes from FROM to TO in the middle (tc), e.g. "
+            "20mbit,5mbit: how fast the runtime re-plans and what latency it keeps."
+        ),
+    ] = None,
+    change_requests: Annotated[
+        int, typer.Option(help="Requests on each side of the link change.", min=3)
+    ] = 60,
     accuracy_inputs: Annotated[
         int | None, typer.Option(help="Test inputs for the exits/cascades part (default: all).", min=1)
     ] = None,
@@ -417,24 +462,37 @@ def bench(
         rate_list = [r.strip() for r in rates.split(",") if r.strip()]
         for r in rate_list:
             parse_rate_bps(r)
-        cfg = SplitBenchConfig(
-            model=model,
-            rates=rate_list,
-            requests=requests,
-            device=device,
-            dtype=dtype,
-            codec=codec,
-            accuracy_inputs=accuracy_inputs,
-        )
-        _check_wire(dtype, codec)
+        change = None
+        if link_change is not None:
+            change = tuple(r.strip() for r in link_change.split(","))
+            if len(change) != 2:
+                raise ValueError(f"--link-change wants FROM,TO (two rates), got {link_change!r}")
+            for r in change:
+                parse_rate_bps(r)
+    except ValueError as exc:
+        _fail(str(exc))
+    cfg = SplitBenchConfig(
+        model=model,
+        rates=rate_list,
+        requests=requests,
+        device=device,
+        dtype=dtype.value,
+        codec=codec.value,
+        accuracy_inputs=accuracy_inputs,
+        deadline_ms=deadline_ms,
+        deadline_requests=deadline_requests,
+        link_change=change,
+        change_requests=change_requests,
+    )
+    try:
         result = run_bench(cfg, log=err.print)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
-    output.write_text(json.dumps(result, indent=1))
+    output.write_text(json.dumps(result.to_dict(), indent=1))
     show = Output(fmt)
     for table in tables(result):
         show.table(table)
-    show.document(result)
+    show.document(result.to_dict())
     err.print(f"wrote {output}")
     if plots:
         from edgeinfer.split.bench import plot

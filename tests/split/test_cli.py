@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -11,6 +12,11 @@ from edgeinfer.cli import app
 from edgeinfer.split.profile import Profile
 
 runner = CliRunner()
+
+
+def _flat(output: str) -> str:
+    """A usage error's text without rich's box and line wrapping."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", output).split())
 
 
 def _ok(args: list[str]):
@@ -59,7 +65,33 @@ def test_plan_from_imported_profiles(profiles):
     bad = runner.invoke(app, ["split", *args, "--bandwidth", "fast"])
     assert bad.exit_code == 2 and "bad rate" in bad.output
     bad = runner.invoke(app, ["split", *args, "--dtype", "fp8"])
-    assert bad.exit_code == 2 and "unknown tensor dtype" in bad.output
+    assert bad.exit_code == 2 and "'fp8' is not one of 'f32', 'f16', 'int8'" in _flat(bad.output)
+    bad = runner.invoke(app, ["split", *args, "--codec", "gzip"])
+    assert bad.exit_code == 2 and "'gzip' is not one of 'none', 'lz4', 'zstd'" in _flat(bad.output)
+    bad = runner.invoke(app, ["split", *args, "--objective", "speed"])
+    assert bad.exit_code == 2 and "'speed' is not one of 'latency', 'energy'" in _flat(bad.output)
+
+
+def test_the_cli_choices_are_the_logics():
+    """The typer enums of --dtype/--codec/--objective/--early-exit list exactly what the logic accepts."""
+    from edgeinfer.split import cli
+    from edgeinfer.split.compress import CODECS, DTYPES
+    from edgeinfer.split.exits import CRITERIA
+    from edgeinfer.split.planner import OBJECTIVES
+
+    for enum, values in ((cli.WireDtype, DTYPES), (cli.Codec, CODECS), (cli.Criterion, CRITERIA),
+                         (cli.Objective, OBJECTIVES)):  # fmt: skip
+        assert tuple(e.value for e in enum) == values
+
+
+def test_bad_choices_fail_before_anything_loads():
+    for args in (["run", "--edge-url", "http://127.0.0.1:9", "--early-exit", "soft"],
+                 ["bench", "--codec", "brotli"], ["bench", "--link-change", "20mbit"],
+                 ["bench", "--link-change", "20mbit,fast"]):  # fmt: skip
+        bad = runner.invoke(app, ["split", *args])
+        assert bad.exit_code == 2, (args, bad.output)
+        text = _flat(bad.output)
+        assert "is not one of" in text or "FROM,TO" in text or "bad rate" in text, text
 
 
 def test_run_against_a_real_edge(profiles, edge_server, tmp_path):
