@@ -177,3 +177,53 @@ def test_greedy_speculative_pipeline_equals_plain_pipelined_decoding(loopback, t
     finally:
         spec.close()
         plain.close()
+
+
+def test_sampled_speculative_pipeline_verifies_logits_and_is_seeded(loopback, tiny, tmp_path):
+    """Sampling verifies against the logits of every position (the acceptance rule of engine.speculative,
+    whose distribution test lives in tests/engine); the same seed gives the same stream."""
+    spec = _backend(tmp_path, tiny, loopback.nodes(), "ngram", planner={"stages": STAGES})
+    try:
+        runs = [_tokens(spec, PROMPTS[1], 32, temperature=0.8, seed=7) for _ in range(2)]
+        assert runs[0] == runs[1] and len(runs[0]) == 32
+        assert spec.spec_stats.drafted > 0
+        assert all(0 <= t < spec.info.vocab_size for t in runs[0])
+    finally:
+        spec.close()
+
+
+def test_warm_failover_mid_stream_replays_only_accepted_tokens(tiny, tmp_path):
+    """A primary killed while drafts are being rolled back: its warm standby replays the stage's recorded
+    inputs, which hold accepted positions only, and the stream equals the undisturbed plain one."""
+    nodes = Loopback(3)
+    whole = Shard(tiny, 0, N_LAYERS, threads=1)
+    share = int(whole.weight_bytes * 0.6) + (256 << 10)  # two nodes needed, the third holds a standby
+    whole.close()
+    extra = {
+        "ctx_size": 256,
+        "planner": {"replicas": 1},
+        "failover": {"heartbeat": 0.2, "ban": 1.0, "max_ban": 4.0, "adapt": False},
+    }
+    try:
+        plain = _backend(tmp_path, tiny, nodes.nodes(share), "off", **extra)
+        reference = _tokens(plain, PROMPTS[0], 48)
+        plain.close()
+        spec = _backend(tmp_path, tiny, nodes.nodes(share), "ngram", **extra)
+        try:
+            covered = [i for i, sb in enumerate(spec.standbys) if sb is not None]
+            assert covered, f"no standby placed: {spec.plan.describe()}"
+            victim = spec.stages[covered[0]].name
+            gen = spec.generate_tokens(spec.tokenize(PROMPTS[0]), SamplingParams(temperature=0.0))
+            try:
+                got = list(itertools.islice(gen, 12))
+                assert spec.spec_stats.drafted > spec.spec_stats.accepted  # rejected drafts were fed
+                nodes.kill(victim)
+                got += list(itertools.islice(gen, 48 - 12))
+            finally:
+                gen.close()
+            assert got == reference
+            assert spec.stats.failovers == 1 and spec.stats.replayed_tokens > 0
+        finally:
+            spec.close()
+    finally:
+        nodes.close()
