@@ -87,5 +87,81 @@ class LlamaCppBackend(VocabMixin):
             if close is not None:
                 close()
 
+    def open_sequence(self) -> LlamaSequence:
+        """The context's sequence as a ``TokenModel`` (speculative decoding: several positions scored in one
+        ``llama_decode``, KV rollback with ``llama_memory_seq_rm``). One at a time; it takes the context over
+        from ``generate_tokens`` (whose prefix cache is reset)."""
+        return LlamaSequence(self.llm)
+
     def close(self) -> None:
         self.llm.close()
+
+
+class LlamaSequence:
+    """Sequence 0 of a ``Llama``'s context, driven through the low-level API (a ``draft.TokenModel``)."""
+
+    def __init__(self, llm):  # type: ignore[no-untyped-def]
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.llm = llm
+        self.ctx = llm._ctx.ctx
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_batch = llm.n_batch
+        self.n_vocab = llm.n_vocab()
+        self.length = 0
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._release()
+
+    def _release(self) -> None:
+        """Empty the KV cache and make ``Llama.generate`` forget its cached prefix."""
+        self.llm.reset()
+        self._lib.llama_memory_seq_rm(self.memory, -1, -1, -1)
+
+    def feed(self, ids: Sequence[int], all_logits: bool = False):  # type: ignore[no-untyped-def]
+        import ctypes
+
+        import numpy as np
+        import torch
+
+        ids = list(ids)
+        if not ids:
+            raise ValueError("nothing to feed")
+        if all_logits and len(ids) > self.n_batch:
+            raise ValueError(f"at most {self.n_batch} positions per pass with all logits, got {len(ids)}")
+        b = self._batch
+        for start in range(0, len(ids), self.n_batch):
+            chunk = ids[start : start + self.n_batch]
+            last = start + len(chunk) == len(ids)
+            for k, token in enumerate(chunk):
+                b.token[k] = token
+                b.pos[k] = self.length + k
+                b.n_seq_id[k] = 1
+                b.seq_id[k][0] = 0
+                b.logits[k] = 1 if last and (all_logits or k == len(chunk) - 1) else 0
+            b.n_tokens = len(chunk)
+            rc = self._lib.llama_decode(self.ctx, b)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed with status {rc} on a batch of {len(chunk)} tokens")
+            self.length += len(chunk)
+        rows = len(ids) if all_logits else 1
+        out = np.empty((rows, self.n_vocab), dtype=np.float32)
+        first = len(chunk) - rows
+        for r in range(rows):
+            ptr = self._lib.llama_get_logits_ith(self.ctx, first + r)
+            out[r] = np.ctypeslib.as_array(
+                ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)
+            )
+        return torch.from_numpy(out)
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a sequence of {self.length} positions to {length}")
+        self._lib.llama_memory_seq_rm(self.memory, 0, length, -1)
+        self.length = length
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._release()
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None

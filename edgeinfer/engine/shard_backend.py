@@ -31,6 +31,32 @@ def chain_bounds(n_layers: int, splits: Sequence[int] | None) -> list[tuple[int,
     return list(zip(bounds, bounds[1:], strict=False))
 
 
+class ShardSequence:
+    """One sequence on a chain of shards (a ``engine.draft.TokenModel``): feed several positions, get
+    their logits, truncate the KV cache of every shard (speculative decoding)."""
+
+    def __init__(self, shards: Sequence[Shard]):
+        self.shards = list(shards)
+        self.seq = uuid.uuid4().hex
+        self.length = 0
+
+    def feed(self, ids: Sequence[int], all_logits: bool = False) -> torch.Tensor:
+        x: torch.Tensor = torch.tensor(list(ids), dtype=torch.long)
+        for shard in self.shards:
+            x = shard.forward(self.seq, x, all_logits=all_logits and shard.outputs_logits)
+        self.length += len(ids)
+        return x if all_logits else x.unsqueeze(0)
+
+    def truncate(self, length: int) -> None:
+        for shard in self.shards:
+            shard.truncate(self.seq, length)
+        self.length = length
+
+    def close(self) -> None:
+        for shard in self.shards:
+            shard.drop(self.seq)
+
+
 class ShardBackend(VocabMixin):
     def __init__(
         self,
@@ -77,6 +103,10 @@ class ShardBackend(VocabMixin):
     def drop(self, seq_id: str) -> None:
         for shard in self.shards:
             shard.drop(seq_id)
+
+    def open_sequence(self) -> ShardSequence:
+        """A new sequence as a ``TokenModel`` (speculative decoding: several positions, KV rollback)."""
+        return ShardSequence(self.shards)
 
     def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         if not prompt:
