@@ -11,6 +11,7 @@ from rich.table import Table
 
 from edgeinfer.bench.cli import app as bench_app
 from edgeinfer.cluster.cli import cluster_app, node, plan, testbed_app
+from edgeinfer.inspect.cli import inspect_app
 from edgeinfer.models.registry import DEFAULT_MODEL
 from edgeinfer.split.cli import app as split_app
 
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(split_app, name="split")
+app.add_typer(inspect_app, name="inspect")
 err = Console(stderr=True)
 
 ModelOpt = Annotated[
@@ -50,6 +52,20 @@ WeightFormatOpt = Annotated[
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(2)
+
+
+SpeculativeOpt = Annotated[
+    str,
+    typer.Option(
+        "--speculative",
+        help="Speculative decoding: 'ngram' (prompt lookup: drafts what followed the last n tokens earlier "
+        "in the prompt or output), 'exit:K' (drafts with the model's first K layers), or 'off'. "
+        "Output is unchanged. See docs/speculative.md.",
+    ),
+]
+DraftMaxOpt = Annotated[
+    int, typer.Option("--draft-max", help="Most tokens drafted per verification pass.", min=1, max=64)
+]
 
 
 @app.command()
@@ -81,6 +97,8 @@ def serve(
             min=1,
         ),
     ] = None,
+    speculative: SpeculativeOpt = "off",
+    draft_max: DraftMaxOpt = 8,
     cluster: Annotated[
         str | None,
         typer.Option(
@@ -138,7 +156,9 @@ def serve(
     try:
         cfg = ServerConfig(
             models=tuple(model or [DEFAULT_MODEL]),
-            load=LoadOptions(backend, ctx_size, threads, weight_format),
+            load=LoadOptions(
+                backend, ctx_size, threads, weight_format, speculative=speculative, draft_max=draft_max
+            ),
             max_queue=max_queue,
             parallel=parallel,
             cluster=cluster,
@@ -199,6 +219,8 @@ def generate(
     weight_format: WeightFormatOpt = "auto",
     ctx_size: CtxOpt = 4096,
     threads: ThreadsOpt = None,
+    speculative: SpeculativeOpt = "off",
+    draft_max: DraftMaxOpt = 8,
 ) -> None:
     """Generate text locally and stream it to the terminal (chat template applied unless --raw or the model
     is a base model)."""
@@ -206,12 +228,15 @@ def generate(
     from edgeinfer.engine.chat import ChatFormatError, build_chat_prompt
     from edgeinfer.engine.generate import ContextLengthExceeded, Delta, GenerationResult, stream
     from edgeinfer.engine.load import BackendUnavailable, LoadOptions, open_backend
+    from edgeinfer.engine.speculative import ReportsSpeculation
     from edgeinfer.models.registry import ModelNotFound
 
     if prompt == "-":
         prompt = sys.stdin.read()
     try:
-        options = LoadOptions(backend, ctx_size, threads, weight_format)
+        options = LoadOptions(
+            backend, ctx_size, threads, weight_format, speculative=speculative, draft_max=draft_max
+        )
         _check_models((model,))
         with err.status(f"loading {model} ..."):
             b = open_backend(model, options)
@@ -246,6 +271,13 @@ def generate(
                     f"TTFT {1000 * (item.ttft or 0):.0f} ms, decode {decode:.1f} tok/s, "
                     f"finish: {item.finish_reason}[/]"
                 )
+                if isinstance(b, ReportsSpeculation):
+                    stats = b.spec_stats
+                    err.print(
+                        f"[dim]speculative {options.speculative}: {stats.accepted}/{stats.drafted} drafted "
+                        f"tokens accepted ({100 * stats.acceptance_rate:.0f} %), "
+                        f"{stats.tokens_per_pass:.2f} tokens per pass[/]"
+                    )
     except ContextLengthExceeded as exc:
         _fail(str(exc))
     finally:
