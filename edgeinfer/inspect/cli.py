@@ -40,8 +40,8 @@ def ids_command(
         typer.Option(
             "--substitute",
             "-s",
-            help="A model the IDs must tell apart, kind:arg: quant:Q8_0, quant:Q2_K, exit:18 (the shard engine "
-            "after 18 layers), model:gemma. Repeat. Default: those four.",
+            help="A model the IDs must tell apart, kind:arg: quant:Q8_0, quant:Q2_K, exit:18 (the shard "
+            "engine after 18 layers), model:gemma. Repeat. Default: those four.",
         ),
     ] = None,
     n: Annotated[int, typer.Option("-n", help="IDs to keep.", min=1)] = 16,
@@ -113,7 +113,9 @@ def run_command(
     max_tokens: Annotated[int, typer.Option(help="max_tokens of the real requests.", min=1)] = 16,
     temperature: Annotated[float, typer.Option(help="Temperature of the real requests.", min=0)] = 0.0,
     stream: Annotated[bool, typer.Option(help="Stream the real requests.")] = False,
-    logprobs: Annotated[bool, typer.Option(help="Ask the real requests (and so the IDs) for logprobs.")] = True,
+    logprobs: Annotated[
+        bool, typer.Option(help="Ask the real requests (and so the IDs) for logprobs.")
+    ] = True,
     slo_ttft: Annotated[float | None, typer.Option(help="SLO on time to first token (s, streams).")] = None,
     slo_e2e: Annotated[float | None, typer.Option(help="SLO on end-to-end latency (s).")] = None,
     sla: Annotated[float, typer.Option(help="Promised fraction of requests meeting the SLO.")] = 0.999,
