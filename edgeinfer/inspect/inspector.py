@@ -6,13 +6,13 @@
     print(inspector.report().to_dict())  # verdicts: model matches / substituted, SLA met / violated
 
 Every real request passes through untouched; its time to first token (streams), end-to-end latency and
-availability are recorded and judged against the SLO. After a real chat request, with probability
-``rate``, an ID request is sent on a background thread to the same endpoint with the same form: the real
-request's model, ``stream`` and ``logprobs`` settings and (at least k) ``max_tokens``, an ordinary user
-message, temperature 0. Its answer is checked against the ID's expectation (``ids.check_answer``): the
-first k tokens' text, and their log probabilities when the service returns them. Both streams of yes/no
-outcomes feed sequential tests (``inspect.stats``), which decide with a stated confidence as soon as the
-evidence allows.
+availability are recorded and judged against the SLO. Alongside the real chat requests, ``rate`` IDs per
+real request (one at a random place in every ``1 / rate`` requests) go out on a background thread to the
+same endpoint in the same form: the real request's model, ``stream`` and ``logprobs`` settings and (at
+least k) ``max_tokens``, an ordinary user message, temperature 0. Each answer is checked against its ID's
+expectation (``ids.check_answer``): the first k tokens' text, and their log probabilities when the service
+returns them. Both streams of yes/no outcomes feed sequential tests (``inspect.stats``), which decide with
+a stated confidence as soon as the evidence allows.
 """
 
 from __future__ import annotations
@@ -58,13 +58,16 @@ class InspectorConfig:
     logprobs: str = "mirror"  # ask IDs for logprobs: "mirror" the real request, "always" or "never"
     max_id_tokens: int = 64  # an ID mirrors the real request's max_tokens up to this bound
     seed: int | None = None
-    background: bool = True  # False: send each ID before the real request returns (tests)
+    schedule: str = "stratified"  # one ID at a random place in every 1/rate real requests; or "bernoulli"
+    background: bool = True  # False: send each ID before the real request goes out (tests)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"rate must lie in [0, 1], got {self.rate}")
         if self.logprobs not in ("mirror", "always", "never"):
             raise ValueError(f"logprobs must be mirror, always or never, got {self.logprobs!r}")
+        if self.schedule not in ("stratified", "bernoulli"):
+            raise ValueError(f"schedule must be stratified or bernoulli, got {self.schedule!r}")
 
 
 @dataclass(frozen=True)
@@ -266,6 +269,8 @@ class Inspector(httpx.BaseTransport):
         self.records: list[RequestRecord] = []
         self.checks: list[IdCheck] = []
         self._to_verdict: int | None = None
+        self._seen = self._block = 0  # real requests seen for the IDs' model; ID schedule block
+        self._next_at = int(self.rng.random() / self.config.rate) if self.config.rate > 0 else 0
         self._lock = threading.Lock()
         self._queue: queue.Queue[httpx.Request | None] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -276,10 +281,9 @@ class Inspector(httpx.BaseTransport):
         body = _json_body(request) if inspected else None
         if body is None:
             return self.inner.handle_request(request)
-        if request.url.path.endswith("/chat/completions") and self.rng.random() < self.config.rate:
-            id_request = self._id_request(request, body)
-            if id_request is not None:
-                self._send_id(id_request)
+        if request.url.path.endswith("/chat/completions") and body.get("model") in (None, self.ids.model):
+            for _ in range(self._ids_due()):
+                self._send_id(self._id_request(request, body))
         streamed = bool(body.get("stream"))
         start = time.perf_counter()
         try:
@@ -304,10 +308,27 @@ class Inspector(httpx.BaseTransport):
                 self.sla_test.update(not rec.meets(self.config.slo))
 
     # -- ID traffic
-    def _id_request(self, real: httpx.Request, body: dict[str, Any]) -> httpx.Request | None:
-        if body.get("model") not in (None, self.ids.model):
-            return None  # the IDs identify one model; requests for others are not inspected
-        chosen = self.rng.choice(self.ids.ids)
+    def _ids_due(self) -> int:
+        """IDs to send after this real request. Stratified: one ID in each block of ``1 / rate`` real
+        requests, at a uniformly random place in the block -- unpredictable to the server, yet the overhead
+        never exceeds the rate (as Bernoulli sampling would, by chance, over short runs)."""
+        rate = self.config.rate
+        if rate <= 0:
+            return 0
+        with self._lock:
+            if self.config.schedule == "bernoulli":
+                return int(self.rng.random() < rate)
+            seen, self._seen = self._seen, self._seen + 1
+            due = 0
+            while seen >= self._next_at:
+                due += 1
+                self._block += 1
+                self._next_at = int((self._block + self.rng.random()) / rate)
+            return due
+
+    def _id_request(self, real: httpx.Request, body: dict[str, Any]) -> httpx.Request:
+        with self._lock:
+            chosen = self.rng.choice(self.ids.ids)
         return self.build_id_request(chosen, real.url, real.headers, body)
 
     def build_id_request(
@@ -389,7 +410,8 @@ class Inspector(httpx.BaseTransport):
     ) -> CheckResult | None:
         """Send one ID now, in the form of ``like`` (default: a plain chat request) to ``url`` (the service's
         ``.../v1/chat/completions``); returns the check (None: no answer). For tests and `inspect run`."""
-        chosen = self.rng.choice(self.ids.ids)
+        with self._lock:
+            chosen = self.rng.choice(self.ids.ids)
         return self._run_id(self.build_id_request(chosen, url, dict(headers), like or {}))
 
     def flush(self, timeout: float | None = None) -> None:
