@@ -11,13 +11,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgeinfer.cluster.config import ClusterConfig, load_config, resolve_dns
+from edgeinfer.cluster.config import ClusterConfig, load_config, resolve_dns, with_speculative
 from edgeinfer.cluster.gateway import ClusterError, PipelineBackend
 from edgeinfer.cluster.membership import Membership
 from edgeinfer.cluster.planner import Plan, Problem, Stage, place_standbys, plan
 from edgeinfer.cluster.profile import ClusterProfile, build_problem, profile_cluster
 from edgeinfer.cluster.recovery import Replanner, StageLoader
+
+if TYPE_CHECKING:
+    from edgeinfer.engine.speculative import SpeculativeOptions
 
 log = logging.getLogger("edgeinfer.cluster")
 
@@ -113,7 +117,12 @@ def load_cluster(
     return backend
 
 
-def cluster_opener(path: str | Path) -> tuple[str, Callable[[], PipelineBackend]]:
-    """For `serve --cluster`: read the YAML once; the served name now, the heavy bring-up in the loader."""
+def cluster_opener(
+    path: str | Path, speculative: SpeculativeOptions | None = None
+) -> tuple[str, Callable[[], PipelineBackend]]:
+    """For `serve --cluster`: read the YAML once; the served name now, the heavy bring-up in the loader.
+    ``speculative``: `serve --speculative` other than off replaces the YAML's ``speculative``."""
     cfg = load_config(path)
+    if speculative is not None and speculative.enabled:
+        cfg = with_speculative(cfg, str(speculative), speculative.draft_max)
     return served_name(cfg), lambda: load_cluster(cfg)

@@ -221,6 +221,12 @@ def parse_config(raw: object, where: str = "cluster config") -> ClusterConfig:
         raise _explain(exc, where) from None
 
 
+def with_speculative(cfg: ClusterConfig, mode: str, draft_max: int) -> ClusterConfig:
+    """``serve --cluster ... --speculative MODE --draft-max N``: the command line wins over the YAML."""
+    raw = cfg.model_dump() | {"speculative": {"mode": mode, "draft_max": draft_max}}
+    return parse_config(raw, "--speculative")
+
+
 def load_config(path: str | Path) -> ClusterConfig:
     p = Path(path)
     if not p.is_file():

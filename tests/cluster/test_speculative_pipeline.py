@@ -15,13 +15,14 @@ import pytest
 import torch
 import yaml
 
-from edgeinfer.cluster.bringup import load_cluster
+from edgeinfer.cluster.bringup import cluster_opener, load_cluster
 from edgeinfer.cluster.client import NodeClient
-from edgeinfer.cluster.config import ConfigError, load_config, parse_config
+from edgeinfer.cluster.config import ConfigError, load_config, parse_config, with_speculative
 from edgeinfer.cluster.host import ShardHost
 from edgeinfer.cluster.node import start
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.shard import Shard
+from edgeinfer.engine.speculative import SpeculativeOptions
 from edgeinfer.models.synthetic import write_tiny_gguf
 
 N_LAYERS = 4
@@ -227,3 +228,15 @@ def test_warm_failover_mid_stream_replays_only_accepted_tokens(tiny, tmp_path):
             spec.close()
     finally:
         nodes.close()
+
+
+def test_serve_speculative_flag_overrides_the_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": "qwen", "nodes": [{"address": "h:1"}], "speculative": "off"}))
+    cfg = with_speculative(load_config(path), "ngram", 5)
+    assert (cfg.speculative.mode, cfg.speculative.draft_max) == ("ngram", 5)
+    assert cfg.nodes == load_config(path).nodes
+    with pytest.raises(ConfigError, match=r"--speculative: speculative\.mode: exit:K drafts"):
+        cluster_opener(path, SpeculativeOptions.parse("exit:3"))
+    name, _ = cluster_opener(path, SpeculativeOptions.parse("off"))  # off keeps the YAML's
+    assert name
