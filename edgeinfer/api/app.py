@@ -24,6 +24,7 @@ from edgeinfer.api.worker import Job, ModelWorker, QueueFull
 from edgeinfer.cluster.state import ClusterView
 from edgeinfer.engine.chat import ChatFormatError, ChatFormatter, build_chat_prompt
 from edgeinfer.engine.generate import ContextLengthExceeded, check_context
+from edgeinfer.engine.speculative import ReportsSpeculation
 from edgeinfer.models.registry import lookup
 
 
@@ -154,6 +155,9 @@ def create_app(
     async def prometheus() -> Response:
         for n, b in clusters().items():
             metrics.observe_cluster(n, b.cluster_state(), b.take_recoveries())
+        for n, w in models.workers.items():
+            if isinstance(w.backend, ReportsSpeculation):
+                metrics.observe_speculative(n, w.backend.spec_stats)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def model_entry(w: ModelWorker) -> dict[str, Any]:

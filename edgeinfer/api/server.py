@@ -44,6 +44,8 @@ def build_app(cfg: ServerConfig):  # -> FastAPI
 def _with_parallel(cfg: ServerConfig) -> LoadOptions:
     """The load options with the slots per model resolved (llamacpp), after checking that their KV caches
     fit in memory; the other backends serve one sequence at a time."""
+    if cfg.load.speculative_options.enabled:  # one sequence at a time; LoadOptions refuses --parallel > 1
+        return replace(cfg.load, parallel=cfg.parallel)
     if cfg.load.backend is not BackendKind.LLAMACPP:
         if cfg.parallel not in (None, 1):
             raise ValueError("--parallel applies to the llamacpp backend only (not --backend shard)")

@@ -11,8 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
+from pathlib import Path
 
 from edgeinfer.engine.base import Backend
+from edgeinfer.engine.speculative import DEFAULT_DRAFT_MAX, SpeculativeOptions
 from edgeinfer.models.registry import resolve, served_name
 
 
@@ -43,9 +45,17 @@ class LoadOptions:
     threads: int | None = None  # None: the number of physical cores
     weight_format: str = "auto"  # shard backend only: gguf, int8, bf16, f32 (docs/shard-engine.md)
     parallel: int | None = None  # llamacpp only: slots for continuous batching (docs/serving.md); None: one
+    speculative: str = "off"  # off, ngram or exit:K (docs/speculative.md)
+    draft_max: int = DEFAULT_DRAFT_MAX  # most tokens drafted per verification pass
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", BackendKind.parse(self.backend))
+        spec = self.speculative_options  # a bad --speculative / --draft-max fails here
+        if spec.enabled and self.parallel not in (None, 1):
+            raise ValueError(
+                "--speculative does not combine with --parallel > 1 (continuous batching verifies no "
+                "drafts); use --parallel 1 or --speculative off"
+            )
         if self.parallel is not None and self.backend is not BackendKind.LLAMACPP:
             raise ValueError(
                 "--parallel applies to the llamacpp backend only (the shard engine serves one sequence "
@@ -63,12 +73,27 @@ class LoadOptions:
                 f"choose one of auto, {', '.join(WEIGHT_FORMATS)}"
             )
 
+    @property
+    def speculative_options(self) -> SpeculativeOptions:
+        return SpeculativeOptions.parse(self.speculative, self.draft_max)
+
 
 def open_backend(spec: str, options: LoadOptions, name: str | None = None) -> Backend:
     """Load a model (bundled name, alias or GGUF path) on the chosen backend, served as ``name``
     (default: ``served_name(spec)``)."""
     name = name or served_name(spec)
     _, path = resolve(spec)
+    backend = _open(path, options, name)
+    if not options.speculative_options.enabled:
+        return backend
+    try:
+        return _speculative(backend, path, options)
+    except BaseException:
+        backend.close()
+        raise
+
+
+def _open(path: Path, options: LoadOptions, name: str) -> Backend:
     if options.backend is BackendKind.SHARD:
         try:
             from edgeinfer.engine.shard_backend import ShardBackend
@@ -83,7 +108,7 @@ def open_backend(spec: str, options: LoadOptions, name: str | None = None) -> Ba
             n_ctx=options.n_ctx,
             weight_format=options.weight_format,
         )
-    if options.parallel is not None:
+    if options.parallel is not None and not options.speculative_options.enabled:
         from edgeinfer.engine.llamacpp_batch import LlamaCppBatchBackend
 
         return LlamaCppBatchBackend(
@@ -92,6 +117,36 @@ def open_backend(spec: str, options: LoadOptions, name: str | None = None) -> Ba
     from edgeinfer.engine.llamacpp import LlamaCppBackend
 
     return LlamaCppBackend(path, name=name, n_ctx=options.n_ctx, threads=options.threads)
+
+
+def _speculative(target: Backend, path: Path, options: LoadOptions) -> Backend:
+    """``target`` decoded speculatively; ``exit:K`` drafts with the model's first K layers and its output
+    head, run by the shard engine (on the same GGUF file, whichever backend verifies)."""
+    from edgeinfer.engine.speculative import SpeculativeDecoder
+
+    spec = options.speculative_options
+    if spec.mode != "exit":
+        return SpeculativeDecoder(target, spec)
+    assert spec.exit_layer is not None
+    try:
+        from edgeinfer.engine.shard import Shard, layer_count
+        from edgeinfer.engine.shard_backend import ShardSequence
+    except ImportError as exc:
+        raise BackendUnavailable(f"exit:K drafts with the shard engine, not available here ({exc})") from exc
+    n = layer_count(path)
+    if not spec.exit_layer < n:
+        raise ValueError(f"exit:{spec.exit_layer} must exit before the last layer: K < {n} for this model")
+    fmt = options.weight_format if options.backend is BackendKind.SHARD else "auto"
+    shard = Shard(
+        path,
+        0,
+        n,
+        exit_at=spec.exit_layer,
+        threads=options.threads,
+        max_seq_len=options.n_ctx,
+        weight_format=fmt,
+    )
+    return SpeculativeDecoder(target, spec, lambda: ShardSequence([shard]), shard.close)
 
 
 def backend_opener(spec: str, options: LoadOptions) -> tuple[str, Callable[[], Backend]]:

@@ -20,15 +20,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
-
 from edgeinfer.engine.base import ModelInfo, SamplingParams
 from edgeinfer.engine.draft import Draft, Drafter, DraftLength, ModelDrafter, NgramDrafter, TokenModel
 from edgeinfer.engine.logprobs import TokenLogprobs, token_logprobs
-from edgeinfer.engine.sampling import Sampler, filter_logits
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported on first use: the options are read by the CLI before any model loads
+    import torch
+
     from edgeinfer.engine.base import Backend
+    from edgeinfer.engine.sampling import Sampler
 
 DEFAULT_DRAFT_MAX = 8
 
@@ -116,6 +116,10 @@ class SpecStats:
 
 def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """The distribution ``Sampler`` draws from for these logits (temperature, top-k, top-p)."""
+    import torch
+
+    from edgeinfer.engine.sampling import filter_logits
+
     return torch.softmax(filter_logits(logits, params.temperature, params.top_k, params.top_p), dim=-1)
 
 
@@ -126,6 +130,8 @@ def accept(logits: torch.Tensor, draft: Draft, sampler: Sampler) -> list[int]:
     ``logits`` [len(draft)+1, vocab]: row i is the model's next-token logits after the i-th position of the
     pass (the last committed token, then the drafted ones). Greedy: a drafted token is accepted when it is the
     argmax. Sampling: the speculative-sampling rule against ``sampler``'s distribution and generator."""
+    import torch
+
     tokens = draft.tokens
     if logits.shape[0] != len(tokens) + 1:
         raise ValueError(f"need {len(tokens) + 1} logits rows for {len(tokens)} drafted tokens")
@@ -175,6 +181,8 @@ def speculative_tokens(
 
     Invariant: the KV cache holds every token of ``history`` but the last (``pending``), which is fed first
     in the next pass together with the drafted tokens."""
+    from edgeinfer.engine.sampling import Sampler
+
     if not prompt:
         raise ValueError("the prompt must contain at least one token")
     sampler = Sampler(params)
@@ -196,6 +204,13 @@ def speculative_tokens(
         for i, token in enumerate(out):
             history.append(token)
             yield token if params.logprobs is None else token_logprobs(logits[i], token, params.logprobs)
+
+
+@runtime_checkable
+class ReportsSpeculation(Protocol):
+    """A backend that decodes speculatively and counts it (``/metrics``, ``generate``'s summary)."""
+
+    spec_stats: SpecStats
 
 
 @runtime_checkable
@@ -230,7 +245,7 @@ class SpeculativeDecoder:
         self.target = target
         self.options = options
         self.info = target.info
-        self.stats = SpecStats()
+        self.spec_stats = SpecStats()
         self._draft_model = draft_model
         self._close_draft = close_draft
 
@@ -261,7 +276,7 @@ class SpeculativeDecoder:
         drafter = self.drafter()
         try:
             yield from speculative_tokens(
-                model, drafter, prompt, params, self.options.draft_max, self.info.n_ctx, self.stats
+                model, drafter, prompt, params, self.options.draft_max, self.info.n_ctx, self.spec_stats
             )
         finally:
             drafter.close()
