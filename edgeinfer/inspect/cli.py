@@ -45,11 +45,27 @@ def ids_command(
         ),
     ] = None,
     n: Annotated[int, typer.Option("-n", help="IDs to keep.", min=1)] = 16,
-    k: Annotated[int, typer.Option("-k", help="Tokens per ID answer (max_tokens).", min=1, max=64)] = 6,
+    k: Annotated[int, typer.Option("-k", help="Tokens per ID answer (max_tokens).", min=1, max=64)] = 5,
     min_margin: Annotated[
         float, typer.Option(help="Smallest top-1 minus top-2 logprob allowed at any step (nats).", min=0)
     ] = 1.0,
-    tolerance: Annotated[float, typer.Option(help="Allowed logprob difference when checking (nats).")] = 0.1,
+    tolerance: Annotated[
+        float, typer.Option(help="Smallest allowed logprob difference when checking (nats).")
+    ] = 0.03,
+    optional: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Substitutes an ID need not catch (recorded where it does). Default: quant:Q8_0, which "
+            "re-quantized from a Q4_K_M file stays within the honest backends' own differences."
+        ),
+    ] = None,
+    benign: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the reference on the shard engine: IDs it answers otherwise are dropped and each "
+            "ID's tolerance covers its logprob differences."
+        ),
+    ] = True,
     threads: Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads.")] = None,
     output: Annotated[
         Path | None, typer.Option("--out", "-o", help="ID file to write. Default: the bundled IDs' path.")
@@ -73,6 +89,10 @@ def ids_command(
         reference = open_backend(model, LoadOptions(n_ctx=1024, threads=threads))
         err.print(f"loading {len(subs)} substitutes (quantizing on first use) ...")
         backends = {s.name: open_substitute(s, model, threads=threads, n_ctx=1024) for s in subs}
+        honest = {}
+        if benign:
+            honest["shard"] = open_backend(model, LoadOptions(backend="shard", n_ctx=1024, threads=threads))
+        not_required = set(optional if optional is not None else ["quant:Q8_0"])
     except (SubstituteError, ModelNotFound, ValueError) as exc:
         _fail(str(exc))
     t0 = time.perf_counter()
@@ -84,11 +104,13 @@ def ids_command(
         k=k,
         min_margin=min_margin,
         tolerance=tolerance,
+        benign=honest,
+        require=[name for name in backends if name not in not_required],
         seed=seed,
         progress=lambda line: err.print(line, markup=False, highlight=False),
     )
     path = idset.save(output or bundled_ids_path(reference.info.name))
-    for b in (reference, *backends.values()):
+    for b in (reference, *backends.values(), *honest.values()):
         b.close()
     out.print(
         f"{len(idset.ids)} IDs for {idset.model} in {time.perf_counter() - t0:.0f} s -> {path}",

@@ -30,9 +30,9 @@ from edgeinfer.engine.chat import build_chat_prompt
 from edgeinfer.engine.generate import Delta, GenerationResult, stream
 
 FORMAT_VERSION = 1
-DEFAULT_K = 6
-DEFAULT_MIN_MARGIN = 1.0  # nats: benign differences measured ~0.05 (docs/inspect.md)
-DEFAULT_TOLERANCE = 0.1  # nats, on each chosen token's log probability
+DEFAULT_K = 5
+DEFAULT_MIN_MARGIN = 1.0  # nats: honest backends differ by < 0.1 (docs/inspect.md)
+DEFAULT_TOLERANCE = 0.03  # nats, on each chosen token's log probability (raised per ID by ``benign``)
 TOP = 5  # alternatives stored per position
 
 
@@ -203,36 +203,56 @@ def generate_ids(
     k: int = DEFAULT_K,
     min_margin: float = DEFAULT_MIN_MARGIN,
     tolerance: float = DEFAULT_TOLERANCE,
-    require_text: Sequence[str] = (),
+    benign: dict[str, Backend] | None = None,
+    require: Sequence[str] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> IdSet:
-    """Search ``pool`` (in a shuffled order) for up to ``n`` stable IDs that every substitute answers
-    differently; substitutes named in ``require_text`` must give other *text* (caught without logprobs)."""
+    """Search ``pool`` (in a shuffled order) for up to ``n`` stable IDs that the substitutes answer
+    differently.
+
+    ``benign``: other honest ways to run the reference (e.g. the shard engine); they must give the same text,
+    and an ID's tolerance becomes ``max(tolerance, 2 x`` the largest logprob difference they show``)``.
+    ``require``: the substitutes every ID must catch (default: all); the others are recorded in
+    ``caught_by`` where an ID happens to catch them. A substitute is caught by text (any service) or by
+    logprobs (services that return them) when its logprobs differ by more than ``2 x`` the ID's tolerance.
+    """
     prompts = list(pool)
     random.Random(seed).shuffle(prompts)
+    required = set(substitutes if require is None else require)
     kept: list[IdentifyingInput] = []
     for i, prompt in enumerate(prompts):
         if len(kept) >= n:
             break
+        where = f"[{i + 1}/{len(prompts)}]"
         ref = greedy_trace(reference, prompt, k, stop_below=min_margin)
-        if ref is None or not ref.text.strip():
-            progress(f"[{i + 1}/{len(prompts)}] unstable: {prompt}")
+        if ref is None or not ref.text.strip() or "\ufffd" in ref.text:
+            progress(f"{where} unstable: {prompt}")
+            continue
+        tol = tolerance
+        for other in (greedy_trace(b, prompt, k) for b in (benign or {}).values()):
+            assert other is not None
+            tol = max(tol, 2 * logprob_gap(other.tokens, ref.tokens))
+        if tol == float("inf"):
+            progress(f"{where} an honest backend answers otherwise: {prompt}")
             continue
         caught: dict[str, str] = {}
-        for name, sub in substitutes.items():
-            other = greedy_trace(sub, prompt, k)
+        missed = ""
+        # required substitutes first: the first one that is not told apart ends the candidate
+        for name in sorted(substitutes, key=lambda s: s not in required):
+            other = greedy_trace(substitutes[name], prompt, k)
             assert other is not None
             if other.text != ref.text or other.finish_reason != ref.finish_reason:
                 caught[name] = "text"
-            elif name not in require_text and logprob_gap(other.tokens, ref.tokens) > 2 * tolerance:
+            elif logprob_gap(other.tokens, ref.tokens) > 2 * tol:
                 caught[name] = "logprobs"
-            else:
+            elif name in required:
+                missed = name
                 break
-        if len(caught) < len(substitutes):
-            progress(f"[{i + 1}/{len(prompts)}] not discriminative: {prompt}")
+        if missed:
+            progress(f"{where} {missed} answers the same: {prompt}")
             continue
-        progress(f"[{i + 1}/{len(prompts)}] kept ({len(kept) + 1}/{n}): {prompt} -> {ref.text!r}")
+        progress(f"{where} kept ({len(kept) + 1}/{n}): {prompt} -> {ref.text!r} caught by {caught}")
         kept.append(
             IdentifyingInput(
                 prompt=prompt,
@@ -240,7 +260,7 @@ def generate_ids(
                 text=ref.text,
                 finish_reason=ref.finish_reason,
                 tokens=ref.tokens,
-                tolerance=tolerance,
+                tolerance=round(tol, 4),
                 caught_by=caught,
             )
         )
