@@ -7,9 +7,12 @@ standby or for a re-plan). For every kill: a greedy stream of ``--history`` prom
 tokens, the fault (``kill -9`` or ``SIGSTOP`` of a primary), ``--after`` tokens. The recovery time is the gap
 between the fault and the first token after it (detection + standby switch or re-plan + replay + one step).
 The node is then restarted and the gateway re-admits it (standbys placed again) before the next kill.
+``--requests N --load-kills K``: N short greedy requests one after the other on a cluster with standbys,
+a primary killed in the middle of one request in every N/K (restarted after it, re-admitted before the
+next kill): how many complete with the tokens of an undisturbed run, how many fail.
 
     sudo .venv/bin/python benchmarks/bench_chaos.py --model gemma --rates 1gbit,100mbit,10mbit --kills 10 \\
-        --histories 128,512,2048 --out chaos.json
+        --histories 128,512,2048 --requests 100 --load-kills 10 --out chaos.json
 
 Everything runs inside a test-bed that is removed on exit.
 """
@@ -145,6 +148,54 @@ def settle(backend, bed: Bed, victim: str, how: str, warm: bool, timeout: float 
     raise RuntimeError(f"{victim} was not re-admitted within {timeout:.0f} s")
 
 
+def under_faults(backend, bed: Bed, n: int, kills: int, rate: str, tokens: int = 8) -> list[dict]:
+    """``n`` short greedy requests in a row, a primary killed after the 2nd token of one request in every
+    ``n / kills`` (restarted after that request; re-admitted, standby placed again, before the next kill).
+    Each request is compared with the same prompt's undisturbed tokens."""
+    out = []
+    every = max(1, n // max(1, kills))
+    try:
+        prompts = [prompt_ids(backend, 24 + (k % 5) * 8) for k in range(5)]
+        want = [
+            list(itertools.islice(backend.generate_tokens(p, SamplingParams(temperature=0.0)), tokens))
+            for p in prompts
+        ]
+        for k in range(n):
+            ids, expected = prompts[k % 5], want[k % 5]
+            fault = k % every == every // 2 and sum(r["fault"] for r in out) < kills
+            victim = None
+            if fault:
+                covered = [i for i, sb in enumerate(backend.standbys) if sb is not None]
+                victim = backend.stages[covered[0] if covered else -1].name
+            t0, got, error = time.perf_counter(), [], None
+            gen = backend.generate_tokens(ids, SamplingParams(temperature=0.0))
+            try:
+                for tok in itertools.islice(gen, tokens):
+                    got.append(tok)
+                    if victim is not None and len(got) == 2:
+                        bed.fault(victim, "kill")
+            except ClusterError as exc:
+                error = str(exc)
+            finally:
+                gen.close()
+            r = {
+                "request": k,
+                "fault": fault,
+                "victim": victim,
+                "seconds": time.perf_counter() - t0,
+                "ok": error is None and got == expected,
+                "error": error,
+                "rate": rate,
+            }
+            out.append(r)
+            print(json.dumps(r), flush=True)
+            if victim is not None:
+                settle(backend, bed, victim, "kill", warm=True)
+    finally:
+        backend.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gemma")
@@ -157,6 +208,8 @@ def main() -> None:
     ap.add_argument("--after", type=int, default=8)
     ap.add_argument("--scenarios", default="warm-kill,cold-kill,warm-hang")
     ap.add_argument("--wire-dtype", default="f16")
+    ap.add_argument("--requests", type=int, default=0, help="short requests under faults (0: skip)")
+    ap.add_argument("--load-kills", type=int, default=10, help="kills spread over --requests")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -165,8 +218,17 @@ def main() -> None:
     whole = Shard(path, 0, n_layers, threads=1)
     limit = int(whole.weight_bytes * 0.6) + (64 << 20)  # + room for the KV caches of long histories
     whole.close()
-    ctx = max(4096, max(int(h) for h in args.histories.split(",")) + args.before + args.after + 16)
-    results: dict = {"model": args.model, "limit_bytes": limit, "runs": [], "replay": []}
+    histories = [int(h) for h in args.histories.split(",") if h]
+    # the context the gateway serves: the planner reserves its KV cache per stage beside the weights
+    ctx = max([args.history, *histories]) + args.before + args.after + 64
+    results: dict = {
+        "model": args.model,
+        "limit_bytes": limit,
+        "ctx": ctx,
+        "runs": [],
+        "replay": [],
+        "load": [],
+    }
     rates = args.rates.split(",")
     with tempfile.TemporaryDirectory() as tmp, Testbed(3, rate=rates[0]) as tb:
         bed = Bed(tb, Path(tmp))
@@ -192,7 +254,7 @@ def main() -> None:
         for rate in rates:
             for i in range(3):
                 tb.set_rate(i, rate)
-            for scenario in args.scenarios.split(","):
+            for scenario in [s for s in args.scenarios.split(",") if s]:
                 warm, how = scenario.startswith("warm"), "kill" if scenario.endswith("kill") else "stop"
                 backend = cluster(1 if warm else 0)
                 try:
@@ -208,11 +270,11 @@ def main() -> None:
         tb_rate = "100mbit" if "100mbit" in rates else rates[0]
         for i in range(3):
             tb.set_rate(i, tb_rate)
-        for scenario in ("warm-kill", "cold-kill"):
+        for scenario in ("warm-kill", "cold-kill") if histories and args.replay_kills else ():
             warm = scenario == "warm-kill"
             backend = cluster(1 if warm else 0)
             try:
-                for h in (int(x) for x in args.histories.split(",")):
+                for h in histories:
                     ids = prompt_ids(backend, h)
                     for k in range(args.replay_kills):
                         r = one_kill(backend, bed, ids, 3, 3, warm, "kill")
@@ -222,6 +284,9 @@ def main() -> None:
                         settle(backend, bed, r["victim"], "kill", warm)
             finally:
                 backend.close()
+
+        if args.requests:
+            results["load"] = under_faults(cluster(1), bed, args.requests, args.load_kills, tb_rate)
 
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
@@ -262,6 +327,35 @@ def main() -> None:
         )
     header = ("scenario", "history", "replayed tokens", "recovery ms", "prompt prefill ms")
     out.table(Table("replay cost vs history (kill -9, median)", header, rows_out))
+    if results["load"]:
+        load = results["load"]
+        ok = sum(r["ok"] for r in load)
+        failed = [r for r in load if r["error"] is not None]
+        wrong = len(load) - ok - len(failed)
+        secs = [r["seconds"] for r in load if r["fault"] and r["ok"]]
+        row = (
+            load[0]["rate"],
+            str(len(load)),
+            str(sum(r["fault"] for r in load)),
+            str(ok),
+            str(len(failed)),
+            str(wrong),
+            f"{statistics.median(secs):.2f}" if secs else "-",
+            f"{statistics.median(r['seconds'] for r in load if not r['fault']):.2f}",
+        )
+        header = (
+            "rate",
+            "requests",
+            "kills",
+            "identical",
+            "failed",
+            "other tokens",
+            "s (killed)",
+            "s (other)",
+        )
+        out.table(
+            Table("requests under faults (kill -9 of a primary mid-request, warm standbys)", header, [row])
+        )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from edgeinfer.cluster.config import ClusterConfig, load_config, resolve_dns, wi
 from edgeinfer.cluster.gateway import ClusterError, PipelineBackend
 from edgeinfer.cluster.membership import Membership
 from edgeinfer.cluster.planner import Plan, Problem, Stage, place_standbys, plan
-from edgeinfer.cluster.profile import ClusterProfile, build_problem, profile_cluster
+from edgeinfer.cluster.profile import ClusterProfile, build_problem, kv_reservation, profile_cluster
 from edgeinfer.cluster.recovery import Replanner, StageLoader
 
 if TYPE_CHECKING:
@@ -43,17 +43,18 @@ def plan_cluster(
     """Profile the cluster and plan (or check the fixed ``planner.stages`` of the YAML), with ``replicas``
     (default: the YAML's) warm standbys per stage in ``Plan.standbys``. The caller owns the returned profile
     (its node connections): close it, or hand it on as ``load_cluster`` does."""
+    kv = _kv_bytes(cfg)
     profile = profile_cluster(cfg, progress)
     try:
         wire_bytes = 4 if cfg.wire_dtype == "f32" else 2
-        problem = build_problem(profile, wire_bytes=wire_bytes)
+        problem = build_problem(profile, wire_bytes=wire_bytes, kv_bytes=kv)
         if cfg.planner.stages:
             stages = [Stage(s.node, s.start, s.end) for s in cfg.planner.stages]
             latency, bottleneck, rows = problem.evaluate(stages)
             memory = {n.name: n.memory for n in problem.nodes}
             over = [
-                f"{r.node} (layers {r.start}-{r.end - 1}) needs {r.memory / 2**20:.0f} MiB of "
-                f"{memory[r.node] / 2**20:.0f} MiB"
+                f"{r.node} (layers {r.start}-{r.end - 1}) needs {(r.memory + r.kv) / 2**20:.0f} MiB "
+                f"(weights and KV cache) of {memory[r.node] / 2**20:.0f} MiB"
                 for r in rows
                 if not r.fits
             ]
@@ -68,6 +69,19 @@ def plan_cluster(
         profile.close()
         raise
     return chosen, problem, profile
+
+
+def _kv_bytes(cfg: ClusterConfig) -> float:
+    """One layer's KV reservation (``profile.kv_reservation``) from the model file on this machine; 0 with a
+    warning when the gateway cannot read it (a GGUF path only the nodes have)."""
+    from edgeinfer.models.registry import resolve
+
+    try:
+        _, path = resolve(cfg.model, progress=False)
+        return kv_reservation(path, cfg.ctx_size)
+    except Exception as exc:  # noqa: BLE001 - planning still works, without the KV room
+        log.warning("cannot read %s here to reserve KV cache memory in the plan: %s", cfg.model, exc)
+        return 0.0
 
 
 def load_cluster(

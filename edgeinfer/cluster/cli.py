@@ -228,7 +228,7 @@ def plan(
         )
     out.print(nodes)
     stages = Table(title=f"plan ({chosen.objective}, strategy {chosen.strategy} -> {chosen.strategy_used})")
-    for col in ("stage", "node", "layers", "compute ms", "hop ms", "weights MiB"):
+    for col in ("stage", "node", "layers", "compute ms", "hop ms", "weights MiB", "KV MiB"):
         stages.add_column(col)
     for i, r in enumerate(chosen.breakdown):
         stages.add_row(
@@ -238,22 +238,23 @@ def plan(
             f"{r.compute * 1e3:.2f}",
             f"{r.hop * 1e3:.2f}",
             f"{r.memory / 2**20:.0f}",
+            f"{r.kv / 2**20:.0f}",
         )
     out.print(stages)
     if any(sb is not None for sb in chosen.standbys):
         spare = Table(title="warm standbys (failover without loading, docs/resilience.md)")
-        for col in ("stage", "standby node", "layers", "weights MiB"):
+        for col in ("stage", "standby node", "layers", "weights + KV MiB"):
             spare.add_column(col)
         cost = 0.0
         for i, sb in enumerate(chosen.standbys):
             if sb is None:
                 spare.add_row(str(i), "-", "no node has room", "-")
                 continue
-            mem = problem.stage_memory(sb.start, sb.end)
+            mem = problem.stage_need(sb.start, sb.end)
             cost += mem
             spare.add_row(str(i), sb.node, f"{sb.start}-{sb.end - 1}", f"{mem / 2**20:.0f}")
         out.print(spare)
-        out.print(f"standbys cost {cost / 2**20:.0f} MiB of weights on their nodes")
+        out.print(f"standbys cost {cost / 2**20:.0f} MiB (weights and KV reservation) on their nodes")
     elif chosen.standbys:
         out.print("standbys: none placed (no node has room for another copy of a stage)")
     out.print(

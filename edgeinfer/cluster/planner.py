@@ -3,9 +3,11 @@
 Plain Python, no transport. Inputs are measured costs:
 
 * per node: decode time of each layer (seconds per token), extra time of the embedding / output head when
-  the node holds the first / last layer, and the memory it can give to weights;
+  the node holds the first / last layer, and the memory it can give to weights and KV caches;
 * per link: round-trip time and bandwidth between the gateway and every node;
-* per model: bytes of every layer, of the embedding and of the head; bytes crossing the wire per token.
+* per model: bytes of every layer, of the embedding and of the head, of every layer's KV cache for one full
+  context (reserved beside the weights: the nodes count KV caches in their ceiling); bytes crossing the
+  wire per token.
 
 Cost model of one decoded token (seconds), for stages ``s_0 .. s_k`` (node, layer range):
 
@@ -62,7 +64,7 @@ FREE = Link(0.0, math.inf)
 class NodeCost:
     name: str
     layer_time: float | Sequence[float]  # seconds per token for each layer (or one value for all)
-    memory: float = math.inf  # bytes available for weights
+    memory: float = math.inf  # bytes available for weights and KV caches
     embed_time: float = 0.0
     head_time: float = 0.0
     stage_time: float = 0.0  # fixed cost of every stage on this node (per-forward overhead)
@@ -78,6 +80,7 @@ class ModelCost:
     activation_bytes: float = 0.0  # hidden state of one token on the wire
     input_bytes: float = 4.0  # one token id
     output_bytes: float = 8.0  # what the last stage returns per token (token id + logit, or logits)
+    kv_bytes: float | Sequence[float] = 0.0  # each layer's KV cache for one full context
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,9 @@ class StageCost:
     compute: float  # seconds per token
     hop: float  # seconds per token of the hop into the stage (and back)
     memory: float  # weight bytes
-    fits: bool  # in the node's memory
+    fits: bool  # weights and the KV reservation, in the node's memory
     local: bool  # on the gateway's own device
+    kv: float = 0.0  # KV cache bytes reserved for the stage's layers (one full context)
 
 
 @dataclass
@@ -173,6 +177,7 @@ class Problem:
         L = model.n_layers
         self._time = [_prefix(_per_layer(n.layer_time, L, f"layer_time of {n.name}")) for n in nodes]
         self._mem = _prefix(_per_layer(model.layer_bytes, L, "layer_bytes"))
+        self._kv = _prefix(_per_layer(model.kv_bytes, L, "kv_bytes"))
 
     def with_node(self, node: NodeCost, link: Link | None) -> Problem:
         """This problem with ``node`` added, or its costs replaced (a node (re)joined and was profiled);
@@ -206,8 +211,17 @@ class Problem:
         mem = self._mem[end] - self._mem[start]
         return mem + (m.embed_bytes if start == 0 else 0.0) + (m.head_bytes if end == m.n_layers else 0.0)
 
+    def stage_kv(self, start: int, end: int) -> float:
+        """KV cache bytes the stage's layers need for one sequence of the full context: the nodes count their
+        KV caches in their memory ceiling, so the planner reserves them beside the weights."""
+        return self._kv[end] - self._kv[start]
+
+    def stage_need(self, start: int, end: int) -> float:
+        """Weights plus the KV reservation: what a node must have for the stage."""
+        return self.stage_memory(start, end) + self.stage_kv(start, end)
+
     def fits(self, j: int, start: int, end: int) -> bool:
-        return self.stage_memory(start, end) <= self.nodes[j].memory
+        return self.stage_need(start, end) <= self.nodes[j].memory
 
     def compute(self, j: int, start: int, end: int) -> float:
         n = self.nodes[j]
@@ -239,10 +253,9 @@ class Problem:
                 raise ValueError(f"local node {s.node!r} may only hold the first layers")
             c = self.compute(j, s.start, s.end)
             h, transfer = self.hop(j, s.start, s.end)
-            mem = self.stage_memory(s.start, s.end)
-            rows.append(
-                StageCost(s.node, s.start, s.end, c, h, mem, mem <= self.nodes[j].memory, self.nodes[j].local)
-            )
+            mem, kv = self.stage_memory(s.start, s.end), self.stage_kv(s.start, s.end)
+            fits = mem + kv <= self.nodes[j].memory
+            rows.append(StageCost(s.node, s.start, s.end, c, h, mem, fits, self.nodes[j].local, kv))
             latency += c + h
             bottleneck = max(bottleneck, c + transfer)
             pos = s.end
@@ -338,10 +351,12 @@ def _size(nbytes: float) -> str:
 def _infeasible_reason(problem: Problem, allowed: list[int], strategy: str) -> str:
     m = problem.model
     total = problem.stage_memory(0, m.n_layers)
+    kv = problem.stage_kv(0, m.n_layers)
     mem = sum(problem.nodes[j].memory for j in allowed)
     detail = ", ".join(f"{problem.nodes[j].name}: {_size(problem.nodes[j].memory)}" for j in allowed)
+    what = (f"{_size(kv)} for a full context's KV cache and " if kv else "") + f"{_size(total)} for weights"
     return (
-        f"the model needs {_size(total)} for weights but the {len(allowed)} usable node(s) "
+        f"the model needs {what} but the {len(allowed)} usable node(s) "
         f"(strategy {strategy}) offer {_size(mem)} in total ({detail}), or no contiguous split fits; "
         "add nodes or memory, or use a smaller model"
     )
@@ -352,7 +367,7 @@ def _why_excluded(problem: Problem, finals: dict, stages: list[Stage], allowed: 
     best_cost = min(v[0] for v in finals.values())
     reasons = {}
     one_layer = min(
-        problem.stage_memory(k, k + 1) - (problem.model.embed_bytes if k == 0 else 0)
+        problem.stage_need(k, k + 1) - (problem.model.embed_bytes if k == 0 else 0)
         for k in range(problem.model.n_layers)
     )
     for j, node in enumerate(problem.nodes):
@@ -398,7 +413,7 @@ def place_standbys(
     index = {n.name: i for i, n in enumerate(problem.nodes)}
     left = [n.memory for n in problem.nodes]
     for st in stages:
-        left[index[st.node]] -= problem.stage_memory(st.start, st.end)
+        left[index[st.node]] -= problem.stage_need(st.start, st.end)
     usable = [j for j, n in enumerate(problem.nodes) if not n.local and n.name not in exclude]
     memo: dict[tuple, tuple[int, float, tuple[int, ...]]] = {}
 
@@ -411,7 +426,7 @@ def place_standbys(
             return memo[key]
         n, c, rest = best(i + 1, mem)
         out = (n, c, (-1, *rest))
-        st, need = stages[i], problem.stage_memory(stages[i].start, stages[i].end)
+        st, need = stages[i], problem.stage_need(stages[i].start, stages[i].end)
         for j in usable:
             if problem.nodes[j].name == st.node or mem[j] < need:
                 continue
@@ -435,7 +450,7 @@ def place_standbys(
 def _finish(problem: Problem, stages: list[Stage], objective: str, strategy: str) -> Plan:
     latency, bottleneck, rows = problem.evaluate(stages)
     if not all(r.fits for r in rows):
-        over = ", ".join(f"{r.node} needs {r.memory / 2**20:.0f} MiB" for r in rows if not r.fits)
+        over = ", ".join(f"{r.node} needs {(r.memory + r.kv) / 2**20:.0f} MiB" for r in rows if not r.fits)
         raise InfeasiblePlan(f"{strategy}: split does not fit in memory ({over})")
     return Plan(stages, latency, bottleneck, objective, strategy, breakdown=rows)
 

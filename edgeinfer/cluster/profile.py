@@ -8,6 +8,7 @@ import logging
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edgeinfer.cluster.auth import cluster_security
 from edgeinfer.cluster.client import NodeClient, NodeError, NodePool
@@ -125,8 +126,11 @@ def profile_cluster(cfg: ClusterConfig, progress=None) -> ClusterProfile:
     return out
 
 
-def build_problem(profile: ClusterProfile, wire_bytes: int = 2, output_bytes: float = 8.0) -> Problem:
-    """The planner's view: measured costs, the model's per-layer bytes, bytes per token on the wire."""
+def build_problem(
+    profile: ClusterProfile, wire_bytes: int = 2, output_bytes: float = 8.0, kv_bytes: float = 0.0
+) -> Problem:
+    """The planner's view: measured costs, the model's per-layer bytes, bytes per token on the wire.
+    ``kv_bytes``: one layer's KV cache for a full context (``kv_reservation``), reserved per stage."""
     if not profile.nodes:
         raise ValueError("the cluster has no nodes")
     ref = profile.nodes[0].layers
@@ -148,6 +152,7 @@ def build_problem(profile: ClusterProfile, wire_bytes: int = 2, output_bytes: fl
         activation_bytes=ref.hidden_size * wire_bytes,
         input_bytes=4,
         output_bytes=output_bytes,
+        kv_bytes=kv_bytes,
     )
     nodes = [node_cost(p) for p in profile.nodes]
     links = {(GATEWAY, p.name): node_link(p) for p in profile.nodes if not p.local}
@@ -171,3 +176,18 @@ def node_link(p: NodeProfile) -> Link:
     """The gateway->node hop: its fixed latency is what a real Forward call adds to the compute (which
     includes the RTT), else the RTT."""
     return Link(max(p.rtt_s, p.call_s), p.bytes_per_s)
+
+
+def kv_reservation(model_path: str | Path, ctx_size: int) -> float:
+    """Bytes of one layer's KV cache for one sequence of the full context the gateway serves: ``ctx_size``
+    capped by the model's training context, times a token's keys and values (f16, as the nodes keep them)."""
+    from edgeinfer.engine.batch import KV_BYTES_PER_VALUE, kv_shape
+    from edgeinfer.models.gguf_file import GGUFFile
+
+    shape = kv_shape(str(model_path))
+    f = GGUFFile(model_path)
+    try:
+        train = int(f.arch_get("context_length", ctx_size))
+    finally:
+        f.close()
+    return float(min(ctx_size, train) * (shape.n_embd_k + shape.n_embd_v) * KV_BYTES_PER_VALUE)

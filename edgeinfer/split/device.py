@@ -2,18 +2,23 @@
 
 Per input: (maybe) probe the link, re-plan if the measured link moved, run layers ``[0, split)`` (emulating
 the device's speed), stop at a confident early exit if thresholds are given, encode (f16/int8 + lz4/zstd),
-POST to the edge, feed the measured network time back into the ``LinkMonitor``. If the edge does not answer
-in time, answer from the best local exit that fits the deadline and say so (``fallback``, ``reason``); the
-edge is then left alone for ``retry_after_s`` (device-only plans) before a probe tries it again.
+POST to the edge, feed the measured network time back into the ``LinkMonitor``. Given several edge servers,
+the device uses one at a time; one that fails (refused, timed out, an error answer) is left alone for
+``retry_after_s`` and the same request goes to the next one at once (its link is measured afresh), so a
+lost edge costs no request. If no edge answers in time, answer from the best local exit that fits the
+deadline and say so (``fallback``, ``reason``); the edges are then left alone for ``retry_after_s``
+(device-only plans) before a probe tries them again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import httpx
@@ -26,6 +31,8 @@ from edgeinfer.split.monitor import LinkMonitor, changed
 from edgeinfer.split.planner import LinkEstimate, SplitOption, all_paths, evaluate, plan_split
 from edgeinfer.split.profile import Profile, device_thread, emulated_call, settle, torch_threads
 from edgeinfer.split.runner import Segment, local_answer, run_segment
+
+log = logging.getLogger("edgeinfer.split")
 
 
 @dataclass
@@ -46,6 +53,8 @@ class InferenceResult:
     planned: SplitOption | None = None
     link: LinkEstimate | None = None
     deadline_met: bool | None = None
+    edge: str | None = None  # the edge server that answered (None: answered on the device)
+    failed_over: int = 0  # edge servers that failed this request (before one answered, or all did)
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k not in ("planned", "link")}
@@ -93,7 +102,16 @@ class ClientConfig:
 
 
 class DeviceClient:
-    def __init__(self, model: BranchyModel, device: Profile, edge: Profile, edge_url: str, cfg: ClientConfig):
+    def __init__(
+        self,
+        model: BranchyModel,
+        device: Profile,
+        edge: Profile,
+        edge_url: str | Sequence[str],
+        cfg: ClientConfig,
+    ):
+        """``edge_url``: one edge server, or several (same models, same ``edge`` profile) to fail over
+        between, tried in the given order."""
         device.check_model(model)
         edge.check_model(model)
         self.model, self.device, self.cfg = model, device, cfg
@@ -103,9 +121,15 @@ class DeviceClient:
         self.scale = {"device": ScaleTracker(), "edge": ScaleTracker()}
         self.plan_scale = (1.0, 1.0)
         torch.set_num_threads(device.device.threads)  # once: switching thread pools per call is costly
-        self.http = httpx.Client(base_url=edge_url.rstrip("/"), timeout=cfg.timeout_s)
+        urls = [edge_url] if isinstance(edge_url, str) else list(edge_url)
+        if not urls:
+            raise ValueError("the device needs at least one edge server URL")
+        self.edges = [u.rstrip("/") for u in urls]
+        self._clients = [httpx.Client(base_url=u, timeout=cfg.timeout_s) for u in self.edges]
+        self.active = 0  # index of the edge server in use
+        self.down_until = [0.0] * len(self.edges)  # per edge: left alone until then (monotonic)
+        self.failovers = 0
         self.monitor = LinkMonitor()
-        self.edge_down_until = 0.0
         self.suspect = False  # the last contact failed: probe (briefly) before trusting the edge again
         self.plan: SplitOption | None = None
         self.plan_link: LinkEstimate | None = None
@@ -119,11 +143,36 @@ class DeviceClient:
         r.raise_for_status()
         return time.perf_counter() - t0
 
+    @property
+    def http(self) -> httpx.Client:
+        return self._clients[self.active]
+
+    @property
+    def edge_url(self) -> str:
+        return self.edges[self.active]
+
     def _edge_up(self) -> bool:
-        return time.monotonic() >= self.edge_down_until
+        """Is an edge server usable now? Moves to the next one not left alone when the current one is."""
+        now = time.monotonic()
+        for k in range(len(self.edges)):
+            i = (self.active + k) % len(self.edges)
+            if now >= self.down_until[i]:
+                if i != self.active:
+                    self._switch(i)
+                return True
+        return False
+
+    def _switch(self, i: int) -> None:
+        """Use edge server ``i`` from now on: its link is another link, measured afresh before planning."""
+        log.warning("edge %s failed: switching to %s", self.edge_url, self.edges[i])
+        self.active = i
+        self.failovers += 1
+        self.monitor = LinkMonitor()
+        self.plan_link = None
+        self.suspect = True
 
     def _mark_down(self) -> None:
-        self.edge_down_until = time.monotonic() + self.cfg.retry_after_s
+        self.down_until[self.active] = time.monotonic() + self.cfg.retry_after_s
         self.suspect = True
 
     def probe(self) -> LinkEstimate | None:
@@ -139,6 +188,8 @@ class DeviceClient:
             return link
         except httpx.HTTPError:
             self._mark_down()
+            if self._edge_up():  # another edge server: measure its link instead
+                return self.probe()
             return None
         finally:
             self.probe_ms += 1000 * (time.perf_counter() - t0)
@@ -226,20 +277,26 @@ class DeviceClient:
                 "criterion": th.criterion,
                 "thresholds": json.dumps({k: v for k, v in th.values.items() if math.isfinite(v)}),
             }
-        timeout = self._edge_timeout(t0, seg.taps)
-        t1 = time.perf_counter()
-        try:
-            r = self.http.post("/v1/split/tail", params=params, content=payload, timeout=timeout)
-            r.raise_for_status()
-            data = r.json()
-        except httpx.HTTPStatusError as exc:
+        failed: list[str] = []
+        while True:
+            timeout = self._edge_timeout(t0, seg.taps)
+            t1 = time.perf_counter()
+            try:
+                r = self.http.post("/v1/split/tail", params=params, content=payload, timeout=timeout)
+                r.raise_for_status()
+                data = r.json()
+                break
+            except httpx.HTTPStatusError as exc:
+                why = f"edge error {exc.response.status_code}: {exc.response.text[:200]}"
+            except httpx.HTTPError as exc:
+                why = f"edge unreachable ({type(exc).__name__})"
+            failed.append(f"{self.edge_url}: {why}")
             self._mark_down()
-            return self._fallback(
-                t0, seg, f"edge error {exc.response.status_code}: {exc.response.text[:200]}", base
-            )
-        except httpx.HTTPError as exc:
-            self._mark_down()
-            return self._fallback(t0, seg, f"edge unreachable ({type(exc).__name__})", base)
+            # the next edge server takes the same request (same cut, same payload) while time is left
+            if not self._edge_up() or self._edge_timeout(t0, seg.taps) <= 0.02:
+                why = "; ".join(failed) if len(failed) > 1 else why
+                return self._fallback(t0, seg, why, base | {"failed_over": len(failed)})
+        base |= {"edge": self.edge_url, "failed_over": len(failed)}
         wall = time.perf_counter() - t1
         if not data["early"]:
             self.scale["edge"].observe(data["edge_ms"], self._base_ms(chosen, "edge"))
@@ -335,7 +392,8 @@ class DeviceClient:
         )
 
     def close(self) -> None:
-        self.http.close()
+        for client in self._clients:
+            client.close()
 
     def __enter__(self) -> DeviceClient:
         return self

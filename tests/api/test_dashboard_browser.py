@@ -192,6 +192,7 @@ def cluster(tmp_path_factory) -> Iterator[tuple[ServerProcess, list[subprocess.P
                 for i, h in enumerate(tb.hosts)
             ],
             "wire_dtype": "f32",
+            "ctx_size": 256,  # the planner reserves a full context's KV cache per stage (64 KiB a layer)
             "planner": {"replicas": 1},  # the node the plan leaves out stands by
             "failover": {"heartbeat": 0.2, "ban": 30.0},
         }

@@ -157,6 +157,7 @@ def _yaml(path: Path, model: Path, nodes: Nodes, replicas: int = 0, **failover) 
         "model": str(model),
         "nodes": [{"name": s.name, "address": s.address, "memory_limit": nodes.limit} for s in nodes.specs],
         "wire_dtype": "f32",
+        "ctx_size": 256,  # the planner reserves a full context's KV cache per stage (64 KiB a layer here)
         "planner": {"replicas": replicas},
         "failover": FAILOVER | failover,
     }

@@ -76,8 +76,9 @@ def _yaml(path: Path, model: Path, specs, **extra) -> Path:
     whole = Shard(model, 0, 6, threads=1)
     share = int(whole.weight_bytes * 0.6)  # as in `bed`
     whole.close()
-    nodes = [{"name": s.name, "address": s.address, "memory_limit": share} for s in specs]
-    doc = {"model": str(model), "nodes": nodes} | extra
+    # the planner reserves a full context's KV cache per stage: 3 layers x 64 KiB at ctx_size 256
+    nodes = [{"name": s.name, "address": s.address, "memory_limit": share + (192 << 10)} for s in specs]
+    doc = {"model": str(model), "nodes": nodes, "ctx_size": 256} | extra
     path.write_text(yaml.safe_dump(doc))
     return path
 

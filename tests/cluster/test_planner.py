@@ -38,6 +38,7 @@ def random_problem(rng: random.Random, local: bool) -> Problem:
         head_bytes=rng.uniform(0, 20) * MB,
         activation_bytes=rng.choice([2048, 65536, 1 << 20]),
         output_bytes=rng.choice([8, 300_000]),
+        kv_bytes=rng.choice([0.0, [rng.uniform(0, 3) * MB for _ in range(L)]]),  # a full context's KV
     )
     total = sum(per_layer) + model.embed_bytes + model.head_bytes
     nodes = []
@@ -182,7 +183,7 @@ def _standby_oracle(problem: Problem, stages: list[Stage]) -> tuple[int, float]:
     for choice in itertools.product([-1, *range(len(problem.nodes))], repeat=len(stages)):
         used = [0.0] * len(problem.nodes)
         for st in stages:
-            used[index[st.node]] += problem.stage_memory(st.start, st.end)
+            used[index[st.node]] += problem.stage_need(st.start, st.end)
         ok, cost = True, 0.0
         for j, st in zip(choice, stages, strict=True):
             if j < 0:
@@ -190,7 +191,7 @@ def _standby_oracle(problem: Problem, stages: list[Stage]) -> tuple[int, float]:
             if problem.nodes[j].local or problem.nodes[j].name == st.node:
                 ok = False
                 break
-            used[j] += problem.stage_memory(st.start, st.end)
+            used[j] += problem.stage_need(st.start, st.end)
             cost += standby_cost(problem, j, st)
         if not ok or any(u > problem.nodes[j].memory for j, u in enumerate(used)):
             continue
@@ -213,14 +214,14 @@ def test_standbys_respect_memory_and_match_brute_force():
         assert len(spare) == len(chosen.stages)
         used = {n.name: 0.0 for n in problem.nodes}
         for st in chosen.stages:
-            used[st.node] += problem.stage_memory(st.start, st.end)
+            used[st.node] += problem.stage_need(st.start, st.end)
         cost = 0.0
         index = {n.name: j for j, n in enumerate(problem.nodes)}
         for st, sb in zip(chosen.stages, spare, strict=True):
             if sb is None:
                 continue
             assert (sb.start, sb.end) == (st.start, st.end) and sb.node != st.node
-            used[sb.node] += problem.stage_memory(sb.start, sb.end)
+            used[sb.node] += problem.stage_need(sb.start, sb.end)
             cost += standby_cost(problem, index[sb.node], sb)
         assert all(used[n.name] <= n.memory for n in problem.nodes)
         covered, best_cost = _standby_oracle(problem, chosen.stages)
@@ -241,3 +242,23 @@ def test_no_standbys_without_replicas_or_room():
     roomy = Problem([NodeCost("a", 1e-3), NodeCost("b", 1e-3)], model, links)
     one = plan(roomy, strategy="single")
     assert place_standbys(roomy, one.stages, 1)[0].node != one.stages[0].node
+
+
+def test_kv_cache_of_a_full_context_is_reserved_beside_the_weights():
+    """The nodes count KV caches in their ceiling: a stage needs its weights plus its layers' KV cache for
+    one full context. 4 layers of 2 MB fit one 10 MB node by weights alone, not with 1 MB of KV each."""
+    links = {(GATEWAY, "a"): Link(1e-3, 1e8), (GATEWAY, "b"): Link(1e-3, 1e8)}
+    nodes = [NodeCost("a", 1e-3, memory=10 * MB), NodeCost("b", 1.2e-3, memory=10 * MB)]
+    weights_only = Problem(nodes, ModelCost(n_layers=4, layer_bytes=2 * MB), links)
+    assert len(plan(weights_only).stages) == 1
+    with_kv = Problem(nodes, ModelCost(n_layers=4, layer_bytes=2 * MB, kv_bytes=1 * MB), links)
+    chosen = plan(with_kv)
+    assert len(chosen.stages) == 2 and chosen.stages == brute_force(with_kv).stages
+    for r in chosen.breakdown:
+        assert r.kv == (r.end - r.start) * MB and r.memory + r.kv <= 10 * MB and r.fits
+    assert with_kv.evaluate([Stage("a", 0, 4)])[2][0].fits is False
+    # a standby needs the same room: none fits next to a 2-layer stage (6 MB used, 6 MB more needed)
+    assert place_standbys(with_kv, chosen.stages, 1) == [None, None]
+    tight = Problem(nodes, ModelCost(n_layers=4, layer_bytes=2 * MB, kv_bytes=4 * MB), links)
+    with pytest.raises(InfeasiblePlan, match="KV cache"):
+        plan(tight)
