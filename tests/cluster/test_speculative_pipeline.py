@@ -11,6 +11,8 @@ import itertools
 import re
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 import torch
 import yaml
@@ -21,9 +23,11 @@ from edgeinfer.cluster.config import ConfigError, load_config, parse_config, wit
 from edgeinfer.cluster.host import ShardHost
 from edgeinfer.cluster.node import start
 from edgeinfer.engine.base import SamplingParams
+from edgeinfer.engine.generate import complete
 from edgeinfer.engine.shard import Shard
-from edgeinfer.engine.speculative import SpeculativeOptions
+from edgeinfer.engine.speculative import ReportsSpeculation, SpeculativeOptions
 from edgeinfer.models.synthetic import write_tiny_gguf
+from edgeinfer.process import ServerProcess
 
 N_LAYERS = 4
 
@@ -174,6 +178,7 @@ def test_greedy_speculative_pipeline_equals_plain_pipelined_decoding(loopback, t
         assert s.accepted > 0 and s.drafted > s.accepted  # both kept and rolled-back drafts
         assert s.emitted == s.passes + s.accepted and s.tokens_per_pass > 1.0
         assert plain.spec_stats.passes == 0
+        assert isinstance(spec, ReportsSpeculation)  # its counters appear on the server's /metrics
         assert all(h.sequence_count() == 0 for h in loopback.hosts)  # every sequence dropped at the end
     finally:
         spec.close()
@@ -240,3 +245,32 @@ def test_serve_speculative_flag_overrides_the_yaml(tmp_path):
         cluster_opener(path, SpeculativeOptions.parse("exit:3"))
     name, _ = cluster_opener(path, SpeculativeOptions.parse("off"))  # off keeps the YAML's
     assert name
+
+
+def test_served_cluster_streams_plain_tokens_and_reports_acceptance(loopback, tiny, tmp_path):
+    """`serve --cluster` with speculation, through the openai client: the text of the plain pipeline,
+    and the acceptance counters on /metrics."""
+    planner = {"stages": STAGES}
+    plain = _backend(tmp_path, tiny, loopback.nodes(), "off", planner=planner)
+    try:
+        prompt = plain.tokenize(PROMPTS[1])
+        reference = complete(plain, prompt, SamplingParams(temperature=0.0, max_tokens=32)).text
+    finally:
+        plain.close()
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {"model": str(tiny), "nodes": loopback.nodes(), "wire_dtype": "f32"} | {"planner": planner}
+        )
+    )
+    with ServerProcess(
+        ["--cluster", str(cfg), "--speculative", "ngram", "--draft-max", "4"], log=tmp_path / "gw.log"
+    ) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        chunks = client.completions.create(
+            model="tiny", prompt=PROMPTS[1], max_tokens=32, temperature=0, stream=True
+        )
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == reference
+        metrics = httpx.get(srv.url + "/metrics", timeout=10).text
+    rate = [ln for ln in metrics.splitlines() if ln.startswith("edgeinfer:spec_decode_draft_acceptance_rate")]
+    assert rate and 0.0 < float(rate[0].split()[-1]) <= 1.0, rate
