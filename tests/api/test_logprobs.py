@@ -206,7 +206,7 @@ def test_two_node_pipeline_serves_the_shard_engines_logprobs(tmp_path):
 
     tiny = write_tiny_gguf(tmp_path / "tiny.gguf", arch="llama", n_layers=4)
     whole = Shard(tiny, 0, 4, threads=1)
-    share = int(whole.weight_bytes * 0.6)  # neither node may hold the whole model: a real split
+    share = int(whole.weight_bytes * 0.6) + (200 << 10)  # + KV at ctx 64; no node holds the whole model
     whole.close()
     hosts, servers, nodes = [], [], []
     for name in ("n0", "n1"):
@@ -216,7 +216,7 @@ def test_two_node_pipeline_serves_the_shard_engines_logprobs(tmp_path):
         servers.append(server)
         nodes.append({"name": name, "address": f"127.0.0.1:{port}", "memory_limit": share})
     cfg = tmp_path / "cluster.yaml"
-    cfg.write_text(yaml.safe_dump({"model": str(tiny), "nodes": nodes, "wire_dtype": "f32"}))
+    cfg.write_text(yaml.safe_dump({"model": str(tiny), "nodes": nodes, "wire_dtype": "f32", "ctx_size": 64}))
     prompt, k = "the ship sails", 4
 
     reference = ShardBackend(tiny, threads=1)
@@ -231,6 +231,7 @@ def test_two_node_pipeline_serves_the_shard_engines_logprobs(tmp_path):
         reference.close()
     try:
         with ServerProcess(["--cluster", str(cfg)], log=tmp_path / "gw.log") as srv:
+            assert all(h.capabilities().shards for h in hosts)  # a real split: both nodes hold a part
             client = _client(srv.url)
             kwargs = dict(model="tiny", prompt=prompt, max_tokens=8, logprobs=k)
             lp = client.completions.create(**kwargs, temperature=0).choices[0].logprobs
