@@ -254,3 +254,35 @@ def test_two_node_pipeline_serves_the_shard_engines_logprobs(tmp_path):
         for server, host in zip(servers, hosts, strict=True):
             server.stop(0)
             host.close()
+
+
+# ---- tokens that hold part of a character --------------------------------------------------------------
+
+
+def test_a_character_split_over_tokens_arrives_with_both_tokens(qwen_path):
+    """Qwen spells the parrot emoji as two tokens, neither valid UTF-8 alone: the delta with the character
+    carries both logprobs, each spelled ``bytes:...`` with its exact bytes, and offsets count characters."""
+    from edgeinfer.api.responses import ResponseBuilder
+    from edgeinfer.engine.generate import SequencePolicy
+    from edgeinfer.engine.logprobs import TokenLogprobs, TopLogprob
+    from edgeinfer.engine.vocab import Vocab
+
+    vocab = Vocab(qwen_path)
+    try:
+        ids = vocab.tokenize("🦜 ok", add_bos=False)
+        policy = SequencePolicy(vocab, 1, 64, SamplingParams(0.0, max_tokens=8, logprobs=1))
+        items = [policy.feed(TokenLogprobs(t, -0.5, (TopLogprob(t, -0.5),))) for t in ids]
+        deltas = [d for d in items if d is not None] + [d for d in policy.finish() if isinstance(d, Delta)]
+    finally:
+        vocab.close()
+    assert ids[:2] == [123918, 250] and deltas[0].text == "🦜" and len(deltas[0].logprobs) == 2
+    assert [t.bytes for t in deltas[0].logprobs] == [b"\xf0\x9f\xa6", b"\x9c"]
+    assert sum(len(d.logprobs) for d in deltas) == len(ids)
+
+    chat = ResponseBuilder("r", 0, "m", chat=True, logprobs=True).logprobs_body(deltas[0].logprobs)
+    assert [t["token"] for t in chat["content"]] == ["bytes:\\xf0\\x9f\\xa6", "bytes:\\x9c"]
+    assert chat["content"][0]["bytes"] == [0xF0, 0x9F, 0xA6]
+    assert chat["content"][0]["top_logprobs"][0]["token"] == "bytes:\\xf0\\x9f\\xa6"
+    legacy = ResponseBuilder("r", 0, "m", chat=False, logprobs=True)
+    offsets = [o for d in deltas for o in legacy.logprobs_body(d.logprobs)["text_offset"]]
+    assert offsets[:3] == [0, 0, 1]  # the emoji is one character, complete only with its second token
