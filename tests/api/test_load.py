@@ -9,21 +9,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prom import scrape
 
 from edgeinfer.process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 COUNTING = {"model": "gemma-3-270m", "prompt": "1, 2, 3, 4, 5,", "temperature": 0}
-
-
-def _metric(url: str, name: str) -> float:
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            key, _, value = line.rpartition(" ")
-            if key == name or key.startswith(name + "{"):
-                return float(value)
-    return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -83,18 +75,18 @@ def test_over_capacity_gets_429_and_nothing_hangs(small_queue: str) -> None:
 
 def test_client_disconnect_mid_stream_stops_generation(small_queue: str) -> None:
     cancelled = 'edgeinfer:request_success_total{finished_reason="cancelled",model_name="gemma-3-270m"}'
-    before = _metric(small_queue, cancelled)
+    before = scrape(small_queue).get(cancelled, 0.0)
     body = {**COUNTING, "max_tokens": 2000, "stream": True}
     with httpx.stream("POST", small_queue + "/v1/completions", json=body, timeout=60) as r:
         for i, _line in enumerate(r.iter_lines()):
             if i >= 6:
                 break  # hang up after a few tokens
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and _metric(small_queue, cancelled) == before:
+    while time.monotonic() < deadline and scrape(small_queue).get(cancelled, 0.0) == before:
         time.sleep(0.1)
-    assert _metric(small_queue, cancelled) == before + 1
+    assert scrape(small_queue).get(cancelled, 0.0) == before + 1
     running = 'edgeinfer:num_requests_running{model_name="gemma-3-270m"}'
-    assert _metric(small_queue, running) == 0
+    assert scrape(small_queue).get(running, 0.0) == 0
     # the slot is free: with a queue of one, two requests in a row are both served at once
     ok = httpx.post(small_queue + "/v1/completions", json={**COUNTING, "max_tokens": 3}, timeout=60)
     assert ok.status_code == 200

@@ -7,6 +7,7 @@ import json
 import httpx
 import openai
 import pytest
+from prom import scrape
 
 pytestmark = pytest.mark.slow
 
@@ -168,17 +169,9 @@ def test_null_options_mean_defaults(real_server: str) -> None:
 
 
 def test_metrics_count_tokens_and_requests(real_server: str, client: openai.OpenAI) -> None:
-    def scrape() -> dict[str, float]:
-        values = {}
-        for line in httpx.get(real_server + "/metrics").text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                values[key] = float(value)
-        return values
-
-    before = scrape()
+    before = scrape(real_server)
     r = client.completions.create(model="gemma-3-270m", prompt="Hello", max_tokens=7, temperature=0)
-    after = scrape()
+    after = scrape(real_server)
     label = '{model_name="gemma-3-270m"}'
     assert (
         after[f"edgeinfer:generation_tokens_total{label}"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prom import metric, scrape
 
 from edgeinfer.process import ServerProcess
 
@@ -24,17 +25,8 @@ MODEL = "gemma-3-270m"
 COUNTING = "1, 2, 3, 4, 5,"
 
 
-def _metrics(url: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
-
-
 def _gauge(url: str, name: str) -> float:
-    return _metrics(url).get(f'edgeinfer:{name}{{model_name="{MODEL}"}}', 0.0)
+    return metric(url, f"edgeinfer:{name}", MODEL)
 
 
 def _wait_for(url: str, name: str, value: float, timeout: float = 60) -> None:
@@ -94,7 +86,7 @@ def test_four_concurrent_streams_complete_in_shared_steps(four_slots: str) -> No
     # the same request alone gives the same text as in the batch, up to near-ties (tests/engine/test_batch.py)
     alone = client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=32, temperature=0)
     assert alone.choices[0].text[:8] == results[0][0][:8]
-    m = _metrics(four_slots)
+    m = scrape(four_slots)
     label = f'model_name="{MODEL}"'
     steps = m[f"edgeinfer:batch_size_count{{{label}}}"]
     single = m[f'edgeinfer:batch_size_bucket{{le="1.0",{label}}}']

@@ -16,6 +16,7 @@ import httpx
 import openai
 import psutil
 import pytest
+from prom import metric, scrape
 
 from edgeinfer.process import ServerProcess
 
@@ -41,17 +42,8 @@ def server(qwen_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield srv
 
 
-def scrape(url: str) -> dict[str, float]:
-    values = {}
-    for line in HTTP.get(url + "/metrics", timeout=10).text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            values[key] = float(value)
-    return values
-
-
 def gauge(url: str, name: str) -> float:
-    return scrape(url).get(f'edgeinfer:{name}{{model_name="{QWEN}"}}', 0.0)
+    return metric(url, f"edgeinfer:{name}", QWEN)
 
 
 def wait_for(predicate, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
