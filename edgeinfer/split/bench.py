@@ -96,6 +96,9 @@ class DeadlineResult:
     splits: dict[int, int]
     fallbacks: int
     replans: int
+    stretch: float | None = (
+        None  # the guard's q99 measured ÷ predicted at the end (the budget: deadline ÷ it)
+    )
 
     @property
     def met_fraction(self) -> float:
@@ -314,7 +317,9 @@ def _p(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
 
-def deadline_summary(results: list, labels: list[int], deadline_ms: float, replans: int) -> DeadlineResult:
+def deadline_summary(
+    results: list, labels: list[int], deadline_ms: float, replans: int, stretch: float | None = None
+) -> DeadlineResult:
     """Deadline mode's figures from the runtime's answers (``InferenceResult``) and the inputs' labels."""
     lat = [r.latency_ms for r in results]
     return DeadlineResult(
@@ -329,6 +334,7 @@ def deadline_summary(results: list, labels: list[int], deadline_ms: float, repla
         splits=dict(Counter(r.split for r in results)),
         fallbacks=sum(r.fallback for r in results),
         replans=replans,
+        stretch=stretch,
     )
 
 
@@ -345,7 +351,8 @@ def run_link_change(
 ) -> LinkChangeResult:
     """The link of test-bed ``host`` at ``from_rate`` for ``requests`` requests (and at least ``min_s``
     seconds), then changed to ``to_rate`` with tc while the client keeps going for as many more. ``inputs(i)``
-    is the i-th (x, label). With ``deadline_client``, a deadline-mode client runs interleaved with it."""
+    is the i-th (x, label). With ``deadline_client`` (a ``DeadlineClient``), deadline mode runs interleaved
+    with it."""
     from edgeinfer.split.linkshape import shape
 
     shape(tb, host, from_rate)
@@ -388,7 +395,13 @@ def run_link_change(
     transient = after_all[: (plan_changed_at or len(after_all)) + 1]
     dl = None
     if deadline_client is not None:
-        dl = deadline_summary(dl_results, dl_labels, deadline_client.cfg.deadline_ms, deadline_client.replans)
+        dl = deadline_summary(
+            dl_results,
+            dl_labels,
+            deadline_client.deadline_ms,
+            deadline_client.replans,
+            deadline_client.guard.stretch,
+        )
     return LinkChangeResult(
         from_rate=from_rate,
         to_rate=to_rate,
@@ -412,6 +425,7 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> Spli
 
     from edgeinfer.models.dnn import zoo
     from edgeinfer.split.compress import wire_key
+    from edgeinfer.split.deadline import DeadlineClient
     from edgeinfer.split.device import ClientConfig, DeviceClient
     from edgeinfer.split.exits import CRITERIA, calibrate_on_val
     from edgeinfer.split.linkshape import shape
@@ -460,7 +474,10 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> Spli
         return got
 
     def client(**kw) -> DeviceClient:
-        return DeviceClient(m, dev, edge, url, ClientConfig(cfg.dtype, cfg.codec, **kw))
+        """The runtime as `split run` builds it: in deadline mode with the tail guard (split/deadline.py)."""
+        ccfg = ClientConfig(cfg.dtype, cfg.codec, **kw)
+        kind = DeadlineClient if ccfg.deadline_ms is not None else DeviceClient
+        return kind(m, dev, edge, url, ccfg)
 
     # SIGTERM (e.g. `timeout`) unwinds the `with Testbed` below: the test-bed installs that guard itself
     with Testbed(1, rate=None, name=f"spb{os.getpid() % 100000}") as tb:
@@ -541,7 +558,7 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> Spli
                     inputs = [item(cfg.warm + i) for i in range(cfg.deadline_requests)]
                     answers = [dl.infer(x) for x, _ in inputs]
                     entry.deadline = deadline_summary(
-                        answers, [y for _, y in inputs], cfg.deadline_ms, dl.replans
+                        answers, [y for _, y in inputs], cfg.deadline_ms, dl.replans, dl.guard.stretch
                     )
                 d = entry.deadline
                 log(

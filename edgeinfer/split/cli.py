@@ -83,7 +83,7 @@ def _show(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]], righ
     Output().table(ResultTable(title, header, rows, frozenset(right)))
 
 
-def _load_model(name: str, retrain: bool = False):
+def _load_model(name: str, retrain: bool = False, dag: bool = False):
     from rich.progress import Progress
 
     from edgeinfer.models.dnn import zoo
@@ -96,7 +96,7 @@ def _load_model(name: str, retrain: bool = False):
         def progress(epoch: int, epochs: int, loss: float) -> None:
             bar.update(task, total=epochs, completed=epoch, description=f"training {name}: loss {loss:.3f}")
 
-        return zoo.load(name, progress=progress, retrain=retrain)
+        return zoo.load(name, progress=progress, retrain=retrain, dag=dag)
 
 
 def _profile(model, device: str, warmup: int = 3, repeats: int = 20):
@@ -310,12 +310,19 @@ def serve_edge(
     delay_ms: Annotated[
         float, typer.Option(help="Answer every request this much later (user-space RTT emulation).", min=0.0)
     ] = 0.0,
+    dag: Annotated[
+        bool,
+        typer.Option(
+            help="Serve the DAG chains: cuts inside residual blocks too, the request carrying every live "
+            "tensor (the device must use the same chains: zoo.load(name, dag=True))."
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Serve model tails from any cut point over HTTP (POST /v1/split/tail, /v1/split/probe, GET /health)."""
     from edgeinfer.split.edge import serve
 
-    models = {name: _load_model(name) for name in (model or ["digitnet"])}
+    models = {name: _load_model(name, dag=dag) for name in (model or ["digitnet"])}
     err.print(f"edge server on http://{host}:{port} serving {', '.join(models)}")
     serve(models, host, port, threads=threads, delay_ms=delay_ms, log_level=log_level)
 
@@ -353,6 +360,7 @@ def run(
     from rich.progress import track
 
     from edgeinfer.models.dnn import zoo
+    from edgeinfer.split.deadline import DeadlineClient
     from edgeinfer.split.device import ClientConfig, DeviceClient
     from edgeinfer.split.exits import calibrate_on_val
 
@@ -367,7 +375,8 @@ def run(
     urls = [u.strip() for u in edge_url.split(",") if u.strip()]
     if not urls:
         _fail("--edge-url needs at least one URL")
-    with DeviceClient(m, dev, edg, urls, cfg) as client:
+    kind = DeadlineClient if deadline_ms is not None else DeviceClient  # the tail guard (split/deadline.py)
+    with kind(m, dev, edg, urls, cfg) as client:
         for i in track(range(min(n, len(test))), description="inferring", console=err, transient=True):
             r = client.infer(test.x[i : i + 1])
             results.append((r, int(test.y[i])))

@@ -105,3 +105,54 @@ def decode(data: bytes) -> torch.Tensor:
 
 def wire_key(dtype: str, codec: str) -> str:
     return f"{dtype}+{codec}"
+
+
+# --- the state at a cut: one tensor, or several at a DAG cut ----------------------------------------------
+# A cut inside a residual block carries every live tensor (the block's input and the branch so far; see
+# models/dnn/chain.py, ``dag=True``). Such a state goes on the wire as
+#
+#     b"EIS1" | count u8 | (length u32 | one encoded tensor as above) * count
+#
+# every tensor quantised and compressed on its own (each has its own range). One tensor is sent exactly as
+# ``encode`` sends it, so single-tensor peers are unaffected.
+MAGIC_STATE = b"EIS1"
+_COUNT = struct.Struct("<4sB")
+_LEN = struct.Struct("<I")
+MAX_TENSORS = 16
+
+
+def encode_state(
+    state: torch.Tensor | tuple[torch.Tensor, ...], dtype: str = "f32", codec: str = "none"
+) -> bytes:
+    """The state crossing a cut on the wire: ``encode(t)`` for one tensor, the framed list for several."""
+    if isinstance(state, torch.Tensor):
+        return encode(state, dtype, codec)
+    tensors = tuple(state)
+    if not 1 <= len(tensors) <= MAX_TENSORS or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise WireError(f"a cut's state is 1 to {MAX_TENSORS} tensors, got {len(tensors)} items")
+    parts = [encode(t, dtype, codec) for t in tensors]
+    return _COUNT.pack(MAGIC_STATE, len(parts)) + b"".join(_LEN.pack(len(p)) + p for p in parts)
+
+
+def decode_state(data: bytes) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Inverse of ``encode_state``: a tensor, or a tuple of them (a DAG cut)."""
+    if data[:4] != MAGIC_STATE:
+        return decode(data)
+    if len(data) < _COUNT.size:
+        raise WireError("truncated state header")
+    _, count = _COUNT.unpack_from(data)
+    if not 1 <= count <= MAX_TENSORS:
+        raise WireError(f"a cut's state is 1 to {MAX_TENSORS} tensors, got {count}")
+    off, out = _COUNT.size, []
+    for i in range(count):
+        if len(data) < off + _LEN.size:
+            raise WireError(f"truncated state: tensor {i + 1} of {count} is missing")
+        (n,) = _LEN.unpack_from(data, off)
+        off += _LEN.size
+        if len(data) < off + n:
+            raise WireError(f"truncated state: tensor {i + 1} of {count} needs {n} bytes")
+        out.append(decode(data[off : off + n]))
+        off += n
+    if off != len(data):
+        raise WireError(f"{len(data) - off} bytes after the last tensor of the state")
+    return tuple(out)

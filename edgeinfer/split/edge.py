@@ -1,6 +1,8 @@
 """The edge server: runs the tail of a model's path from any cut point (FastAPI + uvicorn).
 
-    POST /v1/split/tail?model=M&exit=E&cut=S[&criterion=C&thresholds=JSON]   body: an encoded tensor
+    POST /v1/split/tail?model=M&exit=E&cut=S[&criterion=C&thresholds=JSON]
+         body: the state at the cut (``compress.encode_state``: one tensor, or every live tensor of a DAG
+         cut inside a residual block when the models are served with their DAG chains)
          -> {"pred", "logits", "exit", "early", "edge_ms", "received_bytes"}
     POST /v1/split/probe    body: any bytes -> {"received_bytes"}   (link measurements)
     GET  /v1/split/models   exits and path lengths of the served models
@@ -22,7 +24,7 @@ from fastapi import FastAPI, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from edgeinfer.models.dnn.zoo import BranchyModel
-from edgeinfer.split.compress import WireError, decode
+from edgeinfer.split.compress import WireError, decode_state
 from edgeinfer.split.exits import Thresholds
 from edgeinfer.split.runner import run_segment
 
@@ -39,7 +41,7 @@ def create_edge_app(models: dict[str, BranchyModel], threads: int = 2, delay_ms:
             for e in m.exits:
                 m.path(e.name).run(x)
 
-    def tail(model: BranchyModel, exit_name: str, cut: int, x: torch.Tensor, th: Thresholds | None) -> dict:
+    def tail(model: BranchyModel, exit_name: str, cut: int, x, th: Thresholds | None) -> dict:
         with lock:
             t0 = time.perf_counter()
             n = len(model.path(exit_name))
@@ -94,7 +96,7 @@ def create_edge_app(models: dict[str, BranchyModel], threads: int = 2, delay_ms:
         if not 0 <= cut <= n:
             raise HTTPException(422, f"cut {cut} outside 0..{n} for exit {exit}")
         try:
-            x = decode(body)
+            x = decode_state(body)
             th = (
                 Thresholds.from_dict({"criterion": criterion, "values": json.loads(thresholds)})
                 if thresholds
@@ -102,11 +104,19 @@ def create_edge_app(models: dict[str, BranchyModel], threads: int = 2, delay_ms:
             )
         except (WireError, ValueError) as exc:
             raise HTTPException(422, f"bad request: {exc}") from exc
-        expect = m.path(exit).layers[cut - 1].out_shape if cut else m.backbone.in_shape
-        if tuple(x.shape[1:]) != tuple(expect):
+        expect = m.path(exit).cut_shapes(cut)
+        got = (x,) if isinstance(x, torch.Tensor) else x
+        if len(got) != len(expect):
             raise HTTPException(
-                422, f"tensor shape {tuple(x.shape)} does not fit cut {cut} (expects N x {expect})"
+                422, f"cut {cut} of exit {exit} carries {len(expect)} tensor(s), the request {len(got)}"
             )
+        for t, shape in zip(got, expect, strict=True):
+            if tuple(t.shape[1:]) != tuple(shape) or t.shape[0] != got[0].shape[0]:
+                shapes = ", ".join(f"N x {tuple(e)}" for e in expect)
+                raise HTTPException(
+                    422,
+                    f"tensor shapes {[tuple(g.shape) for g in got]} do not fit cut {cut} (expects {shapes})",
+                )
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         out = await run_in_threadpool(tail, m, exit, cut, x, th)

@@ -1,0 +1,80 @@
+"""Deadline mode that holds in the tail: plan against the deadline shrunk by how much slower than planned the
+recent requests ran at their 99th percentile.
+
+The planner (Edgent's joint exit + split choice) compares a *predicted* latency with the deadline. The
+prediction is a median model: per-layer profiles scaled by the measured compute ratio, the measured link.
+Requests vary around it (a loaded CPU, the sleep that emulates a slow device waking late, HTTP and Python
+overhead the profiles do not hold), so a plan predicted just under the deadline misses it about half of the
+time. ``DeadlineGuard`` keeps the ratio measured ÷ predicted end-to-end latency of the last requests and
+gives the planner ``deadline / q99(ratio)``: an option is taken only if its predicted latency, stretched as
+the slowest 1 % of recent requests were, still meets the deadline. ``DeadlineClient`` is the device client
+with the guard in its planning loop; answers report ``deadline_met`` against the real deadline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import replace
+
+from edgeinfer.split.device import DeviceClient, InferenceResult
+
+
+class DeadlineGuard:
+    """Tail ratio of measured to predicted latency over a sliding window, and the planning budget from it.
+
+    Until ``min_samples`` ratios are in, the largest one seen (at least 1.0) stands for the quantile, so the
+    first requests plan conservatively rather than optimistically."""
+
+    def __init__(self, quantile: float = 0.99, window: int = 200, min_samples: int = 20):
+        if not 0 < quantile <= 1:
+            raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+        self.quantile = quantile
+        self.min_samples = min_samples
+        self.ratios: deque[float] = deque(maxlen=window)
+
+    def observe(self, measured_ms: float, predicted_ms: float) -> None:
+        if predicted_ms > 0 and measured_ms > 0 and math.isfinite(measured_ms / predicted_ms):
+            self.ratios.append(measured_ms / predicted_ms)
+
+    @property
+    def stretch(self) -> float:
+        """How much slower than predicted the slow tail of recent requests ran (1.0 with no data)."""
+        if not self.ratios:
+            return 1.0
+        s = sorted(self.ratios)
+        if len(s) < self.min_samples:
+            return max(1.0, s[-1])
+        return s[min(len(s) - 1, max(0, math.ceil(self.quantile * len(s)) - 1))]
+
+    def budget(self, deadline_ms: float) -> float:
+        """The latency the planner may predict for an option that should meet ``deadline_ms``."""
+        return deadline_ms / self.stretch
+
+
+class DeadlineClient(DeviceClient):
+    """``DeviceClient`` in deadline mode with a ``DeadlineGuard``: before every plan the deadline it plans
+    against is the guard's budget (re-planned when it moves by more than ``replan_at``); after every answer
+    the guard learns the measured ÷ predicted ratio. ``deadline_met`` compares with the real deadline."""
+
+    def __init__(self, *args, guard: DeadlineGuard | None = None, replan_at: float = 0.05, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.cfg.deadline_ms is None:
+            raise ValueError("DeadlineClient needs a deadline (ClientConfig.deadline_ms)")
+        self.deadline_ms = self.cfg.deadline_ms
+        self.guard = guard or DeadlineGuard()
+        self.replan_at = replan_at
+
+    def current_plan(self):
+        budget = self.guard.budget(self.deadline_ms)
+        if abs(budget / self.cfg.deadline_ms - 1) > self.replan_at:
+            self.cfg = replace(self.cfg, deadline_ms=budget)
+            self.plan_link = None  # plan again at once (a changed plan still counts as a re-plan)
+        return super().current_plan()
+
+    def infer(self, x) -> InferenceResult:
+        r = super().infer(x)
+        if r.planned is not None and not r.early and not r.fallback:
+            self.guard.observe(r.latency_ms, r.planned.total_ms)
+        r.deadline_met = r.latency_ms <= self.deadline_ms
+        return r
