@@ -276,7 +276,8 @@ class PipelineBackend(VocabMixin):
             if not m.is_up(name):
                 continue
             try:
-                profiles.append(self.replanner.measure(name))
+                with m.held(name):
+                    profiles.append(self.replanner.measure(name))
             except Exception as exc:  # noqa: BLE001 - a node that cannot be profiled is not used
                 m.mark_dead(name, f"profiling failed: {exc}")
         return profiles

@@ -9,10 +9,11 @@ the node stayed up for ``max_ban``. After its ban a node is pinged again and re-
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -76,6 +77,7 @@ class Membership:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_discovery = now + discover_every
+        self._held: set[str] = set()  # nodes being profiled: busy by design, not judged by the heartbeat
         workers = max(4, 2 * len(self.nodes))  # room for nodes that join later (threads start on demand)
         self._pings = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heartbeat")
 
@@ -145,7 +147,9 @@ class Membership:
         """One heartbeat round: ping every node that is up or whose ban is over, in parallel."""
         now = self.clock()
         with self._lock:
-            due = [n for n, s in self.nodes.items() if s.up or now >= s.banned_until]
+            due = [
+                n for n, s in self.nodes.items() if (s.up or now >= s.banned_until) and n not in self._held
+            ]
         results = list(self._pings.map(self.probe, due))
         for name, r in zip(due, results, strict=True):
             if r is not None:
@@ -167,6 +171,20 @@ class Membership:
             # confirms its own deadline misses with a Ping and declares a node dead at once)
             if was_up and s.misses >= MISSES:
                 self.mark_dead(name, s.last_error or "heartbeat failed")
+
+    @contextlib.contextmanager
+    def held(self, name: str) -> Iterator[None]:
+        """While the gateway profiles ``name`` (its CPU busy measuring, loading a probe layer), the heartbeat
+        leaves it alone: a late Ping then is the profiling's doing, not a failure."""
+        with self._lock:
+            self._held.add(name)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.discard(name)
+                if name in self.nodes:
+                    self.nodes[name].misses = 0
 
     # --- discovery -------------------------------------------------------------------------------------
     def rediscover(self) -> tuple[list[str], list[str]]:
