@@ -25,7 +25,7 @@ import httpx
 import torch
 
 from edgeinfer.models.dnn.zoo import BranchyModel
-from edgeinfer.split.compress import encode, wire_key
+from edgeinfer.split.compress import encode_state, wire_key
 from edgeinfer.split.exits import Thresholds
 from edgeinfer.split.monitor import LinkMonitor, changed
 from edgeinfer.split.planner import LinkEstimate, SplitOption, all_paths, evaluate, plan_split
@@ -109,9 +109,11 @@ class DeviceClient:
         edge: Profile,
         edge_url: str | Sequence[str],
         cfg: ClientConfig,
+        transport: httpx.BaseTransport | None = None,
     ):
         """``edge_url``: one edge server, or several (same models, same ``edge`` profile) to fail over
-        between, tried in the given order."""
+        between, tried in the given order. ``transport``: the httpx transport of every edge connection
+        (default httpx's own; an inspector wraps it to watch the edge calls)."""
         device.check_model(model)
         edge.check_model(model)
         self.model, self.device, self.cfg = model, device, cfg
@@ -125,7 +127,9 @@ class DeviceClient:
         if not urls:
             raise ValueError("the device needs at least one edge server URL")
         self.edges = [u.rstrip("/") for u in urls]
-        self._clients = [httpx.Client(base_url=u, timeout=cfg.timeout_s) for u in self.edges]
+        self._clients = [
+            httpx.Client(base_url=u, timeout=cfg.timeout_s, transport=transport) for u in self.edges
+        ]
         self.active = 0  # index of the edge server in use
         self.down_until = [0.0] * len(self.edges)  # per edge: left alone until then (monotonic)
         self.failovers = 0
@@ -266,7 +270,7 @@ class DeviceClient:
             )
         with device_thread(self.device.device):
             payload, enc_s = emulated_call(
-                lambda: encode(seg.out, self.cfg.dtype, self.cfg.codec), slow, sleep=False
+                lambda: encode_state(seg.out, self.cfg.dtype, self.cfg.codec), slow, sleep=False
             )
         device_s = seg.compute_s + enc_s
         settle(t0, device_s)  # one sleep for the whole emulated head (see profile.settle)
