@@ -255,16 +255,19 @@ def _path_logits(model: zoo.BranchyModel, frames: torch.Tensor) -> dict[str, tor
 
 def benign_deviation(model: zoo.BranchyModel, frames: torch.Tensor, dtype: str) -> torch.Tensor:
     """Per frame, the largest |logit| change of any exit when the tensor at any cut crosses the wire as
-    ``dtype`` (one frame per request, as the device sends them)."""
+    ``dtype``, one frame per request as the device sends them (f32 and f16 round each value on its own, so
+    a whole batch is encoded at once; int8 scales per tensor, so per frame)."""
     worst = torch.zeros(len(frames))
     for e in model.exits:
         path = model.path(e.name)
         ref = path.run(frames)
         for cut in range(len(path)):
             head = path.run(frames, 0, cut)
-            for i in range(len(frames)):
-                out = path.run(decode(encode(head[i : i + 1], dtype)), cut)
-                worst[i] = max(float(worst[i]), float((out - ref[i : i + 1]).abs().max()))
+            if dtype == "int8":
+                sent = torch.cat([decode(encode(head[i : i + 1], dtype)) for i in range(len(frames))])
+            else:
+                sent = decode(encode(head, dtype))
+            worst = torch.maximum(worst, (path.run(sent, cut) - ref).abs().amax(1))
     return worst
 
 
@@ -318,23 +321,24 @@ def make_ids(
         keep = (logits["final"].argmax(1) == labels) & (margin >= cfg.min_margin)
         say("measuring benign wire noise and weight sensitivity")
         moved = _perturbation_deviation(net, frames, cfg.perturb, cfg.seed)
-        benign = {d: benign_deviation(model, frames, d) for d in DTYPES}
-    score = moved / benign["f16"].clamp_min(1e-6)
-    ranked = sorted((j for j in range(len(idx)) if keep[j]), key=lambda j: -float(score[j]))[: cfg.n]
-    if len(ranked) < cfg.n:
-        raise DnnIdError(
-            f"only {len(ranked)} of {len(idx)} candidates kept a top-1 margin >= {cfg.min_margin}"
-        )
+        score = moved / benign_deviation(model, frames, "f16").clamp_min(1e-6)
+        ranked = sorted((j for j in range(len(idx)) if keep[j]), key=lambda j: -float(score[j]))[: cfg.n]
+        if len(ranked) < cfg.n:
+            raise DnnIdError(
+                f"only {len(ranked)} of {len(idx)} candidates kept a top-1 margin >= {cfg.min_margin}"
+            )
+        # the tolerances of the IDs kept (int8 is measured frame by frame: only for these)
+        benign = {d: benign_deviation(model, frames[ranked], d).tolist() for d in DTYPES}
     ids = [
         DnnId(
             image=[round(float(v), 6) for v in src[j].flatten()],
             label=int(labels[j]),
             expected={k: [round(float(v), 6) for v in t[j]] for k, t in logits.items()},
-            tolerance={d: max(TOLERANCE_FLOOR, TOLERANCE_FACTOR * float(b[j])) for d, b in benign.items()},
+            tolerance={d: max(TOLERANCE_FLOOR, TOLERANCE_FACTOR * b[k]) for d, b in benign.items()},
             margin=float(margin[j]),
             score=float(score[j]),
         )
-        for j in ranked
+        for k, j in enumerate(ranked)
     ]
     shape = tuple(int(v) for v in val.images.shape[1:])
     return DnnIdSet(name, res, shape, ids, cfg, model.meta.get("weights", ""))
@@ -558,10 +562,18 @@ class DnnInspector:
         return _InspectingTransport(self, inner or httpx.HTTPTransport())
 
     def attach(self, client) -> None:
-        """Route a ``DeviceClient``'s edge calls through this inspector (same base URL and timeout)."""
-        old = client.http
-        client.http = httpx.Client(base_url=old.base_url, timeout=old.timeout, transport=self.transport())
-        old.close()
+        """Route a ``DeviceClient``'s edge calls through this inspector: each of its HTTP clients (one per
+        edge server) is replaced by one with the same base URL and timeout over ``transport()``."""
+
+        def wrap(old: httpx.Client) -> httpx.Client:
+            new = httpx.Client(base_url=old.base_url, timeout=old.timeout, transport=self.transport())
+            old.close()
+            return new
+
+        if isinstance(getattr(client, "_clients", None), list):  # a client that fails over between edges
+            client._clients = [wrap(c) for c in client._clients]
+        else:
+            client.http = wrap(client.http)
 
     def report(self) -> DnnReport:
         with self.lock:
@@ -587,6 +599,9 @@ def _default_sla_test() -> SPRT:
     return sla_test(level=0.999, violated=0.01)
 
 
+_BODY_HEADERS = ("content-length", "transfer-encoding")  # set anew for each body
+
+
 class _InspectingTransport(httpx.BaseTransport):
     """Passes every request on; POSTs to ``/v1/split/tail`` go through ``DnnInspector.call``."""
 
@@ -602,10 +617,10 @@ class _InspectingTransport(httpx.BaseTransport):
 
         def send(query: dict, body: bytes) -> dict:
             url = request.url.copy_with(params=query)
-            req = httpx.Request(
-                "POST", url, headers=request.headers, content=body, extensions=request.extensions
-            )
+            headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in _BODY_HEADERS]
+            req = httpx.Request("POST", url, headers=headers, content=body, extensions=request.extensions)
             resp = self.inner.handle_request(req)
+            resp.request = req
             resp.read()
             if "real" not in kept:
                 kept["real"] = resp
