@@ -212,7 +212,11 @@ class NodeHealth:
         if serving == self._serving:
             return
         if self._serving is not None:
-            log.warning("health: %s", "SERVING" if serving else "NOT_SERVING")
+            log.log(
+                logging.INFO if serving else logging.WARNING,
+                "health: %s",
+                "SERVING" if serving else "NOT_SERVING",
+            )
         self._serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

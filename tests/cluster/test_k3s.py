@@ -600,13 +600,26 @@ def test_manifests_run_on_the_testbed(tmp_path):
                 hosts_files.append(etc / "hosts")
                 spec = pod.workload["spec"]["template"]["spec"]
                 volumes = {v["name"]: v for v in spec["volumes"]}
-                mounts = {}
+                mounts = {
+                    m["mountPath"]: str(tmp_path / pod.name / m["name"])
+                    for m in pod.container["volumeMounts"]
+                }
                 for m in pod.container["volumeMounts"]:
-                    d = tmp_path / pod.name / m["name"]
+                    d = Path(mounts[m["mountPath"]])
                     d.mkdir(parents=True)
                     v = volumes[m["name"]]
                     if "configMap" in v:
                         for key, text in configmaps[v["configMap"]["name"]].items():
+                            # paths into the pod's other volumes (the cluster YAML names the certificates'
+                            # Secret volume) point where this test placed them
+                            alternatives = "|".join(
+                                re.escape(m) for m in sorted(mounts, key=len, reverse=True)
+                            )
+                            text = re.sub(
+                                rf"(?<= )({alternatives})/",
+                                lambda g, mounts=mounts: mounts[g.group(1)] + "/",
+                                text,
+                            )
                             (d / key).write_text(text)
                     elif "secret" in v:
                         for key, data in secret_files[v["secret"]["secretName"]].items():
@@ -614,7 +627,6 @@ def test_manifests_run_on_the_testbed(tmp_path):
                             (d / key).chmod(v["secret"].get("defaultMode", 0o644))
                     else:
                         assert "emptyDir" in v, v
-                    mounts[m["mountPath"]] = str(d)
                 base = {k: _map_paths(v, mounts) for k, v in _image_env(image_paths).items()}
                 pod.env = _resolve_env(pod, configmaps, secrets, mounts, base)
                 argv = [_map_paths(_expand(a, pod.env), mounts) for a in pod.container["command"]]
