@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from edgeinfer.models.dnn.zoo import BranchyModel
-from edgeinfer.split.compress import CODECS, DTYPES, encode, wire_key
+from edgeinfer.split.compress import CODECS, DTYPES, encode_state, wire_key
 from edgeinfer.testbed import cpuquota
 
 FORMAT = "edgeinfer-dnn-profile/1"
@@ -237,11 +237,19 @@ class Profile:
             raise ValueError(f"profile of {self.model} lacks layers {missing[:5]}")
 
 
-def wire_sizes(t: torch.Tensor) -> dict[str, int]:
-    return {wire_key(d, c): len(encode(t, d, c)) for d in DTYPES for c in CODECS}
+def wire_sizes(t: torch.Tensor | tuple[torch.Tensor, ...]) -> dict[str, int]:
+    """Encoded bytes of the state at a cut (one tensor, or every live tensor of a DAG cut)."""
+    return {wire_key(d, c): len(encode_state(t, d, c)) for d in DTYPES for c in CODECS}
 
 
-def _median_wire(samples: list[torch.Tensor]) -> dict[str, int]:
+def _samples(xs) -> list:
+    """The batch-1 states of a batch (a tensor, or a tuple of tensors at a DAG cut)."""
+    if isinstance(xs, tuple):
+        return [tuple(t[i : i + 1] for t in xs) for i in range(len(xs[0]))]
+    return [xs[i : i + 1] for i in range(len(xs))]
+
+
+def _median_wire(samples: list) -> dict[str, int]:
     sizes = [wire_sizes(s) for s in samples]
     return {k: int(statistics.median(s[k] for s in sizes)) for k in sizes[0]}
 
@@ -289,7 +297,7 @@ def profile_model(
                 x = starts[None if ex is None else ex.name][r % len(inputs)].unsqueeze(0)
                 for layer in chain.layers:
                     w0 = time.perf_counter()
-                    x, ms = _timed_ms(lambda layer=layer, x=x: layer.module(x), device.slowdown, quota)
+                    x, ms = _timed_ms(lambda layer=layer, x=x: layer.run(x), device.slowdown, quota)
                     if r >= warmup:
                         times.setdefault(layer.name, []).append(ms)
                         host.setdefault(layer.name, []).append(1000 * (time.perf_counter() - w0))
@@ -304,8 +312,8 @@ def profile_model(
         for chain, ex in todo:
             xs = starts[None if ex is None else ex.name]
             for layer in chain.layers:
-                in_bytes = 4 * xs[0].numel()
-                xs = layer.module(xs)
+                in_bytes = 4 * sum(t[0].numel() for t in (xs if isinstance(xs, tuple) else (xs,)))
+                xs = layer.run(xs)
                 layers[layer.name] = LayerProfile(
                     layer.kind,
                     layer.macs,
@@ -313,7 +321,7 @@ def profile_model(
                     layer.out_bytes,
                     statistics.median(times[layer.name]) * scale,
                     statistics.median(host[layer.name]),
-                    _median_wire([xs[i : i + 1] for i in range(len(xs))]),
+                    _median_wire(_samples(xs)),
                 )
     exits = {
         e.name: {"at": e.at, "accuracy": e.accuracy, "path": model.path(e.name).names} for e in model.exits

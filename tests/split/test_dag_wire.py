@@ -80,3 +80,25 @@ def test_a_state_that_does_not_fit_the_cut_is_a_clear_422(dag_edge, model):
     body = encode_state(state, "f16", "zstd")
     r = _tail(dag_edge, cut, body[:-3])  # truncated
     assert r.status_code == 422 and "bad request" in r.text
+
+
+def test_the_device_client_runs_a_forced_dag_cut_end_to_end(dag_edge, model):
+    """The runtime (profile, head, wire, edge) on the DAG chain: the profile records every live tensor's
+    bytes at a DAG cut, and a device client forced to cut there answers like the whole model."""
+    from edgeinfer.split.device import ClientConfig, DeviceClient
+    from edgeinfer.split.profile import load_device, profile_model
+
+    path = model.path("final")
+    cut = next(s for s in range(len(path) + 1) if len(path.cut_shapes(s)) > 1)
+    val = zoo.dataset("mobilenet")["val"].x[:2]
+    dev = profile_model(model, load_device("edge-host"), val, warmup=0, repeats=1)
+    after = path.names[cut - 1]
+    live = sum(4 * int(torch.tensor(shape).prod()) for shape in path.cut_shapes(cut))
+    assert dev.layers[after].in_bytes > 0 and dev.layers[after].wire["f32+none"] > live  # all of them
+    x = zoo.dataset("mobilenet")["test"].x[:3]
+    want = path.run(x).argmax(-1)
+    cfg = ClientConfig("f16", "lz4", force=("final", cut))
+    with DeviceClient(model, dev, dev, dag_edge, cfg) as client:
+        got = [client.infer(x[i : i + 1]) for i in range(len(x))]
+    assert [r.where for r in got] == ["split"] * 3 and not any(r.fallback for r in got), got
+    assert [r.pred for r in got] == want.tolist()
