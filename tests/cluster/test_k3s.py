@@ -146,6 +146,7 @@ def test_manifests_are_consistent():
     parse_config(raw)  # a valid cluster config
     assert raw["discovery"]["dns"] == f"edgeinfer-node.{svc['metadata']['namespace']}.{CLUSTER_DOMAIN}"
     assert raw["discovery"]["port"] == port and raw["discovery"]["expect"] == sts["spec"]["replicas"]
+    assert 0 < raw["discovery"]["interval"] <= 30  # pods that come and go are re-discovered while serving
     gw = by_kind[("Deployment", "edgeinfer-gateway")]["spec"]["template"]
     c = gw["spec"]["containers"][0]
     assert c["command"] == ["edgeinfer", "serve"] and "--cluster" in c["args"]
