@@ -13,8 +13,10 @@ with the guard in its planning loop; answers report ``deadline_met`` against the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import replace
 
 from edgeinfer.split.device import DeviceClient, InferenceResult
@@ -55,7 +57,8 @@ class DeadlineGuard:
 class DeadlineClient(DeviceClient):
     """``DeviceClient`` in deadline mode with a ``DeadlineGuard``: before every plan the deadline it plans
     against is the guard's budget (re-planned when it moves by more than ``replan_at``); after every answer
-    the guard learns the measured ÷ predicted ratio. ``deadline_met`` compares with the real deadline."""
+    the guard learns the measured ÷ predicted ratio. ``deadline_met``, the edge's timeout and the local exit
+    of a fallback use the real deadline."""
 
     def __init__(self, *args, guard: DeadlineGuard | None = None, replan_at: float = 0.05, **kwargs):
         super().__init__(*args, **kwargs)
@@ -71,6 +74,25 @@ class DeadlineClient(DeviceClient):
             self.cfg = replace(self.cfg, deadline_ms=budget)
             self.plan_link = None  # plan again at once (a changed plan still counts as a re-plan)
         return super().current_plan()
+
+    @contextlib.contextmanager
+    def _real_deadline(self) -> Iterator[None]:
+        """The real deadline, not the planning budget, while the edge's timeout and a fallback's local exit
+        are chosen: the time left is what it is; only the *plan* keeps the tail margin."""
+        planned = self.cfg
+        self.cfg = replace(self.cfg, deadline_ms=self.deadline_ms)
+        try:
+            yield
+        finally:
+            self.cfg = planned
+
+    def _edge_timeout(self, *args, **kwargs):
+        with self._real_deadline():
+            return super()._edge_timeout(*args, **kwargs)
+
+    def _fallback(self, *args, **kwargs):
+        with self._real_deadline():
+            return super()._fallback(*args, **kwargs)
 
     def infer(self, x) -> InferenceResult:
         r = super().infer(x)
