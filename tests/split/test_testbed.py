@@ -173,8 +173,8 @@ def test_deadline_mode_picks_the_exit_and_split_that_meet_it(tmp_path, testbed):
 
 def test_the_runtime_replans_when_the_link_drops_mid_run(tmp_path, testbed):
     """The link drops from 20 to 5 Mbit/s (tc) while the client runs: the uploads slow down at once, the
-    client re-probes and re-plans within a few requests (ten at most here), moving the cut deeper into the device (smaller
-    tensors), and a deadline-mode client running alongside keeps answering."""
+    client re-probes and re-plans within a few requests (ten at most here), moving the cut deeper into the
+    device (smaller tensors), and a deadline-mode client running alongside keeps answering."""
     from edgeinfer.split.bench import run_link_change
     from edgeinfer.split.deadline import DeadlineClient
     from edgeinfer.split.device import ClientConfig, DeviceClient
