@@ -51,6 +51,7 @@ from edgeinfer.models.dnn.data import resize
 from edgeinfer.models.dnn.train import load_or_train
 from edgeinfer.split.compress import CODECS, DTYPES, MAGIC, WireError, decode, encode
 from edgeinfer.split.exits import Thresholds
+from edgeinfer.split.profile import torch_threads
 from edgeinfer.split.runner import run_segment
 
 FORMAT = 1
@@ -635,31 +636,59 @@ class _InspectingTransport(httpx.BaseTransport):
         self.inner.close()
 
 
-def detection_table(
-    ids: DnnIdSet, honest: zoo.BranchyModel, subs: dict[str, zoo.BranchyModel], dtypes: Iterable[str] = DTYPES
-) -> dict[str, dict[str, float]]:
-    """Per substitute, per ID: the fraction of (cut, wire dtype) requests to the final exit whose answer fails
-    its check (a local reference, as a split device judges), computed in-process. Cuts: every one where the
-    edge has work to do and the substitute takes the same tensor."""
+def sweep(
+    ids: DnnIdSet,
+    reference: zoo.BranchyModel,
+    served: zoo.BranchyModel,
+    *,
+    dtypes: Iterable[str] = DTYPES,
+    threads: Iterable[int] = (1,),
+    batched: bool = True,
+) -> list[IdCheck]:
+    """Every ID sent to ``served``'s final exit at every cut the edge works at (and ``served`` takes the same
+    tensor) and every wire dtype, answered one request at a time and (``batched``) all IDs in one batch, at
+    each of ``threads`` torch threads; each answer judged both ways: against the local reference (the
+    ``reference`` tail on the same bytes, as a split device judges) and against the stored logits."""
     frames = ids.frames()
-    table: dict[str, dict[str, float]] = {}
-    for name, sub in subs.items():
-        row: dict[str, float] = {}
-        cuts = _shared_cuts(honest.path("final"), sub.path("final"))
-        for i in range(len(ids.ids)):
-            caught = total = 0
+    ref_path, srv_path = reference.path("final"), served.path("final")
+    cuts = _shared_cuts(ref_path, srv_path)
+    checks: list[IdCheck] = []
+    for t in threads:
+        with torch_threads(t):
             for dtype in dtypes:
                 for cut in cuts:
-                    payload = encode(honest.path("final").run(frames[i : i + 1], 0, cut), dtype)
-                    x = decode(payload)
-                    want = honest.path("final").run(x, cut)
-                    got = sub.path("final").run(x, cut)
-                    answer = {"exit": "final", "logits": got[0].tolist()}
-                    res = check_answer(ids, i, answer, dtype, cut, ("final", want))
-                    caught += not res.passed
-                    total += 1
-            row[str(i)] = caught / total
-        table[name] = row
+                    head = ref_path.run(frames, 0, cut)
+                    sent = torch.cat([decode(encode(head[i : i + 1], dtype)) for i in range(len(frames))])
+                    want = ref_path.run(sent, cut)
+                    answers = [torch.cat([srv_path.run(sent[i : i + 1], cut) for i in range(len(frames))])]
+                    if batched:
+                        answers.append(srv_path.run(sent, cut))
+                    for got in answers:
+                        for i in range(len(frames)):
+                            answer = {"exit": "final", "logits": got[i].tolist()}
+                            checks.append(check_answer(ids, i, answer, dtype, cut, ("final", want[i])))
+                            checks.append(check_answer(ids, i, answer, dtype, cut))
+    return checks
+
+
+def detection_table(
+    ids: DnnIdSet,
+    honest: zoo.BranchyModel,
+    subs: dict[str, zoo.BranchyModel],
+    dtypes: Iterable[str] = DTYPES,
+    reference: str = "local",
+) -> dict[str, dict[str, float]]:
+    """Per substitute, per ID: the fraction of requests (every cut the edge works at, every wire dtype) whose
+    answer fails its check against the ``reference`` ("local" or "stored"), computed in-process."""
+    table: dict[str, dict[str, float]] = {}
+    for name, sub in subs.items():
+        checks = [
+            c for c in sweep(ids, honest, sub, dtypes=dtypes, batched=False) if c.reference == reference
+        ]
+        table[name] = {
+            str(i): sum(not c.passed for c in checks if c.id == i) / max(1, sum(c.id == i for c in checks))
+            for i in range(len(ids.ids))
+        }
     return table
 
 

@@ -21,7 +21,7 @@ from edgeinfer.inspect import dnn
 from edgeinfer.inspect.stats import Decision, model_test, sla_test
 from edgeinfer.models.dnn.data import resize
 from edgeinfer.process import HttpProcess, free_port
-from edgeinfer.split.compress import DTYPES, decode, encode
+from edgeinfer.split.compress import DTYPES, encode
 from edgeinfer.split.device import ClientConfig, DeviceClient
 from edgeinfer.split.edge import create_edge_app
 from edgeinfer.split.profile import load_device, profile_model
@@ -152,44 +152,17 @@ def test_every_substitute_is_caught_by_every_id(ref, ids, subs):
     for kind, row in table.items():
         print(f"per-ID detection probability, {kind}: {row}")
     assert all(p == 1.0 for row in table.values() for p in row.values()), table
-    # without the model at hand (an edge-only client: cut 0, stored logits): f32 / f16 wires catch all too
-    frames = ids.frames()
-    for kind, sub in subs.items():
-        for dtype in ("f32", "f16"):
-            for i in range(len(ids.ids)):
-                got = sub.path("final").run(decode(encode(frames[i : i + 1], dtype)))
-                answer = {"exit": "final", "logits": got[0].tolist()}
-                assert not dnn.check_answer(ids, i, answer, dtype, 0).passed, (kind, dtype, i)
+    # without the model at hand (stored logits): f32 / f16 wires catch every substitute too
+    stored = dnn.detection_table(ids, honest, subs, dtypes=("f32", "f16"), reference="stored")
+    assert all(p == 1.0 for row in stored.values() for p in row.values()), stored
 
 
 def test_honest_answers_pass_across_threads_and_batch_sizes(ref, ids):
     _, honest = ref
-    frames = ids.frames()
-    checks = failed = 0
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            for exit_name in ("final", "exit2"):
-                path = honest.path(exit_name)
-                for dtype in DTYPES:
-                    for cut in range(len(path)):
-                        for batch in (1, 3, len(frames)):
-                            for s in range(0, len(frames), batch):
-                                x = path.run(frames[s : s + batch], 0, cut)
-                                out = path.run(decode(encode(x, dtype)) if batch == 1 else x, cut)
-                                for j in range(len(out)):
-                                    answer = {"exit": exit_name, "logits": out[j].tolist()}
-                                    stored = dnn.check_answer(ids, s + j, answer, dtype, cut)
-                                    wire = decode(encode(x[j : j + 1], dtype))
-                                    local = (exit_name, path.run(wire, cut)[0])
-                                    exact = dnn.check_answer(ids, s + j, answer, dtype, cut, local)
-                                    checks += 2
-                                    failed += (not stored.passed) + (not exact.passed and batch == 1)
-    finally:
-        torch.set_num_threads(before)
-    assert checks >= 1000
-    assert failed == 0
+    checks = dnn.sweep(ids, honest, honest, threads=(1, 2), batched=True)
+    assert len(checks) >= 1000
+    assert {c.reference for c in checks} == {"local", "stored"} and {c.dtype for c in checks} == set(DTYPES)
+    assert [c for c in checks if not c.passed] == []
 
 
 # --- real edge servers --------------------------------------------------------------------------------------
