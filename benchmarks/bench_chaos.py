@@ -141,6 +141,7 @@ def settle(backend, bed: Bed, victim: str, how: str, warm: bool, timeout: float 
     while time.monotonic() < deadline:
         m = backend.membership
         ok = m.is_up(victim) and (not warm or any(sb is not None for sb in backend.standbys))
+        ok = ok and backend.settled()  # profiled again and re-planned: nothing competes with the next fault
         if ok and backend._lock.acquire(timeout=1):  # the healer is done with it
             backend._lock.release()
             return

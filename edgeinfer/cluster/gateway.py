@@ -219,6 +219,7 @@ class PipelineBackend(VocabMixin):
         self._healer: threading.Thread | None = None
         self._stale: set[str] = set()  # re-admitted nodes whose leftover shards must go
         self._joining: set[str] = set()  # nodes that joined or came back, to be profiled
+        self._healing = False  # the healer is handling a change
         self._lost = ""  # the node whose loss made the model unavailable
         self._adapt_after = 0.0  # monotonic time before which no slow-node adaptation is tried
         self.info = ModelInfo(
@@ -251,16 +252,25 @@ class PipelineBackend(VocabMixin):
     def _heal_loop(self) -> None:
         while not self._closed.is_set():
             self._heal.wait()
+            self._healing = True
             self._heal.clear()
             if self._closed.is_set():
                 return
-            profiles = self._profile_joining()  # outside the lock: a sequence may run meanwhile
-            with self._lock:  # waits for the running sequence, which recovers by itself
-                try:
-                    self._admit_profiles(profiles)
-                    self._heal_now()
-                except Exception as exc:  # noqa: BLE001 - logged; the next change retries
-                    log.warning("cluster healing failed: %s", exc)
+            try:
+                profiles = self._profile_joining()  # outside the lock: a sequence may run meanwhile
+                with self._lock:  # waits for the running sequence, which recovers by itself
+                    try:
+                        self._admit_profiles(profiles)
+                        self._heal_now()
+                    except Exception as exc:  # noqa: BLE001 - logged; the next change retries
+                        log.warning("cluster healing failed: %s", exc)
+            finally:
+                self._healing = False
+
+    def settled(self) -> bool:
+        """No membership change waits to be handled (profiling, re-planning): for tests and benchmarks that
+        must not start the next fault while the last one is still being healed."""
+        return not self._heal.is_set() and not self._healing
 
     def _profile_joining(self) -> list:
         """Nodes that joined (discovery) or came back are measured again before the planner uses them: a
