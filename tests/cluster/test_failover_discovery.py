@@ -162,3 +162,11 @@ def test_nodes_that_appear_and_vanish_in_dns_join_and_leave(tmp_path):
                 if p.poll() is None:
                     p.kill()
                     p.wait(10)
+
+
+def test_resolve_dns_names_a_node_per_address_and_nothing_for_an_unknown_name():
+    from edgeinfer.cluster.config import Discovery, resolve_dns
+
+    found = resolve_dns(Discovery(dns="localhost", port=50051))
+    assert [(n.name, n.address) for n in found] == [("node-127.0.0.1", "127.0.0.1:50051")]
+    assert resolve_dns(Discovery(dns="no-such-node.invalid", port=50051)) == []
