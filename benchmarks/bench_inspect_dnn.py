@@ -6,7 +6,7 @@
 2. Per-ID detection probability of every substitute (int8, 30 % pruned, early exit, retrained): the fraction
    of requests to the final exit, over every cut the edge works at and every wire dtype, whose answer fails
    its check -- with the model at hand (a split device: local reference on the same bytes) and without it
-   (an edge-only client: stored logits, cut 0).
+   (stored logits, per wire dtype).
 3. False positives: honest answers at 1 and 2 torch threads, every exit, cut and wire dtype, batches of 1 and
    of all IDs, judged both ways.
 4. Requests to a "substituted" verdict when a fraction f of requests goes to the int8 substitute, for several
@@ -34,50 +34,18 @@ from edgeinfer.split.runner import run_segment
 
 
 def false_positives(ids: dnn.DnnIdSet, honest) -> tuple[int, int]:
-    frames = ids.frames()
-    checks = failed = 0
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            for e in honest.exits:
-                path = honest.path(e.name)
-                for dtype in DTYPES:
-                    for cut in range(len(path)):
-                        for batch in (1, len(frames)):
-                            for s in range(0, len(frames), batch):
-                                x = path.run(frames[s : s + batch], 0, cut)
-                                out = path.run(decode(encode(x, dtype)) if batch == 1 else x, cut)
-                                for j in range(len(out)):
-                                    answer = {"exit": e.name, "logits": out[j].tolist()}
-                                    failed += not dnn.check_answer(ids, s + j, answer, dtype, cut).passed
-                                    checks += 1
-                                    if batch == 1:
-                                        local = (
-                                            e.name,
-                                            path.run(decode(encode(x[j : j + 1], dtype)), cut)[0],
-                                        )
-                                        exact = dnn.check_answer(ids, s + j, answer, dtype, cut, local)
-                                        failed += not exact.passed
-                                        checks += 1
-    finally:
-        torch.set_num_threads(before)
-    return checks, failed
+    checks = dnn.sweep(ids, honest, honest, threads=(1, 2), batched=True)
+    return len(checks), sum(not c.passed for c in checks)
 
 
-def stored_detection(ids: dnn.DnnIdSet, sub) -> dict[str, float]:
-    """Per wire dtype: fraction of IDs a substitute fails at cut 0 against the stored logits."""
-    frames = ids.frames()
-    out = {}
-    for dtype in DTYPES:
-        caught = 0
-        for i in range(len(ids.ids)):
-            got = sub.path("final").run(decode(encode(frames[i : i + 1], dtype)))
-            caught += not dnn.check_answer(
-                ids, i, {"exit": "final", "logits": got[0].tolist()}, dtype, 0
-            ).passed
-        out[dtype] = caught / len(ids.ids)
-    return out
+def stored_detection(ids: dnn.DnnIdSet, honest, sub) -> dict[str, float]:
+    """Per wire dtype: the fraction of requests (every ID, every cut) a substitute fails against the stored
+    logits (a client without the model)."""
+    checks = [c for c in dnn.sweep(ids, honest, sub, batched=False) if c.reference == "stored"]
+    return {
+        d: sum(not c.passed for c in checks if c.dtype == d) / sum(c.dtype == d for c in checks)
+        for d in DTYPES
+    }
 
 
 class MemoEdge:
@@ -153,8 +121,8 @@ def main() -> None:
     net, honest = dnn.reference(args.model)
     subs = {k: dnn.substitute(net, k, args.model) for k in dnn.SUBSTITUTES}
     table = dnn.detection_table(ids, honest, subs)
-    stored = {k: stored_detection(ids, s) for k, s in subs.items()}
-    doc["detection"] = {"local": table, "stored_cut0": stored}
+    stored = {k: stored_detection(ids, honest, s) for k, s in subs.items()}
+    doc["detection"] = {"local": table, "stored": stored}
     rows = [
         (k, f"{min(table[k].values()):.3f}", f"{statistics.mean(table[k].values()):.3f}",
          *(f"{stored[k][d]:.3f}" for d in DTYPES))
@@ -167,10 +135,10 @@ def main() -> None:
                 "substitute",
                 "local ref: min over IDs",
                 "local: mean",
-                *(f"stored, cut 0, {d}" for d in DTYPES),
+                *(f"stored ref, {d}" for d in DTYPES),
             ),
             rows,
-            frozenset(range(1, 2 + len(DTYPES))),
+            frozenset(range(1, 3 + len(DTYPES))),
         )
     )
 
@@ -178,7 +146,7 @@ def main() -> None:
     doc["false_positives"] = {"checks": checks, "failed": failed}
     out.table(
         Table(
-            "Honest answers (threads 1/2, every exit, cut, dtype, batch 1/all)",
+            "Honest answers (threads 1/2, every cut and wire dtype, batch 1 and all IDs, both references)",
             ("checks", "false positives"),
             [(str(checks), str(failed))],
             frozenset({0, 1}),
@@ -213,10 +181,14 @@ def main() -> None:
 
     edge = MemoEdge(honest, honest, 0.0, 0)
     inspector = dnn.DnnInspector(ids, honest, seed=0)  # the default rate
+    sent = {
+        (i, cut): encode(honest.path("final").run(frames[i : i + 1], 0, cut), "f16", "lz4")
+        for i in range(len(frames))
+        for cut in range(4)
+    }
     for k in range(20_000):
         cut = k % 4
-        x = honest.path("final").run(frames[k % len(frames)][None], 0, cut)
-        inspector.call(edge, {"model": args.model, "exit": "final", "cut": cut}, encode(x, "f16", "lz4"))
+        inspector.call(edge, {"model": args.model, "exit": "final", "cut": cut}, sent[k % len(frames), cut])
     r = inspector.report()
     doc["overhead"] = {"rate": inspector.rate, **r.to_dict()}
     out.table(
