@@ -315,14 +315,12 @@ class DeviceClient:
     def _observe_transfer(self, nbytes: int, net_s: float) -> None:
         """A real upload is a bandwidth sample only if moving its bytes should take at least an RTT at the
         current estimate; smaller ones are mostly RTT + HTTP + scheduling jitter (which would drag the
-        estimate down on a fast link). One far slower than expected restarts the bandwidth estimate from
-        itself (so the next probe is sized for the slow link, not the old fast one) and asks for a probe."""
+        estimate down on a fast link). Two in a row far slower than expected restart the bandwidth estimate
+        from themselves and ask for a probe (``LinkMonitor.slow_upload``)."""
         est = self.monitor.estimate()
         if est is None or 8.0 * nbytes / est.bandwidth_bps >= est.rtt_s:
             self.monitor.observe(nbytes, net_s)
-        elif net_s > 4 * est.transfer_s(nbytes) + 0.005:
-            self.monitor.bws.clear()
-            self.monitor.observe(nbytes, net_s)
+        elif self.monitor.slow_upload(nbytes, net_s):
             self.monitor.last_probe = 0.0  # probe before the next request
 
     def _forget_unmeasured(self) -> None:

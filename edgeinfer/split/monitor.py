@@ -4,6 +4,10 @@ Every transfer is a sample ``(bytes, seconds)`` of network time (wall time minus
 Small transfers (<= ``small_bytes``) measure the round trip; larger ones the bandwidth, after subtracting the
 RTT estimate (a transfer that is nearly all RTT gives a lower bound). Both estimates are medians over a
 short window, and a probe that disagrees with the whole window restarts it, so a changed link shows at once.
+Between probes, real uploads detect a change point as Edgent does: two bandwidth samples in a row more than
+2x off the window's median (the same way) restart the window from them, and two uploads in a row too small
+to be samples but more than 2x slower than the estimate predicts (``slow_upload``) restart it and ask for a
+probe.
 Transport-free: the caller does the sending (``probe`` takes a ``send(nbytes) -> seconds`` function).
 """
 
@@ -33,6 +37,8 @@ class LinkMonitor:
         self.min_probe, self.max_probe = min_probe, max_probe
         self.samples = 0
         self.last_probe = 0.0
+        self._fresh: deque[float] = deque(maxlen=2)  # the last bandwidth samples of real transfers
+        self._slow: list[tuple[int, float]] = []  # consecutive uploads slower than predicted
 
     def observe(self, nbytes: int, seconds: float) -> None:
         """One real transfer of ``nbytes`` (both directions together) that took ``seconds`` on the network."""
@@ -46,7 +52,33 @@ class LinkMonitor:
         # a transfer that is nearly all RTT only bounds the bandwidth from below: record that bound, under
         # which moving these bytes costs at most a tenth of the time (and the next probe will be larger)
         net = max(seconds - rtt, 0.1 * seconds)
-        self.bws.append(8.0 * nbytes / net)
+        bw = 8.0 * nbytes / net
+        self._fresh.append(bw)
+        self.bws.append(bw)
+        if len(self._fresh) == 2 and len(self.bws) > 2:  # the fresh samples are the window's last two
+            before = statistics.median(list(self.bws)[:-2])
+            if all(b < before / 2 for b in self._fresh) or all(b > 2 * before for b in self._fresh):
+                self.bws.clear()  # a change point: the link is no longer what the older samples measured
+                self.bws.extend(self._fresh)
+
+    def slow_upload(self, nbytes: int, seconds: float, factor: float = 2.0, slack_s: float = 0.003) -> bool:
+        """An upload too small to be a bandwidth sample that took ``seconds``: two in a row slower than
+        ``factor`` x the estimate's prediction (+ ``slack_s`` of jitter) mean the link slowed down. The
+        bandwidth window then restarts from them (so the next probe is sized for the slow link) and True asks
+        the caller to probe before its next request."""
+        est = self.estimate()
+        if est is None or seconds <= factor * est.transfer_s(nbytes) + slack_s:
+            self._slow.clear()
+            return False
+        self._slow.append((nbytes, seconds))
+        if len(self._slow) < 2:
+            return False
+        self.bws.clear()
+        self._fresh.clear()
+        for n, t in self._slow:
+            self.observe(n, t)
+        self._slow.clear()
+        return True
 
     @property
     def rtt_s(self) -> float | None:
@@ -90,6 +122,7 @@ class LinkMonitor:
             n = self.max_probe if bws[-1] == float("inf") else self.probe_size(bws[-1])
         if old_bw is not None:
             _restart(self.bws, bws, old_bw)
+        self._fresh.clear()  # the probe's samples judge the window themselves
         for n, t in sizes:
             self.observe(n, t)
         self.last_probe = time.monotonic()

@@ -76,3 +76,32 @@ def test_compute_scale_needs_more_than_one_sample():
     assert sc.value == 10.0
     sc.observe(1.0, 0.1)  # below min_ms: not a sample
     assert len(sc.ratios) == 2
+
+
+def test_two_real_transfers_far_off_the_window_restart_it_one_does_not():
+    """Edgent-style change point between probes: one slow sample is noise, two in a row are a new link."""
+    mon = LinkMonitor(window=5)
+    mon.probe(_send_over(LinkEstimate(20e6, 0.002)), rounds=2)
+    for _ in range(3):
+        mon.observe(64_000, LinkEstimate(20e6, 0.002).transfer_s(64_000))
+    slow = LinkEstimate(5e6, 0.002)
+    mon.observe(64_000, slow.transfer_s(64_000))
+    assert mon.bandwidth_bps == pytest.approx(20e6, rel=0.05)  # one sample: the median holds
+    mon.observe(64_000, slow.transfer_s(64_000))
+    assert mon.bandwidth_bps == pytest.approx(5e6, rel=0.05)  # two in a row: restarted from them
+    assert len(mon.bws) == 2
+
+
+def test_slow_small_uploads_ask_for_a_probe_after_two_in_a_row():
+    mon = LinkMonitor()
+    fast = LinkEstimate(20e6, 0.003)
+    mon.probe(_send_over(fast), rounds=2)
+    n = 4_000  # below an RTT of traffic at 20 Mbit/s: not a bandwidth sample
+    ok = fast.transfer_s(n)
+    assert not mon.slow_upload(n, ok) and not mon.slow_upload(n, 1.5 * ok)
+    slow_t = 3 * ok + 0.004
+    assert not mon.slow_upload(n, slow_t)  # one: jitter
+    assert not mon.slow_upload(n, ok)  # the run is broken
+    assert not mon.slow_upload(n, slow_t)
+    assert mon.slow_upload(n, slow_t)  # two in a row: the link slowed down
+    assert mon.bandwidth_bps < fast.bandwidth_bps / 2  # restarted from the slow uploads
