@@ -157,7 +157,7 @@ class PipelineSequence:
 
         out = self._forward(list(ids), self.length, all_positions=all_logits)
         self.length += len(ids)
-        if self.top1:  # TEMPORARY: one-hot rows until accept() takes the ids
+        if self.top1:  # the acceptance rule reads logits rows: rows whose argmax is the node's pick
             picks = torch.tensor(out if all_logits else [out], dtype=torch.long)
             rows = torch.full((len(picks), self.vocab_size), float("-inf"))
             return rows.scatter_(1, picks[:, None], 0.0)
