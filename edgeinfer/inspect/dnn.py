@@ -21,9 +21,9 @@ the honest tail run locally on the very bytes sent, so wire rounding cancels and
 0) it is the stored logits with the stored per-dtype tolerance.
 
 **Inspector**: ``DnnInspector.call(send, params, payload)`` wraps one device -> edge call (a plain function
-API); ``DnnInspector.transport()`` does the same under an httpx client (``attach(device_client)``). Real calls
-feed the SLA test (error or latency above the SLO = violation); ID answers feed the model test
-(``edgeinfer.inspect.stats``).
+API); ``DnnInspector.transport()`` does the same under the device client's HTTP connections
+(``DeviceClient(..., transport=inspector.transport())``). Real calls feed the SLA test (an error or a latency
+above the SLO is a violation); ID answers feed the model test (``edgeinfer.inspect.stats``).
 """
 
 from __future__ import annotations
@@ -560,21 +560,9 @@ class DnnInspector:
 
     # -- httpx: under the device client's own HTTP client
     def transport(self, inner: httpx.BaseTransport | None = None) -> httpx.BaseTransport:
+        """An httpx transport that inspects every ``POST /v1/split/tail`` passing through it, e.g.
+        ``DeviceClient(model, device, edge, url, cfg, transport=inspector.transport())``."""
         return _InspectingTransport(self, inner or httpx.HTTPTransport())
-
-    def attach(self, client) -> None:
-        """Route a ``DeviceClient``'s edge calls through this inspector: each of its HTTP clients (one per
-        edge server) is replaced by one with the same base URL and timeout over ``transport()``."""
-
-        def wrap(old: httpx.Client) -> httpx.Client:
-            new = httpx.Client(base_url=old.base_url, timeout=old.timeout, transport=self.transport())
-            old.close()
-            return new
-
-        if isinstance(getattr(client, "_clients", None), list):  # a client that fails over between edges
-            client._clients = [wrap(c) for c in client._clients]
-        else:
-            client.http = wrap(client.http)
 
     def report(self) -> DnnReport:
         with self.lock:

@@ -166,10 +166,12 @@ def test_honest_answers_pass_across_threads_and_batch_sizes(ref, ids):
 
 
 # --- real edge servers --------------------------------------------------------------------------------------
-def _client(ref, profiles, url: str, cut: int, dtype: str = "f16", codec: str = "lz4") -> DeviceClient:
+def _client(ref, profiles, url: str, cut: int, dtype="f16", codec="lz4", inspector=None) -> DeviceClient:
     _, model = ref
     dev, edge = profiles
-    return DeviceClient(model, dev, edge, url, ClientConfig(dtype, codec, force=("final", cut)))
+    transport = inspector.transport() if inspector else None
+    cfg = ClientConfig(dtype, codec, force=("final", cut))
+    return DeviceClient(model, dev, edge, url, cfg, transport=transport)
 
 
 def test_honest_edge_passes_every_id_and_answers_are_unchanged(ref, ids, profiles, honest_edge):
@@ -181,8 +183,7 @@ def test_honest_edge_passes_every_id_and_answers_are_unchanged(ref, ids, profile
         for dtype, codec in (("f32", "none"), ("f16", "lz4"), ("int8", "zstd")):
             with _client(ref, profiles, honest_edge.url, cut, dtype, codec) as plain:
                 want = [plain.infer(test.x[i : i + 1]).pred for i in range(3)]
-            with _client(ref, profiles, honest_edge.url, cut, dtype, codec) as c:
-                inspector.attach(c)
+            with _client(ref, profiles, honest_edge.url, cut, dtype, codec, inspector) as c:
                 got = [c.infer(test.x[i : i + 1]) for i in range(3)]
             assert [r.pred for r in got] == want and not any(r.fallback for r in got)
     report = inspector.report()
@@ -198,8 +199,7 @@ def test_full_substitution_is_caught_on_the_first_id(ref, ids, profiles, sub_edg
     test = dnn.zoo.dataset(NAME)["test"]
     for cut in (0, 3):
         inspector = dnn.DnnInspector(ids, model, rate=1.0, model_test=model_test(q=0.999), seed=cut)
-        with _client(ref, profiles, sub_edges[kind].url, cut) as c:
-            inspector.attach(c)
+        with _client(ref, profiles, sub_edges[kind].url, cut, inspector=inspector) as c:
             c.infer(test.x[:1])
         report = inspector.report()
         assert report.id_requests == 1 and not report.checks[0].passed
@@ -208,28 +208,34 @@ def test_full_substitution_is_caught_on_the_first_id(ref, ids, profiles, sub_edg
 
 
 def test_partial_substitution_is_caught(ids, sub_edges, honest_edge):
-    """A routing proxy (test-only) sends 10 % of the requests to the int8 substitute; plain function API,
-    edge-only client (cut 0, stored logits: the client holds no model)."""
-    rng = random.Random(7)
+    """A routing proxy (test-only) sends a fraction f of the requests to the int8 substitute; plain function
+    API, edge-only client (cut 0, stored logits: the client holds no model). f = 0 first: no failed check."""
+    frames = dnn.zoo.dataset(NAME)["test"].x
+    params = {"model": NAME, "exit": "final", "cut": 0}
     with httpx.Client(timeout=10) as http:
+        for f, limit in ((0.0, 40), (0.1, 400)):
 
-        def send(params: dict, payload: bytes) -> dict:
-            url = sub_edges["int8"].url if rng.random() < 0.1 else honest_edge.url
-            r = http.post(f"{url}/v1/split/tail", params=params, content=payload)
-            r.raise_for_status()
-            return r.json()
+            def send(query: dict, payload: bytes, f=f, rng=random.Random(5)) -> dict:
+                url = sub_edges["int8"].url if rng.random() < f else honest_edge.url
+                r = http.post(f"{url}/v1/split/tail", params=query, content=payload)
+                r.raise_for_status()
+                return r.json()
 
-        inspector = dnn.DnnInspector(ids, None, rate=0.5, model_test=model_test(q=0.05), seed=1)
-        frames = dnn.zoo.dataset(NAME)["test"].x
-        params = {"model": NAME, "exit": "final", "cut": 0}
-        for i in range(400):
-            inspector.call(send, params, encode(frames[i % len(frames)][None], "f16", "lz4"))
-            if inspector.report().model.decided:
-                break
-    report = inspector.report()
-    print(f"partial substitution f=0.1 at rate 0.5: {report.model.decision} after {report.requests} requests")
-    assert report.model.decision is Decision.SUBSTITUTED
-    assert report.skipped == 0
+            inspector = dnn.DnnInspector(ids, None, rate=0.5, model_test=model_test(q=0.05), seed=1)
+            for i in range(limit):
+                inspector.call(send, params, encode(frames[i % len(frames)][None], "f16", "lz4"))
+                if inspector.report().model.decided:
+                    break
+            report = inspector.report()
+            assert report.skipped == 0 and report.id_requests > 0
+            if f == 0.0:
+                assert all(c.passed and c.reference == "stored" for c in report.checks)
+                assert report.model.decision is Decision.UNDECIDED
+            else:
+                print(
+                    f"partial substitution f={f} at rate 0.5: {report.model.decision} after {report.requests}"
+                )
+                assert report.model.decision is Decision.SUBSTITUTED
 
 
 def test_sla_violation_is_flagged_and_honest_latency_is_not(ids, honest_edge):
