@@ -416,7 +416,7 @@ class DnnReport:
     id_bytes: int
     real_bytes: int
     checks: list[IdCheck]
-    skipped: int  # ID chances skipped (a cut beyond the head without a model at hand)
+    skipped: int  # ID chances skipped (cut > 0 without a model at hand, or a malformed real request)
     errors: int  # real requests that failed
     latencies_ms: list[float]
     model: Verdict
@@ -501,7 +501,10 @@ class DnnInspector:
 
     def inspect(self, send: Send, params: dict, like: bytes) -> IdCheck | None:
         """Send one ID shaped like the request (``params``, ``like``) and judge the answer now."""
-        built = self._id_request(params, like)
+        try:
+            built = self._id_request(params, like)
+        except (KeyError, ValueError):  # a request the edge will refuse too (bad exit, cut, tensor)
+            built = None
         if built is None:
             with self.lock:
                 self.skipped += 1

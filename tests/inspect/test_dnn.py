@@ -302,3 +302,11 @@ def test_inspector_rejects_bad_setup(ref, ids):
         model.name = name
     with pytest.raises(KeyError, match="unknown substitute"):
         dnn.substitute(ref[0], "bogus")
+    # a malformed real request is passed on as it is; no ID rides along with it
+    inspector = dnn.DnnInspector(ids, model, rate=1.0)
+    answer = {"exit": "final", "logits": [0.0] * 10}
+    assert inspector.call(lambda p, b: answer, {"model": NAME, "exit": "final", "cut": 0}, b"junk") is answer
+    frame = encode(torch.zeros(1, 1, 32, 32))
+    assert inspector.call(lambda p, b: answer, {"model": NAME, "exit": "nope", "cut": 0}, frame) is answer
+    report = inspector.report()
+    assert (report.requests, report.skipped, report.id_requests, report.checks) == (2, 2, 0, [])
