@@ -155,10 +155,10 @@ def chat_tokens(backend, text: str) -> list[int]:
     return backend.tokenize(text)
 
 
-def run_backend(args, kind: str) -> dict:
+def run_backend(args, kind: str, save, out: dict) -> dict:
+    """Every round of every workload on one backend, into ``out`` (saved after each round)."""
     plain = open_backend(args.model, LoadOptions(kind, n_ctx=args.ctx_size, threads=args.threads))
     spec = SpeculativeDecoder(plain, SpeculativeOptions.parse(args.speculative, args.draft_max))
-    out: dict = {"backend": kind, "workloads": {}}
     try:
         for name in args.workload:
             prompts = [chat_tokens(plain, p) for p in WORKLOADS[name][: args.prompts]]
@@ -178,41 +178,45 @@ def run_backend(args, kind: str) -> dict:
                     rd.prompts += 1
                     rd.same += texts["plain"] == texts["spec"]
                 rounds.append(rd)
+                out["workloads"][name] = summary(rounds, spec.spec_stats.since(before))
+                save()
                 print(
                     f"{kind} {name} round {r + 1}: plain {rd.plain.tps:.1f} tok/s, "
                     f"speculative {rd.spec.tps:.1f} tok/s, ratio {rd.ratio:.2f}, "
                     f"same text {rd.same}/{rd.prompts}",
                     flush=True,
                 )
-            stats = spec.spec_stats.since(before)
-            ratios = [rd.ratio for rd in rounds]
-            out["workloads"][name] = {
-                "rounds": [
-                    {
-                        "plain_tps": rd.plain.tps,
-                        "spec_tps": rd.spec.tps,
-                        "ratio": rd.ratio,
-                        "plain_tokens": rd.plain.tokens,
-                        "spec_tokens": rd.spec.tokens,
-                        "same_text": rd.same,
-                        "prompts": rd.prompts,
-                    }
-                    for rd in rounds
-                ],
-                "ratio_median": statistics.median(ratios),
-                "ratio_min": min(ratios),
-                "ratio_max": max(ratios),
-                "plain_tps_median": statistics.median(rd.plain.tps for rd in rounds),
-                "spec_tps_median": statistics.median(rd.spec.tps for rd in rounds),
-                "acceptance_rate": stats.acceptance_rate,
-                "tokens_per_pass": stats.tokens_per_pass,
-                "drafted": stats.drafted,
-                "accepted": stats.accepted,
-                "passes": stats.passes,
-            }
     finally:
         plain.close()
     return out
+
+
+def summary(rounds: list[Round], stats) -> dict:  # type: ignore[no-untyped-def]
+    ratios = [rd.ratio for rd in rounds]
+    return {
+        "rounds": [
+            {
+                "plain_tps": rd.plain.tps,
+                "spec_tps": rd.spec.tps,
+                "ratio": rd.ratio,
+                "plain_tokens": rd.plain.tokens,
+                "spec_tokens": rd.spec.tokens,
+                "same_text": rd.same,
+                "prompts": rd.prompts,
+            }
+            for rd in rounds
+        ],
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "plain_tps_median": statistics.median(rd.plain.tps for rd in rounds),
+        "spec_tps_median": statistics.median(rd.spec.tps for rd in rounds),
+        "acceptance_rate": stats.acceptance_rate,
+        "tokens_per_pass": stats.tokens_per_pass,
+        "drafted": stats.drafted,
+        "accepted": stats.accepted,
+        "passes": stats.passes,
+    }
 
 
 def roofline_bound(path: Path | None, model_name: str) -> float | None:
@@ -247,7 +251,24 @@ def main() -> None:
     bound = roofline_bound(args.roofline, served_name(args.model))
     load0 = os.getloadavg()[0]
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    results = [run_backend(args, kind) for kind in args.backend]
+    results: list[dict] = []
+
+    def save() -> None:
+        if args.out:
+            doc = {
+                "kind": "speculative",
+                "created": started,
+                "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "host": {"loadavg_1m": load0, "loadavg_1m_end": os.getloadavg()[0], "cpus": os.cpu_count()},
+                "roofline_bound_tps": bound,
+                "results": results,
+            }
+            args.out.write_text(json.dumps(doc, indent=2))
+
+    for kind in args.backend:
+        results.append({"backend": kind, "workloads": {}})
+        results[-1] = run_backend(args, kind, save, results[-1])
+        save()
     load1 = os.getloadavg()[0]
     print(
         f"\nSummary ({args.speculative}, draft max {args.draft_max}, {args.threads} threads, "
@@ -269,16 +290,6 @@ def main() -> None:
             )
     if bound is not None:
         print(f"single-token decode roofline bound ({args.roofline}): {bound:.1f} tok/s")
-    if args.out:
-        doc = {
-            "kind": "speculative",
-            "created": started,
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "host": {"loadavg_1m": load0, "loadavg_1m_end": load1, "cpus": os.cpu_count()},
-            "roofline_bound_tps": bound,
-            "results": results,
-        }
-        args.out.write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

@@ -324,7 +324,7 @@ def assert_same_or_near_tie(b, tokens: list[int], plain: list[int], spec: list[i
 
 @pytest.mark.parametrize("model", ["qwen", "gemma"])
 def test_greedy_output_is_token_identical_to_plain_decoding(backend_kind, model):
-    b = open_backend(model, LoadOptions(backend_kind, n_ctx=1024, threads=2))
+    b = open_backend(model, LoadOptions(backend_kind, n_ctx=1024, threads=1))
     try:
         spec = SpeculativeDecoder(b, SpeculativeOptions.parse("ngram", 6))
         greedy = SamplingParams(temperature=0)
@@ -348,7 +348,7 @@ def test_greedy_output_is_token_identical_to_plain_decoding(backend_kind, model)
 
 
 def test_exit_drafter_is_exact_on_both_backends(backend_kind):
-    b = open_backend("qwen", LoadOptions(backend_kind, n_ctx=1024, threads=2, speculative="exit:18"))
+    b = open_backend("qwen", LoadOptions(backend_kind, n_ctx=1024, threads=1, speculative="exit:18"))
     try:
         assert isinstance(b, SpeculativeDecoder)
         tokens = prompt_tokens(b, PROMPTS[0])
@@ -367,7 +367,7 @@ def test_server_speculates_and_reports_acceptance(tmp_path: Path):
     from openai import OpenAI
 
     with ServerProcess(
-        ["-m", "qwen", "-t", "2", "--ctx-size", "1024", "--speculative", "ngram", "--draft-max", "6"],
+        ["-m", "qwen", "-t", "1", "--ctx-size", "1024", "--speculative", "ngram", "--draft-max", "6"],
         log=tmp_path / "serve.log",
     ) as srv:
         client = OpenAI(base_url=f"{srv.url}/v1", api_key="none")
