@@ -148,8 +148,8 @@ class PipelineSequence:
     Forward continues at the kept length and each node rolls its KV cache back to it. Greedy passes ship the
     last node's top-1 id per position ([T] ids), never the logits."""
 
-    def __init__(self, forward, top1: bool, vocab_size: int = 0):
-        self._forward, self.top1, self.vocab_size = forward, top1, vocab_size
+    def __init__(self, forward, top1: bool):
+        self._forward, self.top1 = forward, top1
         self.length = 0  # positions the pipeline holds for this sequence
 
     def feed(self, ids: Sequence[int], all_logits: bool = False):
@@ -159,7 +159,7 @@ class PipelineSequence:
         self.length += len(ids)
         if self.top1:  # the acceptance rule reads logits rows: rows whose argmax is the node's pick
             picks = torch.tensor(out if all_logits else [out], dtype=torch.long)
-            rows = torch.full((len(picks), self.vocab_size), float("-inf"))
+            rows = torch.full((len(picks), int(picks.max()) + 1), float("-inf"))  # no wider than needed
             return rows.scatter_(1, picks[:, None], 0.0)
         return out if all_logits else out.reshape(1, -1)
 
@@ -664,7 +664,7 @@ class PipelineBackend(VocabMixin):
         with self._lock:
             try:
                 if self.speculative.enabled and params.logprobs is None:  # logprobs: plain decoding
-                    seq = PipelineSequence(forward, top1, self.info.vocab_size)
+                    seq = PipelineSequence(forward, top1)
                     drafter, k = NgramDrafter(), self.speculative.draft_max
                     yield from speculative_tokens(
                         seq, drafter, prompt, params, k, self.info.n_ctx, self.spec_stats
