@@ -71,6 +71,10 @@ class SubstituteServer(HttpProcess):
         argv += ["--port", str(port), "--threads", str(threads)]
         super().__init__(argv, port=port, log=log, what=f"substitute {spec}")
 
+    def __enter__(self) -> SubstituteServer:
+        self.start(timeout=600)  # the first use quantizes (seconds) and loads under a shared machine's load
+        return self
+
 
 @contextmanager
 def loopback_cluster(model: str = REFERENCE, log_dir: Path | None = None) -> Iterator[ServerProcess]:
@@ -122,6 +126,20 @@ def loopback_cluster(model: str = REFERENCE, log_dir: Path | None = None) -> Ite
             stop_process(proc)
 
 
+@contextmanager
+def fast_server(ttft: float = 0.01) -> Iterator[str]:
+    """The bench suite's OpenAI-style server (``edgeinfer.bench.fake_server``) with a fixed first-token
+    delay: a real HTTP service fast enough for the hundreds of requests an SLA verdict takes."""
+    port = free_port()
+    argv = [sys.executable, "-m", "edgeinfer.bench.fake_server", "--port", str(port)]
+    srv = HttpProcess([*argv, "--ttft-delay", str(ttft), "--token-delay", "0"], port=port, what="fast server")
+    srv.start(timeout=60)
+    try:
+        yield srv.url
+    finally:
+        srv.stop()
+
+
 class CheatingTransport(httpx.BaseTransport):
     """A dishonest service as the client sees it: each generation request goes to ``substitute_url`` with
     probability ``fraction`` (else to ``honest_url``), and is delayed by ``delay_s`` with probability
@@ -167,7 +185,7 @@ def probe_many(
     url: str, ids: IdSet, n: int, concurrency: int = 4, like: dict[str, Any] | None = None, seed: int = 0
 ) -> list[CheckResult | None]:
     """``n`` ID checks against ``url`` (round-robin over the IDs, ``concurrency`` at a time)."""
-    inspector = Inspector(ids, InspectorConfig(seed=seed, logprobs="always"))
+    inspector = Inspector(ids, InspectorConfig(seed=seed))  # logprobs as `like` asks
     endpoint = url.rstrip("/") + "/v1/chat/completions"
     like = like or {"model": ids.model, "logprobs": True, "top_logprobs": 1}
 
@@ -261,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plots", type=Path, default=None)
     ap.add_argument("--no-cluster", action="store_true")
+    ap.add_argument("--skip-traffic", action="store_true", help="no overhead / partial / SLA runs")
+    ap.add_argument("--only", default=None, help="comma-separated stages: honest,cluster,sla,substitutes")
     args = ap.parse_args(argv)
     if args.cmd == "serve-substitute":
         serve_substitute(args.spec, args.reference, args.host, args.port, args.threads)
@@ -279,24 +299,33 @@ def run_bench(args: argparse.Namespace) -> None:
     }
     prompts = workload(ids)
 
+    def save() -> None:  # after every stage: a long run interrupted still leaves its numbers
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
+
     # false positives: honest services, many ID checks each
     honest = {
         "llamacpp-1t": ["-m", REFERENCE, "-t", "1", "--parallel", "1"],
-        "llamacpp-2t-batched": ["-m", REFERENCE, "-t", "2"],
-        "shard": ["-m", REFERENCE, "--backend", "shard", "-t", "2"],
+        "llamacpp-2t": ["-m", REFERENCE, "-t", "2", "--parallel", "1"],
+        "llamacpp-batched": ["-m", REFERENCE, "-t", "1"],
+        "shard": ["-m", REFERENCE, "--backend", "shard", "-t", "1"],
     }
-    for name, srv_args in honest.items():
+    stages = set((args.only or "honest,cluster,sla,substitutes").split(","))
+    for name, srv_args in honest.items() if "honest" in stages else ():
         with ServerProcess(srv_args, log=logs / f"{name}.log") as srv:
             t0 = time.perf_counter()
             res = probe_many(srv.url, ids, args.honest_checks, concurrency=4 if "batched" in name else 1)
             results["honest"][name] = _tally(res, time.perf_counter() - t0)
             print(name, results["honest"][name], flush=True)
-            if name == "llamacpp-2t-batched":
+            save()
+            if name == "llamacpp-batched" and not args.skip_traffic:
                 results["overhead"] = _overhead(srv.url, ids, prompts)
                 print("overhead", results["overhead"], flush=True)
+                save()
                 results["partial"] = _partial(srv.url, ids, prompts, logs)
-                results["sla"] = _sla(srv.url, ids, prompts)
-    if not args.no_cluster:
+                save()
+    if "cluster" in stages and not args.no_cluster:
         with loopback_cluster(log_dir=logs) as gw:
             t0 = time.perf_counter()
             res = probe_many(gw.url, ids, max(50, args.honest_checks // 4))
@@ -304,7 +333,10 @@ def run_bench(args: argparse.Namespace) -> None:
             print("cluster", results["honest"]["cluster-2-nodes"], flush=True)
 
     # full substitutes: every ID once, logprobs on and off
-    for spec in SUBSTITUTES:
+    if "sla" in stages:
+        results["sla"] = _sla()
+        save()
+    for spec in SUBSTITUTES if "substitutes" in stages else ():
         with SubstituteServer(spec, log=logs / f"sub-{spec.replace(':', '-')}.log") as srv:
             with_lp = probe_many(srv.url, ids, len(ids.ids))
             without = probe_many(srv.url, ids, len(ids.ids), like={"model": ids.model})
@@ -313,10 +345,9 @@ def run_bench(args: argparse.Namespace) -> None:
                 "per_id_detection_text_only": _detected(without),
             }
             print(spec, results["substitutes"][spec], flush=True)
+            save()
 
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    save()
     if args.plots:
         from edgeinfer.inspect.report import plot_detection
 
@@ -396,22 +427,34 @@ def _partial(url: str, ids: IdSet, prompts: list[str], logs: Path) -> list[dict[
     return out
 
 
-def _sla(url: str, ids: IdSet, prompts: list[str]) -> dict[str, Any]:
-    # calibrate the SLO on this machine: ten times the honest median, then delay 1 % of requests past it
-    probe = Inspector(ids, InspectorConfig(rate=0.0))
-    drive(probe, url, 20, prompts, max_tokens=1)
-    median = probe.report().latency["e2e_p50_s"] or 0.1
-    probe.close()
-    slo = Slo(e2e_s=max(1.0, 10 * median))
-    out: dict[str, Any] = {"slo_e2e_s": slo.e2e_s}
-    for label, slow in (("honest", 0.0), ("violating_1pct", 0.01)):
-        cheat = CheatingTransport(url, slow=slow, delay_s=slo.e2e_s + 0.5, seed=7)
-        inspector = Inspector(ids, InspectorConfig(rate=0.0, slo=slo, sla_level=0.999), transport=cheat)
-        sent = drive(inspector, url, 3000, prompts, max_tokens=1, stop_when_decided="sla")
-        rep = inspector.report()
-        inspector.close()
-        out[label] = {"sent": sent, "verdict": rep.sla.to_dict(), "delayed": cheat.routed["delayed"]}
-        print("sla", label, out[label], flush=True)
+def _sla() -> dict[str, Any]:
+    slo = Slo(e2e_s=0.5)
+    out: dict[str, Any] = {
+        "slo_e2e_s": slo.e2e_s,
+        "server": "edgeinfer.bench.fake_server, 10 ms to first token",
+    }
+    ids = IdSet.load(bundled_ids_path(REFERENCE))
+    with fast_server() as url:
+        for level, alpha in ((0.999, 1e-2), (0.999, 1e-3)):
+            for label, slow in (("honest", 0.0), ("violating_1pct", 0.01)):
+                runs = []
+                for seed in range(3):
+                    cheat = CheatingTransport(url, slow=slow, delay_s=0.6, seed=seed)
+                    config = InspectorConfig(rate=0.0, slo=slo, sla_level=level, alpha=alpha, beta=alpha)
+                    inspector = Inspector(ids, config, transport=cheat)
+                    drive(
+                        inspector,
+                        url,
+                        5000,
+                        ["Say hi."],
+                        max_tokens=2,
+                        concurrency=4,
+                        stop_when_decided="sla",
+                    )
+                    runs.append(inspector.report().sla.to_dict())
+                    inspector.close()
+                out[f"{label}_alpha{alpha:g}"] = runs
+                print("sla", label, alpha, [(r["decision"], r["n"]) for r in runs], flush=True)
     return out
 
 

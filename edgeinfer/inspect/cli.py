@@ -22,7 +22,7 @@ inspect_app = typer.Typer(
     rich_markup_mode="rich",
 )
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str) -> None:
@@ -71,8 +71,18 @@ def ids_command(
         Path | None, typer.Option("--out", "-o", help="ID file to write. Default: the bundled IDs' path.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Order in which the prompt pool is searched.")] = 0,
+    dnn: Annotated[
+        str | None,
+        typer.Option(
+            "--dnn",
+            help="Make sensitive-sample IDs for this zoo DNN (e.g. digitnet, for a split edge server) "
+            "instead of an LLM; uses -n, --out and --seed (docs/inspect.md, DNN IDs).",
+        ),
+    ] = None,
 ) -> None:
     """Search the built-in prompt pool for stable, discriminative IDs of a model and save them (JSON)."""
+    if dnn is not None:
+        return _dnn_ids(dnn, n, output, seed)
     from edgeinfer.engine.load import LoadOptions, open_backend
     from edgeinfer.inspect.ids import bundled_ids_path, generate_ids
     from edgeinfer.inspect.prompts import prompt_pool
@@ -118,6 +128,20 @@ def ids_command(
     )
     if len(idset.ids) < n:
         err.print(f"[yellow]only {len(idset.ids)} of {n} wanted: lower --min-margin or raise -k[/]")
+
+
+def _dnn_ids(name: str, n: int, output: Path | None, seed: int) -> None:
+    from edgeinfer.inspect.dnn import DnnIdError, IdConfig, make_ids
+
+    t0 = time.perf_counter()
+    try:
+        idset = make_ids(name, IdConfig(n=n, candidates=max(24, 3 * n), seed=seed), progress=err.print)
+    except (KeyError, DnnIdError) as exc:
+        _fail(str(exc).strip("'\""))
+    path = idset.save(output or Path(f"{name}-ids.json"))
+    out.print(
+        f"{len(idset.ids)} IDs for {name} in {time.perf_counter() - t0:.0f} s -> {path}", highlight=False
+    )
 
 
 @inspect_app.command("run")

@@ -120,7 +120,11 @@ class IdSet:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n")
+        doc = self.to_json()
+        ids = doc.pop("ids")
+        head = json.dumps(doc, indent=1, ensure_ascii=False)[:-2]  # one ID per line: small and diffable
+        body = ",\n".join("  " + json.dumps(i, ensure_ascii=False) for i in ids)
+        path.write_text(f'{head},\n "ids": [\n{body}\n ]\n}}\n')
         return path
 
     @classmethod
