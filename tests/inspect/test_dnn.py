@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -310,3 +311,20 @@ def test_inspector_rejects_bad_setup(ref, ids):
     assert inspector.call(lambda p, b: answer, {"model": NAME, "exit": "nope", "cut": 0}, frame) is answer
     report = inspector.report()
     assert (report.requests, report.skipped, report.id_requests, report.checks) == (2, 2, 0, [])
+
+
+def test_cli_refuses_an_unknown_dnn(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeinfer.cli",
+        "inspect",
+        "ids",
+        "--dnn",
+        "nope",
+        "-o",
+        str(tmp_path / "x"),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "unknown zoo model 'nope'" in r.stderr and "digitnet" in r.stderr
+    assert not (tmp_path / "x").exists()
