@@ -135,6 +135,8 @@ def fast_server(ttft: float = 0.01) -> Iterator[str]:
     srv = HttpProcess([*argv, "--ttft-delay", str(ttft), "--token-delay", "0"], port=port, what="fast server")
     srv.start(timeout=60)
     try:
+        for _ in range(20):  # warm up (imports, connections) before anything is timed
+            httpx.post(srv.url + "/v1/chat/completions", json={"messages": [], "max_tokens": 1}, timeout=30)
         yield srv.url
     finally:
         srv.stop()
@@ -142,8 +144,9 @@ def fast_server(ttft: float = 0.01) -> Iterator[str]:
 
 class CheatingTransport(httpx.BaseTransport):
     """A dishonest service as the client sees it: each generation request goes to ``substitute_url`` with
-    probability ``fraction`` (else to ``honest_url``), and is delayed by ``delay_s`` with probability
-    ``slow``. Bench/test only: a real provider would do this behind its own address."""
+    probability ``fraction`` (else to ``honest_url``); a fraction ``slow`` of them (one at a random place
+    in every ``1 / slow``) is delayed by ``delay_s``. Bench/test only: a real provider would do this behind
+    its own address."""
 
     def __init__(
         self,
@@ -161,11 +164,12 @@ class CheatingTransport(httpx.BaseTransport):
         self.lock = threading.Lock()
         self.inner = httpx.HTTPTransport()
         self.routed = {"honest": 0, "substitute": 0, "delayed": 0}
+        self.count = self.delay_at = 0
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         with self.lock:
             cheat = self.substitute is not None and self.rng.random() < self.fraction
-            delay = self.rng.random() < self.slow
+            delay = self._delay_due()
             self.routed["substitute" if cheat else "honest"] += 1
             self.routed["delayed"] += delay
         target = self.substitute if cheat else self.honest
@@ -175,6 +179,16 @@ class CheatingTransport(httpx.BaseTransport):
         if delay:
             time.sleep(self.delay_s)
         return self.inner.handle_request(request)
+
+    def _delay_due(self) -> bool:
+        """Exactly one delayed request in every block of ``1 / slow`` (at a random place in the block)."""
+        if self.slow <= 0:
+            return False
+        self.count += 1
+        block = round(1 / self.slow)
+        if (self.count - 1) % block == 0:
+            self.delay_at = self.count + self.rng.randrange(block)
+        return self.count == self.delay_at
 
     def close(self) -> None:
         self.inner.close()
@@ -334,7 +348,7 @@ def run_bench(args: argparse.Namespace) -> None:
 
     # full substitutes: every ID once, logprobs on and off
     if "sla" in stages:
-        results["sla"] = _sla()
+        results["sla"] = _sla(ids)
         save()
     for spec in SUBSTITUTES if "substitutes" in stages else ():
         with SubstituteServer(spec, log=logs / f"sub-{spec.replace(':', '-')}.log") as srv:
@@ -427,19 +441,18 @@ def _partial(url: str, ids: IdSet, prompts: list[str], logs: Path) -> list[dict[
     return out
 
 
-def _sla() -> dict[str, Any]:
-    slo = Slo(e2e_s=0.5)
+def _sla(ids: IdSet) -> dict[str, Any]:
+    slo = Slo(e2e_s=2.0)
     out: dict[str, Any] = {
         "slo_e2e_s": slo.e2e_s,
         "server": "edgeinfer.bench.fake_server, 10 ms to first token",
     }
-    ids = IdSet.load(bundled_ids_path(REFERENCE))
     with fast_server() as url:
         for level, alpha in ((0.999, 1e-2), (0.999, 1e-3)):
             for label, slow in (("honest", 0.0), ("violating_1pct", 0.01)):
                 runs = []
                 for seed in range(3):
-                    cheat = CheatingTransport(url, slow=slow, delay_s=0.6, seed=seed)
+                    cheat = CheatingTransport(url, slow=slow, delay_s=2.5, seed=seed)
                     config = InspectorConfig(rate=0.0, slo=slo, sla_level=level, alpha=alpha, beta=alpha)
                     inspector = Inspector(ids, config, transport=cheat)
                     drive(

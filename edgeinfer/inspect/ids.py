@@ -79,6 +79,7 @@ class IdSet:
     ids: tuple[IdentifyingInput, ...]
     min_margin: float = DEFAULT_MIN_MARGIN
     substitutes: tuple[str, ...] = ()  # what the IDs were tested against
+    required: tuple[str, ...] = ()  # the substitutes every ID catches (the others: where ``caught_by`` says)
     created: str = ""
     version: int = FORMAT_VERSION
 
@@ -112,6 +113,7 @@ class IdSet:
                 ids=ids,
                 min_margin=doc["min_margin"],
                 substitutes=tuple(doc.get("substitutes", ())),
+                required=tuple(doc.get("required", ())),
                 created=doc.get("created", ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -273,6 +275,7 @@ def generate_ids(
         ids=tuple(kept),
         min_margin=min_margin,
         substitutes=tuple(substitutes),
+        required=tuple(s for s in substitutes if s in required),
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
 

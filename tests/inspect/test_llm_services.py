@@ -1,0 +1,155 @@
+"""The inspector against real services on loopback, through the official `openai` client.
+
+Honest services -- llama.cpp at 1 thread (one sequence) and 2 threads (continuous batching, 4 requests at
+a time), the shard engine, a 2-node loopback cluster -- must pass every ID check (>= 1000 in total).
+Substitutes served under Qwen's name must fail the first ID they answer; a service that routes 10 % of
+requests to one is caught by the sequential test, and one that delays 1 % of requests breaks an SLA of
+99.9 % while an honest one keeps it. The overhead at the default rate is measured.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import pytest
+
+from edgeinfer.inspect.ids import IdSet
+from edgeinfer.inspect.inspector import DEFAULT_RATE, Inspector, InspectorConfig, Slo
+from edgeinfer.process import ServerProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+QWEN = "qwen2.5-coder-0.5b-instruct"
+# ID checks per honest service: 400 in all by default, so that the directory stays quick on a shared
+# machine; EDGEINFER_INSPECT_CHECKS=1000 runs the issue's >= 1000 (benchmarks/bench_inspect.py runs more)
+CHECKS = {"llamacpp-1t": 100, "llamacpp-2t": 60, "llamacpp-batched": 140, "shard": 60, "cluster": 40}
+SCALE = float(os.environ.get("EDGEINFER_INSPECT_CHECKS", "400")) / sum(CHECKS.values())
+TOTAL: dict[str, int] = {}
+
+
+def _assert_honest(name: str, results: list) -> None:
+    checked = [r for r in results if r is not None]
+    failures = [r.reason for r in checked if not r.passed]
+    TOTAL[name] = len(checked)
+    print(f"\n{name}: {len(checked)} ID checks, {len(failures)} failed, total so far {sum(TOTAL.values())}")
+    assert len(checked) == len(results), f"{len(results) - len(checked)} ID requests got no answer"
+    assert not failures, failures[:3]
+
+
+def _n(name: str) -> int:
+    return max(10, round(CHECKS[name] * SCALE))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_honest_llamacpp_passes_every_check(bench: ModuleType, ids: IdSet, threads: int, tmp_path) -> None:
+    args = ["-m", QWEN, "-t", str(threads), "--parallel", "1"]
+    with ServerProcess(args, log=tmp_path / "serve.log") as srv:
+        name = f"llamacpp-{threads}t"
+        _assert_honest(name, bench.probe_many(srv.url, ids, _n(name), concurrency=1))
+
+
+def test_honest_llamacpp_batched_passes_every_check(
+    bench: ModuleType, ids: IdSet, honest_batched: str
+) -> None:
+    # continuous batching, 4 at a time; streamed and not, logprobs and text only: every form traffic takes
+    n = _n("llamacpp-batched")
+    results = bench.probe_many(honest_batched, ids, n // 2, concurrency=4)
+    streamed = {"model": QWEN, "stream": True}
+    results += bench.probe_many(honest_batched, ids, n // 4, concurrency=4, like=streamed)
+    like = {"model": QWEN, "stream": True, "logprobs": True, "top_logprobs": 2, "max_tokens": 12}
+    results += bench.probe_many(honest_batched, ids, n - n // 2 - n // 4, concurrency=4, like=like)
+    _assert_honest("llamacpp-batched", results)
+
+
+def test_honest_shard_engine_passes_every_check(bench: ModuleType, ids: IdSet, tmp_path) -> None:
+    with ServerProcess(["-m", QWEN, "--backend", "shard", "-t", "1"], log=tmp_path / "serve.log") as srv:
+        _assert_honest("shard", bench.probe_many(srv.url, ids, _n("shard"), concurrency=1))
+
+
+def test_honest_two_node_cluster_passes_every_check(bench: ModuleType, ids: IdSet, tmp_path) -> None:
+    with bench.loopback_cluster(log_dir=tmp_path) as gateway:
+        _assert_honest("cluster", bench.probe_many(gateway.url, ids, _n("cluster"), concurrency=1))
+    if len(TOTAL) == len(CHECKS):
+        assert sum(TOTAL.values()) >= round(SCALE * sum(CHECKS.values())) - 5
+
+
+@pytest.mark.parametrize("spec", ["quant:Q2_K", "exit:18", "model:gemma", "quant:Q8_0"])
+def test_a_full_substitute_fails_the_first_id_it_answers(
+    bench: ModuleType, ids: IdSet, spec: str, tmp_path
+) -> None:
+    with bench.SubstituteServer(spec, log=tmp_path / "serve.log") as srv:
+        results = bench.probe_many(srv.url, ids, len(ids.ids), concurrency=2)
+        text_only = bench.probe_many(srv.url, ids, len(ids.ids), concurrency=2, like={"model": QWEN})
+    caught = [r is not None and not r.passed for r in results]
+    caught_text = [r is not None and not r.passed for r in text_only]
+    print(
+        f"\n{spec}: per-ID detection {sum(caught)}/{len(caught)} (logprobs), "
+        f"{sum(caught_text)}/{len(caught)} (text only)"
+    )
+    expected = [spec in i.caught_by for i in ids.ids]
+    assert caught == expected  # every ID the generator said catches it does, on its first answer
+    assert caught_text == [i.caught_by.get(spec) == "text" for i in ids.ids]
+    if spec in ids.required:  # every ID catches it (Q8_0 is optional: see docs/inspect.md)
+        assert all(caught)
+
+
+def test_ten_percent_substitution_is_caught_with_the_requests_it_took(
+    bench: ModuleType, ids: IdSet, honest_batched: str, q2k_server: str
+) -> None:
+    prompts = bench.workload(ids)
+    cheat = bench.CheatingTransport(honest_batched, q2k_server, fraction=0.1, seed=3)
+    inspector = Inspector(ids, InspectorConfig(rate=0.5, seed=3), transport=cheat)
+    sent = bench.drive(inspector, honest_batched, 600, prompts, max_tokens=1, stop_when_decided="model")
+    report = inspector.report()
+    inspector.close()
+    print(
+        f"\nf=10 %, rate 50 %: {report.model.decision} after {report.real_requests_to_model_verdict} real "
+        f"requests ({report.id_checks} ID checks, {report.id_failures} failed), confidence "
+        f"{report.model.confidence:.6f}; routed {cheat.routed}"
+    )
+    assert report.model.decision == "substituted" and report.model.confidence >= 0.999
+    assert report.real_requests_to_model_verdict is not None and report.real_requests_to_model_verdict <= sent
+    assert report.id_failures >= 1 and report.id_errors == 0
+
+
+def test_slo_one_percent_slow_requests_break_a_999_sla_and_honest_keeps_it(
+    bench: ModuleType, ids: IdSet
+) -> None:
+    # an SLA verdict takes hundreds of requests: a fast real server (the bench suite's OpenAI-style server
+    # with a fixed 10 ms to first token) keeps this quick; the cheating transport delays 1 % of requests
+    slo = Slo(e2e_s=2.0)  # far above this server's latency, even on a loaded machine
+    config = InspectorConfig(rate=0.0, slo=slo, sla_level=0.999, sla_violated=0.01, alpha=0.01, beta=0.01)
+    verdicts = {}
+    with bench.fast_server() as url:
+        for label, slow in (("violating", 0.01), ("honest", 0.0)):
+            cheat = bench.CheatingTransport(url, slow=slow, delay_s=2.5, seed=11)
+            inspector = Inspector(ids, config, transport=cheat)
+            bench.drive(
+                inspector, url, 3000, ["Say hi."], max_tokens=2, concurrency=4, stop_when_decided="sla"
+            )
+            verdicts[label] = v = inspector.report().sla
+            inspector.close()
+            print(
+                f"\n{label}: SLA {v.decision} after {v.n} requests ({v.failures} slow, "
+                f"{cheat.routed['delayed']} delayed), confidence {v.confidence:.4f}"
+            )
+    assert verdicts["violating"].decision == "violated" and verdicts["violating"].confidence >= 0.99
+    # deciding "met" at the boundary: confidence 1 - beta / (1 - alpha) = 0.9899
+    assert verdicts["honest"].decision == "met" and verdicts["honest"].confidence >= 0.98
+
+
+def test_overhead_at_the_default_rate_stays_below_half_a_percent(
+    bench: ModuleType, ids: IdSet, honest_batched: str
+) -> None:
+    inspector = Inspector(ids, InspectorConfig(seed=5))
+    n = round(2 / DEFAULT_RATE)  # two blocks of the schedule: exactly two IDs
+    sent = bench.drive(inspector, honest_batched, n, bench.workload(ids), max_tokens=8, concurrency=4)
+    report = inspector.report()
+    inspector.close()
+    print(
+        f"\n{sent} real requests, {report.id_requests} IDs: overhead "
+        f"{100 * report.overhead_requests:.3f} % of requests, {100 * report.overhead_tokens:.3f} % of tokens"
+    )
+    assert report.id_requests == 2 and report.id_checks == 2 and report.id_failures == 0
+    assert report.real_tokens > 0 and report.id_tokens > 0
+    assert report.overhead_requests <= 0.005 and report.overhead_tokens <= 0.005
