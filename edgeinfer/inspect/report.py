@@ -3,7 +3,7 @@
 A service that answers a fraction ``f`` of requests with a substitute fails each ID check with probability
 ``f x d`` (``d``: the chance that one ID exposes the substitute; 1 for IDs kept by ``generate_ids``, which
 every tested substitute answers differently). With ``r`` IDs per real request, the model test
-(``stats.model_test``) sees about ``r x N`` checks in ``N`` real requests. ``detection`` simulates that test
+(``stats.model_test``) sees ``r x N`` checks in ``N`` real requests (the stratified schedule). ``detection`` simulates that test
 (the real SPRT, seeded) to give the probability of a "substituted" verdict within ``N`` requests;
 ``requests_to_verdict`` is Wald's expected number of checks divided by ``r``. ``plot_detection`` draws both,
 with measured points from ``benchmarks/bench_inspect.py`` when given.
@@ -30,7 +30,7 @@ def detection(
     hits = 0
     for _ in range(trials):
         test = model_test()
-        checks = sum(rng.random() < rate for _ in range(n_requests)) if rate < 1 else n_requests
+        checks = int(n_requests * rate)  # the stratified schedule: one ID per 1/rate requests
         for _ in range(checks):
             if test.update(rng.random() < p_fail).decided:
                 break
