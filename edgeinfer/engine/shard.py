@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -22,7 +23,7 @@ from edgeinfer.engine.threads import default_threads
 from edgeinfer.models import gemma3, llama
 from edgeinfer.models.common import WEIGHT_FORMATS, linear, loaded_bytes, rms_norm, rope_tables
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
-from edgeinfer.models.kv_cache import KVCache
+from edgeinfer.models.kv_cache import KVBatch, KVCache
 
 ARCH_MODULES: dict[str, ModuleType] = {a: m for m in (llama, gemma3) for a in m.ARCHS}
 
@@ -210,6 +211,53 @@ class Shard:
             if not self.outputs_logits:
                 return h
             return self._logits(h if all_logits else h[-1:])[slice(None) if all_logits else 0]
+
+    def forward_batch(
+        self, batch: Sequence[tuple[str, torch.Tensor]], outputs: Sequence[bool] | None = None
+    ) -> list[torch.Tensor | None]:
+        """Several sequences in one pass (continuous batching, ``engine.shard_batch``): ``batch`` holds
+        (seq_id, x) as ``forward`` takes them, each sequence at most once. The linear layers see the rows of
+        every sequence at once (the weights are read once per step); attention runs per sequence over its
+        own KV cache. Returns per sequence what ``forward`` does (on the last shard: the logits of its last
+        position), or None where ``outputs`` is False (e.g. a prompt chunk whose logits nobody samples)."""
+        if not batch:
+            return []
+        if len({seq for seq, _ in batch}) != len(batch):
+            raise ValueError("a sequence may appear only once in a batch")
+        outputs = [True] * len(batch) if outputs is None else list(outputs)
+        if len(outputs) != len(batch):
+            raise ValueError(f"outputs has {len(outputs)} entries for a batch of {len(batch)}")
+        for _, x in batch:
+            self._check_input(x)
+        with self._lock, torch.inference_mode():
+            caches = [self._cache(seq) for seq, _ in batch]
+            sizes = [int(x.shape[0]) for _, x in batch]
+            for cache, t in zip(caches, sizes, strict=True):
+                cache.reserve(t)
+            x = torch.cat([x for _, x in batch])
+            h = self.embed(x) if self.is_first else x.float()
+            positions = torch.cat(
+                [torch.arange(c.length, c.length + t) for c, t in zip(caches, sizes, strict=True)]
+            )
+            ropes = {
+                key: rope_tables(positions, self.cfg.head_dim, key[0], key[1], self.freq_factors)
+                for key in self._rope_keys
+            }
+            view = KVBatch(list(zip(caches, sizes, strict=True)))
+            for li, block in enumerate(self.blocks):
+                h = block(h, view, li, ropes[block.rope_key])
+            for cache, t in zip(caches, sizes, strict=True):
+                cache.advance(t)
+            ends = torch.tensor(sizes).cumsum(0) - 1
+            if not self.outputs_logits:
+                return [part if want else None for part, want in zip(h.split(sizes), outputs, strict=True)]
+            wanted = [i for i, want in enumerate(outputs) if want]
+            result: list[torch.Tensor | None] = [None] * len(batch)
+            if wanted:
+                logits = self._logits(h[ends[wanted]])
+                for row, i in enumerate(wanted):
+                    result[i] = logits[row]
+            return result
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         logits = self.head(rms_norm(h, self.output_norm, self.cfg.eps))

@@ -18,9 +18,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from edgeinfer.models.common import ModelConfig, apply_rope, attention, fused_linear, linear, rms_norm, vector
+from edgeinfer.models.common import ModelConfig, apply_rope, fused_linear, linear, rms_norm, vector
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
-from edgeinfer.models.kv_cache import KVCache
+from edgeinfer.models.kv_cache import KVView
 
 ARCHS = ("gemma3",)
 SWA_PATTERN = 6  # llama.cpp: layers il with il % 6 < 5 slide
@@ -100,7 +100,7 @@ class Block:
         )
         return sum(m.nbytes for m in mats) + sum(v.numel() * 4 for v in vecs)
 
-    def __call__(self, x: torch.Tensor, cache: KVCache, li: int, rope: tuple[torch.Tensor, torch.Tensor]):
+    def __call__(self, x: torch.Tensor, cache: KVView, li: int, rope: tuple[torch.Tensor, torch.Tensor]):
         cfg, t = self.cfg, x.shape[0]
         h = rms_norm(x, self.attn_norm, cfg.eps)
         q, k, v = self.wqkv(h).split(self.qkv_split, dim=-1)
@@ -110,8 +110,7 @@ class Block:
         cos, sin = rope
         q = apply_rope(q, cos, sin, neox=True)
         k = apply_rope(k, cos, sin, neox=True)
-        keys, values_t = cache.update(li, k, v)
-        a = attention(q, keys, values_t, cache.length, cfg.attn_scale, self.window)
+        a = cache.attend(li, q, k, v, cfg.attn_scale, self.window)
         x = x + rms_norm(self.wo(a), self.post_attn_norm, cfg.eps)
         h = rms_norm(x, self.ffn_norm, cfg.eps)
         gate, up = self.gate_up(h).chunk(2, dim=-1)

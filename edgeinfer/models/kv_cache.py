@@ -6,11 +6,28 @@ positions [0, length+T)), then ``advance(T)``. ``truncate`` rolls the sequence b
 speculative draft or for a retried request. Entries are fp16, as in llama.cpp's default cache. Values are
 stored transposed ([n_kv, head_dim, positions], as llama.cpp does without flash attention) so that the
 attention's probability-weighted sum reads each output dimension as one contiguous row.
+
+A block reaches its cache through ``attend`` (store the new keys / values, attend over all positions), so
+``KVBatch`` -- several sequences' caches behind one batch of rows -- can stand in for one cache: the linear
+layers then see the rows of every sequence at once while attention runs per sequence over its own cache.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import torch
+
+from edgeinfer.models.common import attention
+
+
+class KVView(Protocol):
+    """What a model block needs from its cache: one call per layer for the rows of a forward pass."""
+
+    def attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int = 0
+    ) -> torch.Tensor: ...
 
 
 class KVCache:
@@ -56,6 +73,14 @@ class KVCache:
         self._v[layer][:, :, self.length : end] = v.transpose(1, 2)
         return self._k[layer][:, :end], self._v[layer][:, :, :end]
 
+    def attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int = 0
+    ) -> torch.Tensor:
+        """Store k, v ([n_kv, T, d]) after the current length and return the causal attention of q
+        ([n_heads, T, d], at the positions after the current length) over all positions: [T, n_heads * d]."""
+        keys, values_t = self.update(layer, k, v)
+        return attention(q, keys, values_t, self.length, scale, window)
+
     def advance(self, n_new: int) -> None:
         self.length += n_new
 
@@ -67,3 +92,22 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._k + self._v)
+
+
+class KVBatch:
+    """The caches of several sequences behind one batch of rows: ``parts`` are (cache, rows) in row order.
+    Each sequence's rows attend over its own cache only, exactly as when it runs alone."""
+
+    def __init__(self, parts: Sequence[tuple[KVCache, int]]):
+        self.parts = list(parts)
+
+    def attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int = 0
+    ) -> torch.Tensor:
+        out = []
+        start = 0
+        for cache, n in self.parts:
+            end = start + n
+            out.append(cache.attend(layer, q[:, start:end], k[:, start:end], v[:, start:end], scale, window))
+            start = end
+        return out[0] if len(out) == 1 else torch.cat(out)

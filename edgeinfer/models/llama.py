@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from edgeinfer.models.common import (
     ModelConfig,
     apply_rope,
-    attention,
     default_attn_scale,
     fused_linear,
     linear,
@@ -23,7 +22,7 @@ from edgeinfer.models.common import (
     vector,
 )
 from edgeinfer.models.gguf_file import GGUFError, GGUFFile
-from edgeinfer.models.kv_cache import KVCache
+from edgeinfer.models.kv_cache import KVView
 
 ARCHS = ("llama", "qwen2", "qwen3")
 
@@ -90,7 +89,7 @@ class Block:
         vecs = [v for v in (self.attn_norm, self.ffn_norm, self.q_norm, self.k_norm) if v is not None]
         return sum(m.nbytes for m in mats) + sum(v.numel() * 4 for v in vecs)
 
-    def __call__(self, x: torch.Tensor, cache: KVCache, li: int, rope: tuple[torch.Tensor, torch.Tensor]):
+    def __call__(self, x: torch.Tensor, cache: KVView, li: int, rope: tuple[torch.Tensor, torch.Tensor]):
         cfg, t = self.cfg, x.shape[0]
         h = rms_norm(x, self.attn_norm, cfg.eps)
         q, k, v = self.wqkv(h).split(self.qkv_split, dim=-1)
@@ -103,8 +102,7 @@ class Block:
         cos, sin = rope
         q = apply_rope(q, cos, sin, cfg.rope_neox)
         k = apply_rope(k, cos, sin, cfg.rope_neox)
-        keys, values_t = cache.update(li, k, v)
-        a = attention(q, keys, values_t, cache.length, self.scale, self.window)
+        a = cache.attend(li, q, k, v, self.scale, self.window)
         x = x + self.wo(a)
         h = rms_norm(x, self.ffn_norm, cfg.eps)
         gate, up = self.gate_up(h).chunk(2, dim=-1)
