@@ -21,14 +21,14 @@ import json
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.chat import build_chat_prompt
 from edgeinfer.engine.generate import complete
-from edgeinfer.engine.load import LoadOptions, open_backend
-from edgeinfer.engine.speculative import SpeculativeDecoder, SpeculativeOptions
+from edgeinfer.engine.load import LoadOptions, open_backend, speculative_backend
+from edgeinfer.engine.speculative import SpeculativeDecoder
 
 _FUNCS = {
     "mean": """def mean(values):
@@ -157,8 +157,12 @@ def chat_tokens(backend, text: str) -> list[int]:
 
 def run_backend(args, kind: str, save, out: dict) -> dict:
     """Every round of every workload on one backend, into ``out`` (saved after each round)."""
-    plain = open_backend(args.model, LoadOptions(kind, n_ctx=args.ctx_size, threads=args.threads))
-    spec = SpeculativeDecoder(plain, SpeculativeOptions.parse(args.speculative, args.draft_max))
+    options = LoadOptions(kind, n_ctx=args.ctx_size, threads=args.threads)
+    plain = open_backend(args.model, options)
+    spec = speculative_backend(
+        plain, replace(options, speculative=args.speculative, draft_max=args.draft_max)
+    )
+    assert isinstance(spec, SpeculativeDecoder)
     try:
         for name in args.workload:
             prompts = [chat_tokens(plain, p) for p in WORKLOADS[name][: args.prompts]]

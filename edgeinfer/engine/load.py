@@ -44,7 +44,7 @@ class LoadOptions:
     n_ctx: int = 4096
     threads: int | None = None  # None: the number of physical cores
     weight_format: str = "auto"  # shard backend only: gguf, int8, bf16, f32 (docs/shard-engine.md)
-    parallel: int | None = None  # llamacpp only: slots for continuous batching (docs/serving.md); None: one
+    parallel: int | None = None  # slots for continuous batching (docs/serving.md); None: one sequence
     speculative: str = "off"  # off, ngram or exit:K (docs/speculative.md)
     draft_max: int = DEFAULT_DRAFT_MAX  # most tokens drafted per verification pass
 
@@ -55,11 +55,6 @@ class LoadOptions:
             raise ValueError(
                 "--speculative does not combine with --parallel > 1 (continuous batching verifies no "
                 "drafts); use --parallel 1 or --speculative off"
-            )
-        if self.parallel is not None and self.backend is not BackendKind.LLAMACPP:
-            raise ValueError(
-                "--parallel applies to the llamacpp backend only (the shard engine serves one sequence "
-                "at a time)"
             )
         if self.weight_format == "auto":
             return
@@ -87,7 +82,7 @@ def open_backend(spec: str, options: LoadOptions, name: str | None = None) -> Ba
     if not options.speculative_options.enabled:
         return backend
     try:
-        return _speculative(backend, path, options)
+        return speculative_backend(backend, options)
     except BaseException:
         backend.close()
         raise
@@ -101,6 +96,17 @@ def _open(path: Path, options: LoadOptions, name: str) -> Backend:
             raise BackendUnavailable(
                 f"the shard engine backend is not available in this build ({exc}); use --backend llamacpp"
             ) from exc
+        if options.parallel is not None and not options.speculative_options.enabled:
+            from edgeinfer.engine.shard_batch import ShardBatchBackend
+
+            return ShardBatchBackend(
+                path,
+                name=name,
+                n_ctx=options.n_ctx,
+                n_slots=options.parallel,
+                threads=options.threads,
+                weight_format=options.weight_format,
+            )
         return ShardBackend(
             path,
             threads=options.threads,
@@ -119,11 +125,12 @@ def _open(path: Path, options: LoadOptions, name: str) -> Backend:
     return LlamaCppBackend(path, name=name, n_ctx=options.n_ctx, threads=options.threads)
 
 
-def _speculative(target: Backend, path: Path, options: LoadOptions) -> Backend:
-    """``target`` decoded speculatively; ``exit:K`` drafts with the model's first K layers and its output
-    head, run by the shard engine (on the same GGUF file, whichever backend verifies)."""
+def speculative_backend(target: Backend, options: LoadOptions) -> Backend:
+    """``target`` decoded speculatively as ``options`` say; ``exit:K`` drafts with the model's first K
+    layers and its output head, run by the shard engine (same GGUF file, whichever backend verifies)."""
     from edgeinfer.engine.speculative import SpeculativeDecoder
 
+    path = Path(target.info.path)
     spec = options.speculative_options
     if spec.mode != "exit":
         return SpeculativeDecoder(target, spec)
