@@ -92,8 +92,9 @@ def serve(
         int | None,
         typer.Option(
             "--parallel",
-            help="Requests generated at once per model, in one batch (llamacpp backend; continuous "
-            "batching, see docs/serving.md). Default: 4, fewer if their KV caches do not fit in memory.",
+            help="Requests generated at once per model, in one batch (llamacpp and shard backends; "
+            "continuous batching, see docs/serving.md). Default: 4, fewer if their KV caches do not fit "
+            "in memory.",
             min=1,
         ),
     ] = None,

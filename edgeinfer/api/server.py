@@ -11,7 +11,7 @@ from edgeinfer.api.app import create_app
 from edgeinfer.api.guard import HTTPPolicy
 from edgeinfer.api.metrics import Metrics
 from edgeinfer.api.worker import ModelWorker
-from edgeinfer.engine.load import BackendKind, LoadOptions, backend_opener
+from edgeinfer.engine.load import LoadOptions, backend_opener
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class ServerConfig:
     models: tuple[str, ...]
     load: LoadOptions = field(default_factory=LoadOptions)
     max_queue: int = 16
-    parallel: int | None = None  # requests generated at once per model (llamacpp); None: 4 if memory allows
+    parallel: int | None = None  # requests generated at once per model; None: 4 if memory allows
     cluster: str | None = None  # serve as a gateway over the nodes of this cluster YAML instead of ``models``
     allow_special_tokens: bool = False  # parse control tokens written in chat message contents
     http: HTTPPolicy = field(default_factory=HTTPPolicy)  # API keys, hosts, CORS, body size (api/guard.py)
@@ -42,14 +42,10 @@ def build_app(cfg: ServerConfig):  # -> FastAPI
 
 
 def _with_parallel(cfg: ServerConfig) -> LoadOptions:
-    """The load options with the slots per model resolved (llamacpp), after checking that their KV caches
-    fit in memory; the other backends serve one sequence at a time."""
+    """The load options with the slots per model resolved (llamacpp and shard backends), after checking that
+    their KV caches fit in memory (fp16 in both)."""
     if cfg.load.speculative_options.enabled:  # one sequence at a time; LoadOptions refuses --parallel > 1
         return replace(cfg.load, parallel=cfg.parallel)
-    if cfg.load.backend is not BackendKind.LLAMACPP:
-        if cfg.parallel not in (None, 1):
-            raise ValueError("--parallel applies to the llamacpp backend only (not --backend shard)")
-        return cfg.load
     from edgeinfer.engine.batch import plan_parallel
     from edgeinfer.models.registry import resolve
 
