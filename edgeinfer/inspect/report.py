@@ -2,11 +2,11 @@
 
 A service that answers a fraction ``f`` of requests with a substitute fails each ID check with probability
 ``f x d`` (``d``: the chance that one ID exposes the substitute; 1 for IDs kept by ``generate_ids``, which
-every tested substitute answers differently). With ``r`` IDs per real request, the model test
-(``stats.model_test``) sees ``r x N`` checks in ``N`` real requests (the stratified schedule). ``detection`` simulates that test
-(the real SPRT, seeded) to give the probability of a "substituted" verdict within ``N`` requests;
-``requests_to_verdict`` is Wald's expected number of checks divided by ``r``. ``plot_detection`` draws both,
-with measured points from ``benchmarks/bench_inspect.py`` when given.
+every required substitute answers differently). With ``r`` IDs per real request, the model test
+(``stats.model_test``) sees ``r x N`` checks in ``N`` real requests (the stratified schedule).
+``detection`` simulates that test (the real SPRT, seeded) to give the probability of a "substituted"
+verdict within ``N`` requests; ``requests_to_verdict`` is Wald's expected number of checks divided by
+``r``. ``plot_detection`` draws both, with measured points from ``benchmarks/bench_inspect.py`` when given.
 """
 
 from __future__ import annotations
