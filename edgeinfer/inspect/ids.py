@@ -297,8 +297,9 @@ class CheckResult:
     max_logprob_gap: float | None = None  # None: the answer carried no logprobs
 
 
-def check_answer(expected: IdentifyingInput, answer: Answer) -> CheckResult:
-    """Does ``answer`` come from the reference model? Text first; logprobs (when sent) within tolerance."""
+def check_answer(expected: IdentifyingInput, answer: Answer, min_tolerance: float = 0.0) -> CheckResult:
+    """Does ``answer`` come from the reference model? Text first; logprobs (when sent) within the ID's
+    tolerance, or ``min_tolerance`` if larger."""
     if answer.text != expected.text:
         return CheckResult(False, f"text {answer.text!r} != expected {expected.text!r}")
     if answer.tokens is None:
@@ -307,6 +308,7 @@ def check_answer(expected: IdentifyingInput, answer: Answer) -> CheckResult:
     if [b for b, _ in answer.tokens] != [b for b, _ in want]:
         return CheckResult(False, "the answer's tokens differ from the expected tokens")
     gap = max((abs(a - b) for (_, a), (_, b) in zip(answer.tokens, want, strict=True)), default=0.0)
-    if gap > expected.tolerance:
-        return CheckResult(False, f"a token's logprob is off by {gap:.3f} > {expected.tolerance}", gap)
+    tolerance = max(expected.tolerance, min_tolerance)
+    if gap > tolerance:
+        return CheckResult(False, f"a token's logprob is off by {gap:.3f} > {tolerance}", gap)
     return CheckResult(True, max_logprob_gap=gap)

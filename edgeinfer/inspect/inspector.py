@@ -55,6 +55,9 @@ class InspectorConfig:
     honest_fail: float = 1e-4  # the most an honest service may fail ID checks (benign nondeterminism)
     alpha: float = 1e-3  # P(false alarm)
     beta: float = 1e-3  # P(missed substitution / violation)
+    # served llama.cpp (batched or not) differed from the offline reference by up to 0.19 nats: a floor on
+    # every ID's logprob tolerance keeps honest services from failing (docs/inspect.md, limits)
+    min_tolerance: float = 0.2
     logprobs: str = "mirror"  # ask IDs for logprobs: "mirror" the real request, "always" or "never"
     max_id_tokens: int = 64  # an ID mirrors the real request's max_tokens up to this bound
     seed: int | None = None
@@ -391,7 +394,7 @@ class Inspector(httpx.BaseTransport):
             status = response.status_code
             if status == 200:
                 answer, usage = parse_answer(raw, streamed)
-                result = check_answer(expected, first_k(answer, expected))
+                result = check_answer(expected, first_k(answer, expected), self.config.min_tolerance)
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             result = None
         finally:
