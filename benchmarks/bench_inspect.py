@@ -417,7 +417,7 @@ def _overhead(url: str, ids: IdSet, prompts: list[str], n: int = 500) -> dict[st
 
 def _partial(url: str, ids: IdSet, prompts: list[str], logs: Path) -> list[dict[str, Any]]:
     out = []
-    with SubstituteServer("quant:Q2_K", log=logs / "partial-q2k.log") as sub:
+    with SubstituteServer("model:gemma", log=logs / "partial-gemma.log") as sub:
         for fraction, rate, trials, budget in ((0.1, 0.1, 5, 400), (0.1, 0.05, 3, 600), (0.01, 0.5, 3, 1500)):
             needed = []
             for t in range(trials):

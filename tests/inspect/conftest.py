@@ -49,8 +49,8 @@ def honest_batched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def q2k_server(bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Qwen re-quantized to Q2_K, served under Qwen's name."""
-    srv = bench.SubstituteServer("quant:Q2_K", log=tmp_path_factory.mktemp("q2k") / "serve.log")
+def gemma_substitute(bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Gemma 3 270M served under Qwen's name (every bundled ID exposes it, with or without logprobs)."""
+    srv = bench.SubstituteServer("model:gemma", log=tmp_path_factory.mktemp("gemma") / "serve.log")
     with srv:
         yield srv.url

@@ -96,10 +96,10 @@ def test_a_full_substitute_fails_the_first_id_it_answers(
 
 
 def test_ten_percent_substitution_is_caught_with_the_requests_it_took(
-    bench: ModuleType, ids: IdSet, honest_batched: str, q2k_server: str
+    bench: ModuleType, ids: IdSet, honest_batched: str, gemma_substitute: str
 ) -> None:
     prompts = bench.workload(ids)
-    cheat = bench.CheatingTransport(honest_batched, q2k_server, fraction=0.1, seed=3)
+    cheat = bench.CheatingTransport(honest_batched, gemma_substitute, fraction=0.1, seed=3)
     inspector = Inspector(ids, InspectorConfig(rate=0.5, seed=3), transport=cheat)
     sent = bench.drive(inspector, honest_batched, 600, prompts, max_tokens=1, stop_when_decided="model")
     report = inspector.report()
