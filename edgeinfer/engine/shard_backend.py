@@ -57,6 +57,26 @@ class ShardSequence:
             shard.drop(self.seq)
 
 
+def shard_model_info(name: str, path: Path, shards: Sequence[Shard], vocab: Vocab) -> ModelInfo:
+    """What a backend made of shard-engine shards (a chain from layer 0) tells its callers."""
+    first = shards[0]
+    return ModelInfo(
+        name=name,
+        path=str(path),
+        architecture=first.arch,
+        n_ctx=first.max_seq_len,
+        backend="shard",
+        vocab_size=first.vocab_size,
+        bos_token=vocab.bos_token,
+        eos_token=vocab.eos_token,
+        chat_template=first.chat_template,
+        n_ctx_train=first.cfg.ctx_len,
+        threads=first.threads,
+        weight_format=first.weight_format,
+        weight_bytes=sum(s.weight_bytes for s in shards),
+    )
+
+
 class ShardBackend(VocabMixin):
     def __init__(
         self,
@@ -75,22 +95,7 @@ class ShardBackend(VocabMixin):
             for a, b in bounds
         ]
         self.vocab = Vocab(path)
-        first = self.shards[0]
-        self.info = ModelInfo(
-            name=name or path.stem,
-            path=str(path),
-            architecture=first.arch,
-            n_ctx=first.max_seq_len,
-            backend="shard",
-            vocab_size=first.vocab_size,
-            bos_token=self.vocab.bos_token,
-            eos_token=self.vocab.eos_token,
-            chat_template=first.chat_template,
-            n_ctx_train=first.cfg.ctx_len,
-            threads=first.threads,
-            weight_format=first.weight_format,
-            weight_bytes=sum(s.weight_bytes for s in self.shards),
-        )
+        self.info = shard_model_info(name or path.stem, path, self.shards, self.vocab)
 
     # ---- compute ------------------------------------------------------------------------------------------
     def forward(self, seq_id: str, ids: Sequence[int], all_logits: bool = False) -> torch.Tensor:

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from edgeinfer.engine.base import ModelInfo, SamplingParams
+from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.batch import NoFreeSlot
 from edgeinfer.engine.generate import check_context
 from edgeinfer.engine.logprobs import TokenLogprobs, token_logprobs
 from edgeinfer.engine.sampling import Sampler
 from edgeinfer.engine.shard import Shard, layer_count
+from edgeinfer.engine.shard_backend import shard_model_info
 from edgeinfer.engine.vocab import Vocab, VocabMixin
 
 DEFAULT_BATCH = 512  # most positions in one forward pass (decode rows plus prompt chunks)
@@ -67,22 +68,7 @@ class ShardBatchBackend(VocabMixin):
         self.prefill_chunk = prefill_chunk or n_batch
         self._seqs: dict[int, _Sequence] = {}
         self._admitted = 0
-        s = self.shard
-        self.info = ModelInfo(
-            name=name or path.stem,
-            path=str(path),
-            architecture=s.arch,
-            n_ctx=s.max_seq_len,
-            backend="shard",
-            vocab_size=s.vocab_size,
-            bos_token=self.vocab.bos_token,
-            eos_token=self.vocab.eos_token,
-            chat_template=s.chat_template,
-            n_ctx_train=s.cfg.ctx_len,
-            threads=s.threads,
-            weight_format=s.weight_format,
-            weight_bytes=s.weight_bytes,
-        )
+        self.info = shard_model_info(name or path.stem, path, [self.shard], self.vocab)
 
     @property
     def n_active(self) -> int:

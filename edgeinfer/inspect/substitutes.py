@@ -13,7 +13,7 @@ import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeinfer.engine.base import Backend, ModelInfo
+from edgeinfer.engine.base import Backend
 from edgeinfer.engine.load import LoadOptions, open_backend
 from edgeinfer.models.registry import cache_dir, resolve
 
@@ -98,7 +98,7 @@ def early_exit_backend(
 ) -> Backend:
     """The shard engine running only the first ``exit_at`` layers, then the output head."""
     from edgeinfer.engine.shard import Shard, layer_count
-    from edgeinfer.engine.shard_backend import ShardBackend
+    from edgeinfer.engine.shard_backend import ShardBackend, shard_model_info
     from edgeinfer.engine.vocab import Vocab
 
     path = Path(model_path)
@@ -111,21 +111,7 @@ def early_exit_backend(
             shard = Shard(path, 0, n, threads=threads, max_seq_len=n_ctx, exit_at=exit_at)
             self.shards = [shard]
             self.vocab = Vocab(path)
-            self.info = ModelInfo(
-                name=name or f"{path.stem}-exit{exit_at}",
-                path=str(path),
-                architecture=shard.arch,
-                n_ctx=shard.max_seq_len,
-                backend="shard",
-                vocab_size=shard.vocab_size,
-                bos_token=self.vocab.bos_token,
-                eos_token=self.vocab.eos_token,
-                chat_template=shard.chat_template,
-                n_ctx_train=shard.cfg.ctx_len,
-                threads=shard.threads,
-                weight_format=shard.weight_format,
-                weight_bytes=shard.weight_bytes,
-            )
+            self.info = shard_model_info(name or f"{path.stem}-exit{exit_at}", path, [shard], self.vocab)
 
     return EarlyExitBackend()
 
