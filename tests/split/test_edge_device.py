@@ -7,28 +7,13 @@ import httpx
 import pytest
 import torch
 
-from edgeinfer.models.dnn import zoo
-from edgeinfer.models.dnn.data import digits
 from edgeinfer.split.compress import encode
 from edgeinfer.split.device import ClientConfig, DeviceClient
 from edgeinfer.split.exits import Thresholds
-from edgeinfer.split.profile import load_device, profile_model
-
-from .conftest import EdgeProcess
 
 
-@pytest.fixture(scope="module")
-def setup():
-    m = zoo.load("digitnet-small")
-    data = digits(32)
-    x = data["val"].x[:6]
-    dev = profile_model(m, load_device("rpi4-like"), x, warmup=1, repeats=5)
-    edge = profile_model(m, load_device("edge-host"), x, warmup=1, repeats=5)
-    return m, dev, edge, data["test"]
-
-
-def test_every_split_answers_like_the_full_model(setup, edge_server):
-    m, dev, edge, test = setup
+def test_every_split_answers_like_the_full_model(small_setup, edge_server):
+    m, dev, edge, test = small_setup
     x = test.x[:3]
     want = m.path("final").run(x)
     n = len(m.path("final"))
@@ -45,8 +30,8 @@ def test_every_split_answers_like_the_full_model(setup, edge_server):
 
 
 @pytest.mark.parametrize("wire", [("f16", "lz4"), ("int8", "zstd")])
-def test_compressed_splits_keep_the_answers(setup, edge_server, wire):
-    m, dev, edge, test = setup
+def test_compressed_splits_keep_the_answers(small_setup, edge_server, wire):
+    m, dev, edge, test = small_setup
     x = test.x[:20]
     want = m.path("final").run(x).argmax(-1)
     cut = m.exit("exit1").at  # the bottleneck
@@ -57,8 +42,8 @@ def test_compressed_splits_keep_the_answers(setup, edge_server, wire):
     assert all(r.sent_bytes < dev.layers[m.path("final").names[cut - 1]].out_bytes for r in rs)
 
 
-def test_adaptive_client_plans_and_answers_everything(setup, edge_server):
-    m, dev, edge, test = setup
+def test_adaptive_client_plans_and_answers_everything(small_setup, edge_server):
+    m, dev, edge, test = small_setup
     with DeviceClient(m, dev, edge, edge_server.url, ClientConfig(deadline_ms=500)) as c:
         rs = [c.infer(test.x[i : i + 1]) for i in range(20)]
         assert c.link() is not None  # measured from real transfers
@@ -67,8 +52,8 @@ def test_adaptive_client_plans_and_answers_everything(setup, edge_server):
     assert all(r.planned is not None and r.split == r.planned.split for r in rs)
 
 
-def test_early_exits_on_device_and_on_edge(setup, edge_server):
-    m, dev, edge, test = setup
+def test_early_exits_on_device_and_on_edge(small_setup, edge_server):
+    m, dev, edge, test = small_setup
     always = Thresholds("top1", {"exit1": 0.0})
     n = len(m.path("final"))
     x = test.x[:1]
@@ -85,8 +70,8 @@ def test_early_exits_on_device_and_on_edge(setup, edge_server):
     assert (r.early, r.exit, r.where, r.pred) == (True, "exit1", "edge", want)
 
 
-def test_edge_rejects_bad_requests(setup, edge_server):
-    m, *_ = setup
+def test_edge_rejects_bad_requests(small_setup, edge_server):
+    m, *_ = small_setup
     url = edge_server.url + "/v1/split/tail"
     t = encode(torch.zeros(1, 1, 32, 32))
     assert httpx.post(url, params={"model": "nope", "exit": "final", "cut": 0}, content=t).status_code == 404
@@ -96,9 +81,9 @@ def test_edge_rejects_bad_requests(setup, edge_server):
     assert r.status_code == 422 and "magic" in r.text
 
 
-def test_unreachable_edge_falls_back_to_a_local_exit(setup):
-    m, dev, edge, test = setup
-    srv = EdgeProcess()
+def test_unreachable_edge_falls_back_to_a_local_exit(small_setup, new_edge):
+    m, dev, edge, test = small_setup
+    srv = new_edge()
     cut = m.exit("exit2").at
     cfg = ClientConfig(force=("final", cut), deadline_ms=2000, retry_after_s=60)
     with DeviceClient(m, dev, edge, srv.url, cfg) as c:
@@ -111,8 +96,8 @@ def test_unreachable_edge_falls_back_to_a_local_exit(setup):
         assert r.exit == best and r.pred == int(m.path(best).run(test.x[i : i + 1]).argmax())
 
 
-def test_tight_deadline_falls_back_to_the_cheapest_local_exit(setup):
-    m, dev, edge, test = setup
+def test_tight_deadline_falls_back_to_the_cheapest_local_exit(small_setup):
+    m, dev, edge, test = small_setup
     cut = m.exit("exit1").at
     cfg = ClientConfig(force=("final", cut), deadline_ms=1e-3)
     with DeviceClient(m, dev, edge, "http://127.0.0.1:9", cfg) as c:  # nothing listens on port 9
