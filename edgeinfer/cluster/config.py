@@ -111,6 +111,7 @@ class FailoverOptions(_Strict):
     ban: float = Field(15.0, gt=0)  # first ban of a failed node (seconds); doubles on every new failure
     max_ban: float = Field(300.0, gt=0)
     recover: bool = True  # False: a failed stage ends the request (no re-plan, no replay)
+    mirror: bool = True  # hot standbys: feed each standby its primary's inputs too (cluster/mirror.py)
     adapt: bool = True  # re-plan away from a node persistently slower than its profile
     slow_factor: float = Field(3.0, gt=1)  # "slow": observed compute > this x predicted (median, 32 steps)
     adapt_gain: float = Field(0.25, ge=0, lt=1)  # re-plan only if it predicts this much lower latency
