@@ -9,6 +9,7 @@ bytes on the wire at every cut with and without compression.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import random
@@ -25,6 +26,7 @@ import httpx
 
 from edgeinfer.bench.table import Table, fmt_num
 from edgeinfer.split.profile import DeviceSpec
+from edgeinfer.testbed import cpuquota
 
 
 @dataclass
@@ -279,8 +281,10 @@ def median_ci95(xs: list[float]) -> tuple[float, float]:
     return s[j - 1], s[k - 1]
 
 
-def start_edge(tb, i: int, model: str, port: int, delay_ms: float, log: Path) -> str:
-    """`edgeinfer split serve-edge` inside test-bed host ``i``; returns its URL once healthy."""
+def start_edge(tb, i: int, model: str, port: int, delay_ms: float, log: Path, cpu_quota: float = 0.0) -> str:
+    """`edgeinfer split serve-edge` inside test-bed host ``i``; returns its URL once healthy. ``cpu_quota`` >
+    0 pins the server's speed: its process in a cgroup CPU group of that fraction of one core and the highest
+    weight (as ``serve-edge --cpu-quota``)."""
     argv = [
         sys.executable,
         "-m",
@@ -295,6 +299,10 @@ def start_edge(tb, i: int, model: str, port: int, delay_ms: float, log: Path) ->
     argv += ["--model", model, "--threads", "1", "--delay-ms", str(delay_ms)]
     fh = log.open("wb")
     proc = tb.popen(i, argv, stdout=fh, stderr=subprocess.STDOUT)
+    if cpu_quota > 0:  # placed from here: `ip netns exec` hides the cgroup file system from the server
+        group = cpuquota.Throttle(cpu_quota)
+        group.place(proc.pid)
+        atexit.register(group.close)
     url = f"http://{tb.ip(i)}:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -317,14 +317,29 @@ def serve_edge(
             "tensor (the device must use the same chains: zoo.load(name, dag=True))."
         ),
     ] = False,
+    cpu_quota: Annotated[
+        float,
+        typer.Option(
+            help="Pin the server's speed: the whole process in a cgroup v1 CPU group with this fraction of "
+            "one core and the highest weight, so other work on the cores cannot slow it (root). 0: as it is.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = 0.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Serve model tails from any cut point over HTTP (POST /v1/split/tail, /v1/split/probe, GET /health)."""
     from edgeinfer.split.edge import serve
 
+    if cpu_quota > 0:
+        from edgeinfer.testbed import cpuquota
+
+        reason = cpuquota.available()
+        if reason:
+            _fail(f"--cpu-quota: {reason}")
     models = {name: _load_model(name, dag=dag) for name in (model or ["digitnet"])}
     err.print(f"edge server on http://{host}:{port} serving {', '.join(models)}")
-    serve(models, host, port, threads=threads, delay_ms=delay_ms, log_level=log_level)
+    serve(models, host, port, threads=threads, delay_ms=delay_ms, log_level=log_level, cpu_quota=cpu_quota)
 
 
 @app.command()

@@ -15,6 +15,7 @@ is answered that much later. The tail runs one request at a time with ``threads`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -127,7 +128,16 @@ def create_edge_app(models: dict[str, BranchyModel], threads: int = 2, delay_ms:
 
 
 def serve(models: dict[str, BranchyModel], host: str, port: int, threads: int = 2, delay_ms: float = 0.0,
-          log_level: str = "warning") -> None:  # fmt: skip
+          log_level: str = "warning", cpu_quota: float = 0.0) -> None:  # fmt: skip
+    """Run the server until stopped. ``cpu_quota`` > 0 pins its speed: the whole process runs in a cgroup CPU
+    group with that fraction of one core at the highest weight (``testbed.cpuquota``), so other work on
+    shared cores slows it no more than the quota does."""
     import uvicorn
 
-    uvicorn.run(create_edge_app(models, threads, delay_ms), host=host, port=port, log_level=log_level)
+    app = create_edge_app(models, threads, delay_ms)
+    with contextlib.ExitStack() as stack:
+        if cpu_quota > 0:
+            from edgeinfer.testbed import cpuquota
+
+            stack.enter_context(cpuquota.shared(cpu_quota).process())
+        uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,3 +45,34 @@ def test_a_profile_under_a_quota_measures_the_slower_core_and_adds_up_to_a_pass(
             chain.run(x[i % 4 : i % 4 + 1])
         wall_ms = 1000 * (time.perf_counter() - t0) / 20
     assert 0.25 < wall_ms / sum(prof.path_ms(path)) < 5.0  # other load on the cores moves it a lot
+
+
+def _cpu_cgroup(pid: int, tid: int) -> str:
+    for line in Path(f"/proc/{pid}/task/{tid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            return path
+    return ""
+
+
+@needs_quota
+def test_a_pinned_group_has_the_highest_weight_and_takes_a_whole_process():
+    """The edge server's (and a test's) speed is pinned by putting its whole process in a quota group whose
+    weight is the kernel's maximum: every thread moves in, and back out after."""
+    import os
+    import threading
+
+    with cpuquota.Throttle(1.0) as group:
+        assert int((group.path / "cpu.shares").read_text()) == cpuquota.PINNED_SHARES
+        pid = os.getpid()
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        with group.process():
+            assert all(_cpu_cgroup(pid, t) == "/" + group.path.name for t in tids)
+            seen: list[str] = []
+            th = threading.Thread(target=lambda: seen.append(_cpu_cgroup(pid, threading.get_native_id())))
+            th.start()
+            th.join()
+            assert seen == ["/" + group.path.name]  # threads started inside inherit the group
+        assert all(_cpu_cgroup(pid, t) == "/" for t in tids if os.path.exists(f"/proc/{pid}/task/{t}"))
+    with pytest.raises(cpuquota.QuotaError, match="cpu.shares"):
+        cpuquota.Throttle(0.5, shares=1)
