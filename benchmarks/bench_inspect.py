@@ -197,17 +197,50 @@ class CheatingTransport(httpx.BaseTransport):
         self.inner.close()
 
 
+class IdRouter(httpx.BaseTransport):
+    """Test/bench only: the inspector's ID requests go to ``ids`` (a transport: the real model, or a
+    ``CheatingTransport``), its real traffic to ``real_url`` (e.g. ``fast_server``). Where a measurement is
+    about the inspector's schedule and checks, hundreds of real requests then cost milliseconds each while
+    every ID is still answered by the service under inspection."""
+
+    def __init__(self, real_url: str, ids: httpx.BaseTransport) -> None:
+        self.real = httpx.URL(real_url)
+        self.ids = ids
+        self.inner = httpx.HTTPTransport()
+        self.counts = {"real": 0, "id": 0}
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if "edgeinfer_id" in request.extensions:  # set by the inspector on the requests it makes
+            self.counts["id"] += 1
+            return self.ids.handle_request(request)
+        self.counts["real"] += 1
+        request.url = request.url.copy_with(scheme=self.real.scheme, host=self.real.host, port=self.real.port)
+        request.headers["host"] = f"{self.real.host}:{self.real.port}"
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+        self.ids.close()
+
+
 # ---- measurements -----------------------------------------------------------------------------------------
 def probe_many(
-    url: str, ids: IdSet, n: int, concurrency: int = 4, like: dict[str, Any] | None = None, seed: int = 0
+    url: str,
+    ids: IdSet,
+    n: int,
+    concurrency: int = 4,
+    like: dict[str, Any] | None = None,
+    seed: int = 0,
+    start: int = 0,
 ) -> list[CheckResult | None]:
-    """``n`` ID checks against ``url`` (round-robin over the IDs, ``concurrency`` at a time)."""
+    """``n`` ID checks against ``url`` (round-robin over the IDs from the ``start``-th, ``concurrency`` at a
+    time)."""
     inspector = Inspector(ids, InspectorConfig(seed=seed))  # logprobs as `like` asks
     endpoint = url.rstrip("/") + "/v1/chat/completions"
     like = like or {"model": ids.model, "logprobs": True, "top_logprobs": 1}
 
     def one(i: int) -> CheckResult | None:
-        chosen = ids.ids[i % len(ids.ids)]
+        chosen = ids.ids[(start + i) % len(ids.ids)]
         return inspector._run_id(inspector.build_id_request(chosen, endpoint, {}, like))
 
     with ThreadPoolExecutor(concurrency) as pool:

@@ -21,13 +21,14 @@ def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_run_prints_verdicts_and_writes_json(honest_batched: str, tmp_path) -> None:
     out = tmp_path / "report.json"
-    r = _run("run", "--url", honest_batched, "-n", "12", "--rate", "0.5", "--seed", "1", "--json", str(out))
+    args = ["-n", "4", "--rate", "0.5", "--max-tokens", "2", "--seed", "1", "--json", str(out)]
+    r = _run("run", "--url", honest_batched, *args)
     assert r.returncode == 0, r.stderr
     assert "inspection verdicts" in r.stdout and "model" in r.stdout and "SLA" in r.stdout
     doc = json.loads(out.read_text())
-    assert doc["real_requests"] == 12 and doc["id_requests"] == 6  # stratified: one ID per 2 requests
-    assert doc["id_checks"] == 6 and doc["id_failures"] == 0 and doc["model"]["decision"] == "undecided"
-    assert doc["sla"]["n"] == 12 and doc["latency"]["availability"] == 1.0
+    assert doc["real_requests"] == 4 and doc["id_requests"] == 2  # stratified: one ID per 2 requests
+    assert doc["id_checks"] == 2 and doc["id_failures"] == 0 and doc["model"]["decision"] == "undecided"
+    assert doc["sla"]["n"] == 4 and doc["latency"]["availability"] == 1.0
 
 
 def test_run_refuses_missing_length_and_bad_id_files(tmp_path) -> None:
