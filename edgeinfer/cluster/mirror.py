@@ -32,7 +32,8 @@ class _Mirrored:
 
     stage: object  # the standby's PipelineStage
     last: bool  # the standby is the pipeline's last stage: it returns top-1 ids, not hidden states
-    synced: int = 0  # positions the standby holds (confirmed by its answer)
+    synced: int = 0  # positions the standby holds, valid ones only (confirmed, not rolled back since)
+    cut: int = 1 << 62  # the lowest rollback point since the forward in flight was sent
     base: int = 0  # position of the first pending row (with none pending: the next one to send)
     pending: list = field(default_factory=list)  # inputs not sent yet, contiguous from ``base``
     busy: bool = False  # a forward to the standby is in flight
@@ -67,6 +68,8 @@ class StandbyMirror:
                 m = self._seqs[key] = _Mirrored(standby, last)
             if m.broken:
                 return
+            # positions from start_pos on are rewritten: what the standby holds there is stale now
+            m.synced, m.cut = min(m.synced, start_pos), min(m.cut, start_pos)
             end = m.base + m.pending_rows()  # the next position the standby will be sent
             if start_pos > end:  # a gap: an input was not mirrored (cannot happen in order); stop
                 m.broken = True
@@ -90,7 +93,7 @@ class StandbyMirror:
         import torch
 
         x, pos = torch.cat(m.pending), m.base
-        m.pending, m.base, m.busy = [], pos + int(x.shape[0]), True
+        m.pending, m.base, m.busy, m.cut = [], pos + int(x.shape[0]), True, 1 << 62
         self._pool.submit(self._run, key, m, x, pos)
 
     def _run(self, key: tuple[int, str], m: _Mirrored, x, pos: int) -> None:
@@ -104,7 +107,7 @@ class StandbyMirror:
         with self._cond:
             m.busy = False
             if ok:
-                m.synced = pos + int(x.shape[0])
+                m.synced = min(pos + int(x.shape[0]), m.cut)
                 self.sent_rows += int(x.shape[0])
             else:
                 m.broken, m.pending = True, []

@@ -127,3 +127,16 @@ def test_a_dead_standby_means_a_full_replay_not_a_hang(chain):
     mirror.feed(standby, "late", torch.tensor([4], dtype=torch.int32), 3)  # never saw position 0: ignored
     assert mirror.synced(standby, "late") == 0
     mirror.close()
+
+
+def test_rolled_back_positions_are_not_counted_as_held(chain):
+    """Drafts the standby computed and the gateway then rejected are stale there: a switch replays them."""
+    _, _, standby, _ = chain
+    mirror = StandbyMirror(batch=3)
+    seq = "s4"
+    mirror.feed(standby, seq, torch.tensor([1, 2, 3], dtype=torch.int32), 0)
+    mirror.feed(standby, seq, torch.tensor([4, 5, 6], dtype=torch.int32), 3)  # 3 drafts, sent
+    assert mirror.idle(10) and mirror.synced(standby, seq) == 6
+    mirror.feed(standby, seq, torch.tensor([9], dtype=torch.int32), 4)  # one accepted, then a new token
+    assert mirror.take(standby, seq) == 4  # 5 and 6 held by the standby are rejected drafts
+    mirror.close()
