@@ -55,6 +55,12 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& w, const Kernel<Act>& kern
         for (; i + 4 <= n; i += 4)
           for (int64_t r = r0; r < r1; ++r) kern.four(wb + r * stride, ab + i * nb, nb, yb + i * rows + r, rows);
       }
+      // the last 2-3 rows in one pass over the tile (speculative verification: k+1 rows, any k)
+      const RowsFn<Act> last = n - i == 3 ? kern.three : n - i == 2 ? kern.two : nullptr;
+      if (last != nullptr) {
+        for (int64_t r = r0; r < r1; ++r) last(wb + r * stride, ab + i * nb, nb, yb + i * rows + r, rows);
+        i = n;
+      }
       for (; i < n; ++i)
         for (int64_t r = r0; r < r1; ++r) kern.one(wb + r * stride, ab + i * nb, nb, yb + i * rows + r, rows);
     }

@@ -452,47 +452,60 @@ struct Kernel {
   int64_t block, bytes;  // values and bytes per weight block
   RowsFn<Act> one;       // one activation row
   RowsFn<Act> four;      // four activation rows (nullptr: use `one` four times)
+  RowsFn<Act> two;       // two and three activation rows (the rest of n after the fours; nullptr: `one`)
+  RowsFn<Act> three;
   void (*quantize)(const float*, Act*, int64_t);
 };
 
 Kernel<ActQ8_0> kernel_32(int64_t t, bool portable) {
 #ifdef EI_AVX2
   if (!portable) {
-    if (t == Q4_0) return {32, 18, rows_32<1, 18, unpack_q4_0>, rows_32<4, 18, unpack_q4_0>, quantize_q8_0};
-    if (t == Q5_0) return {32, 22, rows_32<1, 22, unpack_q5_0>, rows_32<4, 22, unpack_q5_0>, quantize_q8_0};
-    return {32, 34, rows_32<1, 34, unpack_q8_0>, rows_32<4, 34, unpack_q8_0>, quantize_q8_0};
+    if (t == Q4_0) return {32, 18, rows_32<1, 18, unpack_q4_0>, rows_32<4, 18, unpack_q4_0>,
+                           rows_32<2, 18, unpack_q4_0>, rows_32<3, 18, unpack_q4_0>, quantize_q8_0};
+    if (t == Q5_0) return {32, 22, rows_32<1, 22, unpack_q5_0>, rows_32<4, 22, unpack_q5_0>,
+                           rows_32<2, 22, unpack_q5_0>, rows_32<3, 22, unpack_q5_0>, quantize_q8_0};
+    return {32, 34, rows_32<1, 34, unpack_q8_0>, rows_32<4, 34, unpack_q8_0>,
+            rows_32<2, 34, unpack_q8_0>, rows_32<3, 34, unpack_q8_0>, quantize_q8_0};
   }
 #endif
   (void)portable;
-  if (t == Q4_0) return {32, 18, rows_ref<ActQ8_0, dot_q45_0_ref<false>>, nullptr, quantize_q8_0};
-  if (t == Q5_0) return {32, 22, rows_ref<ActQ8_0, dot_q45_0_ref<true>>, nullptr, quantize_q8_0};
-  return {32, 34, rows_ref<ActQ8_0, dot_q8_0_ref>, nullptr, quantize_q8_0};
+  if (t == Q4_0) return {32, 18, rows_ref<ActQ8_0, dot_q45_0_ref<false>>,
+                   nullptr, nullptr, nullptr, quantize_q8_0};
+  if (t == Q5_0) return {32, 22, rows_ref<ActQ8_0, dot_q45_0_ref<true>>,
+                   nullptr, nullptr, nullptr, quantize_q8_0};
+  return {32, 34, rows_ref<ActQ8_0, dot_q8_0_ref>, nullptr, nullptr, nullptr, quantize_q8_0};
 }
 
 Kernel<ActQ8_K> kernel_256(int64_t t, bool portable) {
 #ifdef EI_AVX2
   if (!portable) {
-    if (t == Q4_K) return {256, 144, rows_q45_K<1, false>, rows_q45_K<4, false>, quantize_q8_K};
-    if (t == Q5_K) return {256, 176, rows_q45_K<1, true>, rows_q45_K<4, true>, quantize_q8_K};
-    return {256, 210, rows_q6_K<1>, rows_q6_K<4>, quantize_q8_K};
+    if (t == Q4_K) return {256, 144, rows_q45_K<1, false>, rows_q45_K<4, false>, rows_q45_K<2, false>,
+                            rows_q45_K<3, false>, quantize_q8_K};
+    if (t == Q5_K) return {256, 176, rows_q45_K<1, true>, rows_q45_K<4, true>, rows_q45_K<2, true>,
+                            rows_q45_K<3, true>, quantize_q8_K};
+    return {256, 210, rows_q6_K<1>, rows_q6_K<4>, rows_q6_K<2>, rows_q6_K<3>, quantize_q8_K};
   }
 #endif
   (void)portable;
-  if (t == Q4_K) return {256, 144, rows_ref<ActQ8_K, dot_q45_K_ref<false>>, nullptr, quantize_q8_K};
-  if (t == Q5_K) return {256, 176, rows_ref<ActQ8_K, dot_q45_K_ref<true>>, nullptr, quantize_q8_K};
-  return {256, 210, rows_ref<ActQ8_K, dot_q6_K_ref>, nullptr, quantize_q8_K};
+  if (t == Q4_K) return {256, 144, rows_ref<ActQ8_K, dot_q45_K_ref<false>>,
+                   nullptr, nullptr, nullptr, quantize_q8_K};
+  if (t == Q5_K) return {256, 176, rows_ref<ActQ8_K, dot_q45_K_ref<true>>,
+                   nullptr, nullptr, nullptr, quantize_q8_K};
+  return {256, 210, rows_ref<ActQ8_K, dot_q6_K_ref>, nullptr, nullptr, nullptr, quantize_q8_K};
 }
 
 Kernel<Act16> kernel_16(int64_t t, bool portable) {
 #ifdef EI_AVX2
   if (!portable) {
-    if (t == F16) return {1, 2, rows_16<1, false>, rows_16<4, false>, quantize_16<false>};
-    return {1, 2, rows_16<1, true>, rows_16<4, true>, quantize_16<true>};
+    if (t == F16) return {1, 2, rows_16<1, false>, rows_16<4, false>, rows_16<2, false>, rows_16<3, false>,
+                          quantize_16<false>};
+    return {1, 2, rows_16<1, true>, rows_16<4, true>, rows_16<2, true>, rows_16<3, true>, quantize_16<true>};
   }
 #endif
   (void)portable;
-  if (t == F16) return {1, 2, rows_ref<Act16, dot_16_ref<false>>, nullptr, quantize_16<false>};
-  return {1, 2, rows_ref<Act16, dot_16_ref<true>>, nullptr, quantize_16<true>};
+  if (t == F16) return {1, 2, rows_ref<Act16, dot_16_ref<false>>,
+                   nullptr, nullptr, nullptr, quantize_16<false>};
+  return {1, 2, rows_ref<Act16, dot_16_ref<true>>, nullptr, nullptr, nullptr, quantize_16<true>};
 }
 
 }  // namespace

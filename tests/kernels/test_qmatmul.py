@@ -82,7 +82,7 @@ def test_qmatmul_equals_dequantized_reference(type_name, portable):
     rows, k = 37, 512  # 37: not a multiple of the kernel's 16-row tiles
     w = random_blocks(type_name, rows, k, rng)
     w_dense = dense(w, type_name, rows, k)
-    for n in (1, 4, 7):  # the one-row and four-row paths and their mix
+    for n in (1, 2, 3, 4, 7):  # the one- to four-row paths and their mix (4 + 3)
         x = rng.standard_normal((n, k)).astype(np.float32)
         ref = rounded_activations(x, type_name) @ w_dense.T
         y = kernels.qmatmul(torch.from_numpy(x), torch.from_numpy(w), kernels.TYPES[type_name], portable)
@@ -103,6 +103,19 @@ def test_16_bit_rows_of_any_length_lying_apart(type_name, portable):
     ref = rounded_activations(x, type_name) @ dense(store, type_name, rows, capacity)[:, 3 : 3 + k].T
     y = kernels.qmatmul(torch.from_numpy(x), w, kernels.TYPES[type_name], portable)
     np.testing.assert_allclose(y.numpy(), ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("type_name", list(kernels.TYPES))
+def test_a_row_gets_the_same_bits_in_any_block_of_rows(type_name):
+    """Speculative verification scores k+1 positions at once; each row must equal its one-row product exactly
+    (the 4-, 3-, 2- and 1-row paths do the same arithmetic per row), or greedy tokens could differ."""
+    rng = np.random.default_rng(3)
+    rows, k = 21, 512
+    w = torch.from_numpy(random_blocks(type_name, rows, k, rng))
+    x = torch.from_numpy(rng.standard_normal((9, k)).astype(np.float32))
+    alone = torch.cat([kernels.qmatmul(x[i : i + 1], w, kernels.TYPES[type_name]) for i in range(9)])
+    for n in range(2, 10):
+        assert torch.equal(kernels.qmatmul(x[:n], w, kernels.TYPES[type_name]), alone[:n]), n
 
 
 def test_batched_products_each_use_their_own_matrix():
