@@ -9,6 +9,9 @@
    step, the node's compute, the rest of each stage's RPC (gRPC, wire codec, link) and the gateway's own work.
 4. the same 1, 2, 3 shards chained in this one process (``ShardBackend``, no RPC, no other processes):
    what the compute of an N-stage split costs without the test-bed (--no-in-process to skip).
+5. with --concurrent C: C greedy streams at once (different prompts) through the whole model on one node
+   and through an equal 2-node split, and one stream alone on one node: aggregate output tok/s and the
+   ratios within each round (several sequences in flight keep every stage of a pipeline busy).
 
 Every configuration is measured --repeat times in interleaved rounds (load drifts hit all alike); the tables
 show medians.
@@ -86,6 +89,55 @@ def measure(cfg_path: Path, tokens: int) -> dict:
         backend.close()
 
 
+STREAM_PROMPTS = [
+    PROMPT,
+    "Explain how a bicycle gear works to a child.",
+    "List five uses of a paper clip and why they work.",
+    "Describe the sea at night in a few sentences.",
+    "Write a haiku about a mountain in autumn.",
+    "Summarize the rules of chess in plain words.",
+    "Tell a joke about a cat and a laptop.",
+    "What should a hiker carry on a day trip?",
+]
+
+
+def measure_streams(cfg_path: Path, tokens: int, streams: int) -> dict:
+    """``streams`` greedy streams at once (``parallel=streams``, one thread each, as `serve` runs them):
+    aggregate output tok/s = tokens of all streams / wall time from the first request to the last token."""
+    import threading
+
+    backend = load_cluster(load_config(cfg_path), parallel=streams)
+    try:
+        complete(backend, backend.tokenize("Hello"), SamplingParams(temperature=0.0, max_tokens=4))  # warm-up
+        params = SamplingParams(temperature=0.0, max_tokens=tokens)
+        prompts = [backend.tokenize(STREAM_PROMPTS[i % len(STREAM_PROMPTS)]) for i in range(streams)]
+        done: list[int] = [0] * streams
+        go = threading.Barrier(streams + 1)
+
+        def one(i: int) -> None:
+            go.wait()
+            done[i] = complete(backend, prompts[i], params).completion_tokens
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+        for t in threads:
+            t.start()
+        go.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        return {
+            "plan": backend.plan.describe(),
+            "streams": streams,
+            "tokens": sum(done),
+            "seconds": wall,
+            "tok_s": sum(done) / wall,
+            "load1": os.getloadavg()[0],
+        }
+    finally:
+        backend.close()
+
+
 def measure_in_process(path: Path, n_stages: int, n_layers: int, tokens: int, threads: int) -> dict:
     cuts = [b for _, _, b in equal_stages([str(i) for i in range(n_stages)], n_layers)][:-1]
     backend = ShardBackend(path, splits=cuts, threads=threads)
@@ -129,6 +181,29 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def summarize_streams(rounds: list[dict], streams: int, rate: str) -> dict:
+    """Per configuration: median and min-max aggregate tok/s; the ratios 2 nodes / 1 node taken within
+    each round (same load), then their median and spread."""
+
+    def spread(values: list[float]) -> dict:
+        return {"median": med(values), "min": min(values), "max": max(values)}
+
+    keys = list(rounds[0])
+    return {
+        "streams": streams,
+        "rate": rate,
+        "tok_s": {k: spread([r[k]["tok_s"] for r in rounds]) for k in keys},
+        "plans": {k: rounds[0][k]["plan"] for k in keys},
+        "ratio_vs_1_node_same_streams": spread(
+            [r["2 nodes"]["tok_s"] / r["1 node"]["tok_s"] for r in rounds]
+        ),
+        "ratio_vs_1_node_1_stream": spread(
+            [r["2 nodes"]["tok_s"] / r["1 node, 1 stream"]["tok_s"] for r in rounds]
+        ),
+        "rounds": rounds,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
@@ -154,6 +229,13 @@ def main() -> None:
         default=True,
         help="also time the same shard chains inside this process (no RPC)",
     )
+    ap.add_argument(
+        "--concurrent",
+        type=int,
+        default=0,
+        help="also run this many streams at once on 1 node and on 2 nodes (0: skip)",
+    )
+    ap.add_argument("--concurrent-rate", default="1gbit", help="link rate of the concurrent-streams runs")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     _, path = resolve(args.model)
@@ -174,6 +256,7 @@ def main() -> None:
     sweep: dict[str, list[dict]] = {}
     auto: list[dict] = []
     in_process: dict[int, list[dict]] = {}
+    streams: list[dict] = []  # per round: configuration -> measure_streams
     limit = args.sweep_memory_limit
     with Testbed(n_hosts, rate="1gbit") as tb:
         specs = start_nodes(tb, threads=args.threads, log_dir=work)
@@ -197,6 +280,20 @@ def main() -> None:
                     r = measure(cfg, args.tokens) | {"rate": rate, "nodes": n, "round": rnd}
                     scaling.setdefault((rate, n), []).append(r)
                     print(json.dumps(r), file=sys.stderr)
+            if args.concurrent:
+                for i in range(len(specs)):
+                    tb.set_rate(i, args.concurrent_rate)
+                row = {}
+                for key, n, c in (
+                    ("1 node, 1 stream", 1, 1),
+                    ("1 node", 1, args.concurrent),
+                    ("2 nodes", 2, args.concurrent),
+                ):
+                    stages = equal_stages(names[:n], n_layers)
+                    cfg = write_cfg(work / f"streams-{n}.yaml", str(path), specs, stages)
+                    row[key] = measure_streams(cfg, args.tokens, c) | {"round": rnd}
+                    print(json.dumps(row[key]), file=sys.stderr)
+                streams.append(row)
             if args.partition_rate:
                 for i in range(len(specs)):
                     tb.set_rate(i, args.partition_rate)
@@ -237,6 +334,8 @@ def main() -> None:
             "best": best,
             "ratio": chosen["measured_ms"] / best["measured_ms"],
         }
+    if streams:
+        results["streams"] = summarize_streams(streams, args.concurrent, args.concurrent_rate)
     results["load_after"] = os.getloadavg()
     print_tables(results)
     if args.out:
@@ -308,6 +407,23 @@ def print_tables(res: dict) -> None:
         header = ("partition", "predicted ms/token", "measured ms/token (min-max)")
         title = f"Partition sweep at {p['rate']} (two nodes{limit})"
         show.table(Table(title, header, rows, frozenset({1, 2}), notes))
+    if "streams" in res:
+        st = res["streams"]
+
+        def span(d: dict, digits: int = 1) -> str:
+            return f"{d['median']:.{digits}f} ({d['min']:.{digits}f}-{d['max']:.{digits}f})"
+
+        rows = [(k, st["plans"][k], span(v)) for k, v in st["tok_s"].items()]
+        notes = (
+            f"2 nodes / 1 node, same {st['streams']} streams: {span(st['ratio_vs_1_node_same_streams'], 2)}; "
+            f"2 nodes / 1 node with 1 stream: {span(st['ratio_vs_1_node_1_stream'], 2)}",
+            "ratios taken within each round (same load), median (min-max) over the rounds",
+            note,
+        )
+        title = f"{st['streams']} streams at once at {st['rate']}"
+        show.table(
+            Table(title, ("configuration", "plan", "aggregate tok/s (min-max)"), rows, frozenset({2}), notes)
+        )
 
 
 if __name__ == "__main__":

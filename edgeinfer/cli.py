@@ -94,7 +94,7 @@ def serve(
             "--parallel",
             help="Requests generated at once per model, in one batch (llamacpp and shard backends; "
             "continuous batching, see docs/serving.md). Default: 4, fewer if their KV caches do not fit "
-            "in memory.",
+            "in memory. With --cluster: sequences in flight through the pipeline (default 2 per stage).",
             min=1,
         ),
     ] = None,

@@ -30,7 +30,7 @@ def build_app(cfg: ServerConfig):  # -> FastAPI
     if cfg.cluster:
         from edgeinfer.cluster.bringup import cluster_opener
 
-        openers = [cluster_opener(cfg.cluster, cfg.load.speculative_options)]
+        openers = [cluster_opener(cfg.cluster, cfg.load.speculative_options, cfg.parallel)]
     else:
         load = _with_parallel(cfg)
         openers = [backend_opener(spec, load) for spec in cfg.models]

@@ -2,7 +2,8 @@
 
 A batch backend (llama.cpp with ``--parallel N`` slots) generates for up to N jobs at once: between two
 decode steps the thread admits waiting jobs into free slots (``engine.scheduler``, continuous batching).
-Other backends (a shard chain, the cluster gateway) run one sequence at a time. Jobs wait in a FIFO of
+Other backends run one sequence at a time per thread: ``concurrency`` threads (the cluster gateway's
+``--parallel``: sequences in flight at different stages of the pipeline), else one. Jobs wait in a FIFO of
 bounded depth and are refused with 429 when it is full. Events flow back to the asyncio side through the
 loop's thread-safe callback. A cancelled request (client gone) leaves the queue at once if still waiting
 (``withdraw``), or stops between two tokens if running, so its slot is freed at once either way.
@@ -128,6 +129,19 @@ class ModelWorker:
         if isinstance(self.backend, BatchBackend):
             self._run_batched(self.backend)
             return
+        n = max(1, int(getattr(self.backend, "concurrency", 1)))
+        extra = [
+            threading.Thread(target=self._run_jobs, name=f"model-{self.name}-{i}", daemon=True)
+            for i in range(1, n)
+        ]
+        for t in extra:
+            t.start()
+        self._run_jobs()
+        for t in extra:
+            t.join()
+
+    def _run_jobs(self) -> None:
+        """One job at a time from the queue until closed (``concurrency`` such loops run side by side)."""
         while (job := self._next()) is not None:
             if job.cancel.is_set():
                 continue

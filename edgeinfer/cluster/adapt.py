@@ -16,12 +16,14 @@ SAMPLES = 32  # decode steps a stage must have run since the last (re-)plan befo
 def slowdowns(stages: Sequence, plan: Plan, factor: float, samples: int = SAMPLES) -> dict[str, float]:
     """Node -> how much slower its compute must be to explain the observed decode steps of its stage, for
     the stages whose whole call (compute + hop) takes more than ``factor`` x the predicted time. The call
-    time is what counts: a throttled node also answers late (queued requests, a frozen process)."""
+    time is what counts: a throttled node also answers late (queued requests, a frozen process). A call
+    that started while other sequences' calls were on the same stage (several sequences in flight) may
+    have waited for them on the node: it counts as the node's reported compute plus the predicted hop."""
     predicted = {(r.node, r.start): (r.compute, r.hop) for r in plan.breakdown}
     out = {}
     for st in stages:
-        calls = [t[1] for t in st.timings if t[0] == 1][-samples:]
         compute, hop = predicted.get((st.name, st.placement.start), (0.0, 0.0))
+        calls = [t[1] if len(t) < 4 or t[3] <= 1 else t[2] + hop for t in st.timings if t[0] == 1][-samples:]
         if len(calls) < samples or compute <= 0:
             continue
         seen = statistics.median(calls)

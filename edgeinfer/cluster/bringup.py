@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeinfer.cluster")
 
 
+PARALLEL_PER_STAGE = 2  # default sequences in flight per pipeline stage (``serve --parallel``)
+
+
 def served_name(cfg: ClusterConfig) -> str:
     """The model name the gateway serves: the YAML's ``name``, else the model's own served name."""
     from edgeinfer.models.registry import served_name as model_served_name
@@ -85,9 +88,15 @@ def _kv_bytes(cfg: ClusterConfig) -> float:
 
 
 def load_cluster(
-    cfg: ClusterConfig, strategy: str | None = None, objective: str | None = None, progress=None
+    cfg: ClusterConfig,
+    strategy: str | None = None,
+    objective: str | None = None,
+    progress=None,
+    parallel: int | None = None,
 ) -> PipelineBackend:
-    """Profile, plan, load the shards; returns the gateway backend (which owns the node connections)."""
+    """Profile, plan, load the shards; returns the gateway backend (which owns the node connections).
+    ``parallel``: sequences in flight at once (``serve --parallel``); default ``PARALLEL_PER_STAGE`` per
+    stage, so that every stage has work while the others compute."""
     from edgeinfer.models.registry import resolve
 
     _, model_path = resolve(cfg.model, progress=False)
@@ -116,6 +125,7 @@ def load_cluster(
         failover=cfg.failover,
         replanner=Replanner(cfg, problem, loader),
         speculative=cfg.speculative.options(),
+        parallel=parallel or PARALLEL_PER_STAGE * len(stages),
     )
     if cfg.failover.recover and profile.clients.names():
         d = cfg.discovery
@@ -132,11 +142,12 @@ def load_cluster(
 
 
 def cluster_opener(
-    path: str | Path, speculative: SpeculativeOptions | None = None
+    path: str | Path, speculative: SpeculativeOptions | None = None, parallel: int | None = None
 ) -> tuple[str, Callable[[], PipelineBackend]]:
     """For `serve --cluster`: read the YAML once; the served name now, the heavy bring-up in the loader.
-    ``speculative``: `serve --speculative` other than off replaces the YAML's ``speculative``."""
+    ``speculative``: `serve --speculative` other than off replaces the YAML's ``speculative``.
+    ``parallel``: `serve --parallel` (sequences in flight through the pipeline)."""
     cfg = load_config(path)
     if speculative is not None and speculative.enabled:
         cfg = with_speculative(cfg, str(speculative), speculative.draft_max)
-    return served_name(cfg), lambda: load_cluster(cfg)
+    return served_name(cfg), lambda: load_cluster(cfg, parallel=parallel)

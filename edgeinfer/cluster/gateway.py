@@ -15,6 +15,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,8 +50,25 @@ class PipelineStage(ABC):
 
     def __init__(self, name: str, shard_id: str, placement: Stage):
         self.name, self.shard_id, self.placement = name, shard_id, placement
-        # recent forwards: (positions, seconds of the whole call, seconds the node computed)
-        self.timings: deque[tuple[int, float, float]] = deque(maxlen=TIMINGS_KEPT)
+        # recent forwards: (positions, seconds of the whole call, seconds the node computed, calls of this
+        # gateway on the stage when it started, itself included: above 1 it may have queued behind them)
+        self.timings: deque[tuple[int, float, float, int]] = deque(maxlen=TIMINGS_KEPT)
+        self._calls = 0
+        self._counting = threading.Lock()
+
+    def _timed(self, call, positions: int):
+        """Run ``call()`` (-> the node's ``ForwardResult``), recording its timing; returns its output."""
+        with self._counting:
+            self._calls += 1
+            calls = self._calls
+        t0 = time.perf_counter()
+        try:
+            r = call()
+        finally:
+            with self._counting:
+                self._calls -= 1
+        self.timings.append((positions, time.perf_counter() - t0, r.compute_seconds, calls))
+        return r.output
 
     def describe(self) -> str:
         return f"{self.name}, layers {self.placement.start}-{self.placement.end - 1}"
@@ -78,12 +96,12 @@ class RemoteStage(PipelineStage):
     def forward(
         self, seq_id: str, x, start_pos: int, output: str, timeout: float | None = None, all_positions=False
     ):
-        t0 = time.perf_counter()
-        r = self.client.forward(
-            self.shard_id, seq_id, x, start_pos, output, self.wire_dtype, timeout, all_positions
+        return self._timed(
+            lambda: self.client.forward(
+                self.shard_id, seq_id, x, start_pos, output, self.wire_dtype, timeout, all_positions
+            ),
+            int(x.shape[0]),
         )
-        self.timings.append((int(x.shape[0]), time.perf_counter() - t0, r.compute_seconds))
-        return r.output
 
     def drop(self, seq_id: str) -> None:
         self.client.drop(seq_id, self.shard_id)
@@ -102,10 +120,10 @@ class LocalStage(PipelineStage):
     def forward(
         self, seq_id: str, x, start_pos: int, output: str, timeout: float | None = None, all_positions=False
     ):
-        t0 = time.perf_counter()  # in-process: no deadline
-        r = self.host.forward(self.shard_id, seq_id, x, start_pos, output, all_positions)
-        self.timings.append((int(x.shape[0]), time.perf_counter() - t0, r.compute_seconds))
-        return r.output
+        return self._timed(  # in-process: no deadline
+            lambda: self.host.forward(self.shard_id, seq_id, x, start_pos, output, all_positions),
+            int(x.shape[0]),
+        )
 
     def drop(self, seq_id: str) -> None:
         self.host.drop(self.shard_id, seq_id)
@@ -140,6 +158,61 @@ class ClusterUnavailable(ClusterError):
 
 # codes of a node that answered: a request the node refuses, not a failure of the node
 _REFUSED = {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNIMPLEMENTED", "PERMISSION_DENIED", "UNAUTHENTICATED"}
+
+
+class PipelineGate:
+    """Sequences in flight run their forwards side by side (``shared``); a change of the pipeline's layout
+    (recovery, re-plan, slow-node adaptation, healing) waits until the forwards in flight are done and holds
+    new ones back (``acquire`` / ``with gate``: exclusive, preferred over new forwards so it is not starved).
+    No sequence holds the gate between two tokens, so a change happens between any sequence's steps."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._writers = 0  # exclusive holders waiting
+
+    @contextmanager
+    def shared(self):
+        with self._cond:
+            while self._exclusive or self._writers:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._writers += 1
+            try:
+                while self._exclusive or self._shared:
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._cond.wait(left)
+                self._exclusive = True
+                return True
+            finally:
+                self._writers -= 1
+                self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._exclusive = False
+            self._cond.notify_all()
+
+    def __enter__(self) -> PipelineGate:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class PipelineSequence:
@@ -186,12 +259,15 @@ class PipelineBackend(VocabMixin):
         failover: FailoverOptions | None = None,
         replanner: Replanner | None = None,
         speculative: SpeculativeOptions | None = None,
+        parallel: int = 1,
     ):
         """``nodes``: the connections the remote stages use; the backend closes them on ``close``.
         ``speculative``: ngram drafts verified in one pass through every stage (``PipelineSequence``).
         ``standbys``: per stage its warm standby (same layers loaded on another node) or None.
         ``replanner``: rebuilds the pipeline over the surviving nodes (``cluster/recovery.py``); with a
-        ``Membership`` attached (``attach``) a failed stage is recovered and the sequence replayed."""
+        ``Membership`` attached (``attach``) a failed stage is recovered and the sequences replayed.
+        ``parallel``: sequences the server generates at once (``concurrency``); each runs its own forwards,
+        so with several in flight every stage works on one while the others work on the rest."""
         if not stages:
             raise ClusterError("a pipeline needs at least one stage")
         path = Path(model_path)
@@ -213,7 +289,10 @@ class PipelineBackend(VocabMixin):
             raise ClusterError(f"speculative {self.speculative} is not available in a pipeline (use ngram)")
         self.spec_stats = SpecStats()  # drafted / accepted tokens and passes of the speculative sequences
         self.unavailable: str | None = None  # why the model cannot be served now (HTTP 503)
-        self._lock = threading.Lock()  # one sequence at a time through the pipeline
+        self._lock = PipelineGate()  # sequences in flight share it; layout changes take it alone
+        self.in_flight = 0  # sequences being generated (their forwards may queue behind each other's)
+        self._counting = threading.Lock()
+        self.parallel = max(1, parallel)  # sequences the server runs at once (``concurrency``)
         self._heal = threading.Event()
         self._closed = threading.Event()
         self._healer: threading.Thread | None = None
@@ -258,7 +337,7 @@ class PipelineBackend(VocabMixin):
                 return
             try:
                 profiles = self._profile_joining()  # outside the lock: a sequence may run meanwhile
-                with self._lock:  # waits for the running sequence, which recovers by itself
+                with self._lock:  # waits for the forwards in flight (their sequences recover by themselves)
                     try:
                         self._admit_profiles(profiles)
                         self._heal_now()
@@ -418,7 +497,8 @@ class PipelineBackend(VocabMixin):
     # --- data path -----------------------------------------------------------------------------------
     def deadline(self, i: int, positions: int) -> float:
         """Deadline of stage i's Forward of ``positions`` tokens: ``deadline_factor`` x its predicted time
-        (profiled compute + hop per token, times the tokens), never below ``min_deadline``. A stage the
+        (profiled compute + hop per token, times the tokens, times the sequences in flight, whose forwards
+        the node may run first), never below ``min_deadline``. A stage the
         plan did not price (a standby that took over) is priced from the profile."""
         f = self.failover
         predicted = 0.0
@@ -434,7 +514,8 @@ class PipelineBackend(VocabMixin):
                 j = index[st.name]
                 predicted = problem.compute(j, st.placement.start, st.placement.end)
                 predicted += problem.hop(j, st.placement.start, st.placement.end)[0]
-        return max(f.min_deadline, f.deadline_factor * predicted * max(1, positions))
+        queued = max(1, self.in_flight)  # a node runs one forward at a time: the others' may come first
+        return max(f.min_deadline, f.deadline_factor * predicted * max(1, positions) * queued)
 
     def _forward(self, i: int, seq_id: str, x, start_pos: int, output: str, all_positions: bool = False):
         stage = self.stages[i]
@@ -485,37 +566,13 @@ class PipelineBackend(VocabMixin):
             x = y
         return x
 
-    def _resume(
-        self,
-        seq_id: str,
-        i: int,
-        full,
-        n_new: int,
-        pos: int,
-        output: str,
-        record: list[list],
-        all_positions: bool = False,
-    ):
-        """After stage i moved to its standby: the standby replays stage i's recorded inputs plus the step's
-        own (``full``, from position 0) — one prefill of one stage, the others keep their KV caches — and
-        the step continues from stage i + 1 at ``pos``."""
-        last = i == len(self.stages) - 1
-        try:
-            y = self._forward(i, seq_id, full, 0, output if last else "logits", last and all_positions)
-        except StageFailed as failed:
-            failed.x = full
-            raise
-        record[i] = [full]
-        if last:
-            return y
-        return self.step(seq_id, y[-n_new:], pos, output, record, i + 1, all_positions)
-
     def _recover(
         self, index: int | None, lost: str, why: str = "", stale: Sequence[PipelineStage] = ()
     ) -> str:
         """Replace the stage of the lost node: its warm standby if alive, else a re-plan over the survivors
         (cold loads). Raises ``ClusterUnavailable`` (and stays unavailable) when the model no longer fits.
-        Returns how it recovered. The caller holds the lock; sequences must be replayed afterwards.
+        Returns how it recovered. The caller holds the gate alone; sequences are replayed afterwards
+        (each catches up before its next forward: ``generate_tokens``).
         ``why``: the failure as seen by the data path, kept in the error of an unrecoverable loss.
         ``stale``: stages on live nodes whose shard is gone (a restarted node): never reused."""
         m = self.membership
@@ -601,6 +658,48 @@ class PipelineBackend(VocabMixin):
         log.warning(self.stats.last_recovery)
         return True
 
+    @property
+    def concurrency(self) -> int:
+        """Sequences the server may generate at once on this backend (api/worker.py), each in its own
+        thread; one with speculative decoding, whose statistics and draft state are per pass."""
+        return 1 if self.speculative.enabled else self.parallel
+
+    def _adapt_due(self) -> bool:
+        f = self.failover
+        return bool(f.adapt and self.replanner is not None and self.membership is not None) and (
+            time.monotonic() >= self._adapt_after
+        )
+
+    def _catch_up(self, seq_id: str, held: list[PipelineStage], record: list[list], pos: int, output: str):
+        """Before a sequence's forward at ``pos`` (under the shared gate): if the layout changed since its KV
+        caches were built (``held``: the stages that hold them), rebuild what is missing. Stages replaced
+        by a copy of the same layers (a warm standby) replay their own recorded inputs, one prefill each;
+        any other change (a re-plan) needs the whole history through the new chain. Returns the positions
+        replayed here and whether the caller must replay the whole history itself."""
+        stages = self.stages
+        if not held or (len(held) == len(stages) and all(a is b for a, b in zip(held, stages, strict=True))):
+            return 0, False
+        same = len(held) == len(stages) and all(
+            (a.placement.start, a.placement.end) == (b.placement.start, b.placement.end)
+            for a, b in zip(held, stages, strict=True)
+        )
+        if not same or len(record) != len(stages) or any(not record[i] for i in range(len(stages))):
+            return 0, True
+        import torch
+
+        replayed = 0
+        for i, (old, new) in enumerate(zip(held, stages, strict=True)):
+            if old is new:
+                continue
+            full = torch.cat(record[i])
+            assert int(full.shape[0]) == pos, f"stage {i} recorded {int(full.shape[0])} of {pos} positions"
+            last = i == len(stages) - 1
+            self._forward(i, seq_id, full, 0, output if last else "logits")
+            record[i] = [full]
+            held[i] = new
+            replayed += pos
+        return replayed, False
+
     def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         import torch
 
@@ -612,43 +711,49 @@ class PipelineBackend(VocabMixin):
         top1 = params.greedy and params.logprobs is None  # logprobs need the whole logits row
         output = "top1" if top1 else "logits"
         history: list[int] = []  # every id fed so far: the prompt, then the generated tokens
+        held: list[PipelineStage] = []  # the stages whose KV caches hold this sequence's positions
 
         record: list[list] = [[] for _ in self.stages]  # per stage: the inputs it accepted (warm replay)
 
         def forward(ids: list[int], pos: int, all_positions: bool = False):
             """``ids`` at positions ``pos...``: the token (top1) or logits of the last position, or with
             ``all_positions`` those of every position (a list of ids, or logits [T, vocab]). Positions from
-            ``pos`` on that an earlier call fed (drafted tokens not accepted) are rolled back."""
+            ``pos`` on that an earlier call fed (drafted tokens not accepted) are rolled back.
+
+            Other sequences run their forwards at the same time (the shared gate). A stage failure takes
+            the gate alone to recover -- once: a sequence that finds its failed stage already replaced
+            only catches up -- and every sequence rebuilds its KV caches on the new chain before its next
+            forward (``_catch_up``), so a layout never changes under a forward in flight."""
             t0, replayed = time.perf_counter(), 0
             x = torch.tensor(ids, dtype=torch.int32)
-            trim_record(record, pos)  # a warm replay must never see rejected positions
-
-            def full_replay():
-                """The whole history through the (new) chain as one batched prefill: every KV cache."""
-                record[:] = [[] for _ in self.stages]
-                full = torch.tensor(history[:pos] + list(ids), dtype=torch.int32)
-                return self.step(seq_id, full, 0, output, record, 0, all_positions)
-
-            run = lambda: self.step(seq_id, x, pos, output, record, 0, all_positions)  # noqa: E731
-            if pos and self._adapt():  # migrated away from a slow node: replay on the new chain
-                run, replayed = full_replay, pos + len(ids)
+            if pos and self._adapt_due():
+                with self._lock:  # migrated away from a slow node: the sequences catch up on the new chain
+                    self._adapt()
             for _ in range(len(self.nodes.names()) + 2 if self.nodes else 1):
-                try:
-                    out = run()
-                    break
-                except StageFailed as failed:
-                    if self.membership is None:
-                        raise
-                    how = self._recover(failed.index, failed.stage.name, str(failed))
-                    i = failed.index
-                    if how == "standby" and failed.x is not None and len(record) == len(self.stages):
-                        full = torch.cat([*record[i], failed.x]) if record[i] else failed.x
-                        run = lambda i=i, full=full: self._resume(  # noqa: E731
-                            seq_id, i, full, len(ids), pos, output, record, all_positions
-                        )
-                        replayed = int(full.shape[0])
-                    else:
-                        run, replayed = full_replay, pos + len(ids)
+                trim_record(record, pos)  # a replay must never see rejected or half-stepped positions
+                with self._lock.shared():
+                    try:
+                        n, whole = self._catch_up(seq_id, held, record, pos, output)
+                        replayed += n
+                        if whole:  # the whole history through the new chain as one batched prefill
+                            record[:] = [[] for _ in self.stages]
+                            full = torch.tensor(history[:pos] + list(ids), dtype=torch.int32)
+                            out = self.step(seq_id, full, 0, output, record, 0, all_positions)
+                            replayed += pos + len(ids)
+                        else:
+                            out = self.step(seq_id, x, pos, output, record, 0, all_positions)
+                        held[:] = self.stages
+                        break
+                    except StageFailed as exc:
+                        if self.membership is None:
+                            raise
+                        failed = exc
+                with self._lock:  # one recovery: the first sequence to get here replaces the stage
+                    if any(st is failed.stage for st in self.stages):
+                        index = next(i for i, st in enumerate(self.stages) if st is failed.stage)
+                        self._recover(index, failed.stage.name, str(failed))
+                if not held:  # nothing cached yet: the prompt simply goes through the new chain
+                    record[:] = [[] for _ in self.stages]
             else:
                 raise ClusterError("the pipeline kept failing while recovering; giving up")
             if replayed:
@@ -661,24 +766,28 @@ class PipelineBackend(VocabMixin):
                 return out[:, 0].long().tolist() if top1 else out
             return int(out[0]) if top1 else out  # top1: the last node picked the token
 
-        with self._lock:
-            try:
-                if self.speculative.enabled and params.logprobs is None:  # logprobs: plain decoding
-                    seq = PipelineSequence(forward, top1)
-                    drafter, k = NgramDrafter(), self.speculative.draft_max
-                    yield from speculative_tokens(
-                        seq, drafter, prompt, params, k, self.info.n_ctx, self.spec_stats
-                    )
-                else:
-                    yield from decode_tokens(forward, prompt, params, self.info.n_ctx)
-            finally:
-                for stage in self.stages:
-                    if self.membership is not None and not self.membership.is_up(stage.name):
-                        continue
-                    try:
-                        stage.drop(seq_id)
-                    except Exception as exc:  # noqa: BLE001 - a dead node must not mask the real error
-                        log.warning("dropping sequence on %s failed: %s", stage.name, exc)
+        with self._counting:
+            self.in_flight += 1
+        try:
+            if self.speculative.enabled and params.logprobs is None:  # logprobs: plain decoding
+                seq = PipelineSequence(forward, top1)
+                drafter, k = NgramDrafter(), self.speculative.draft_max
+                yield from speculative_tokens(
+                    seq, drafter, prompt, params, k, self.info.n_ctx, self.spec_stats
+                )
+            else:
+                yield from decode_tokens(forward, prompt, params, self.info.n_ctx)
+        finally:
+            with self._counting:
+                self.in_flight -= 1
+            spare = [st for st in held if any(st is sb for sb in self.standbys)]  # a primary again later
+            for stage in [*self.stages, *spare]:
+                if self.membership is not None and not self.membership.is_up(stage.name):
+                    continue
+                try:
+                    stage.drop(seq_id)
+                except Exception as exc:  # noqa: BLE001 - a dead node must not mask the real error
+                    log.warning("dropping sequence on %s failed: %s", stage.name, exc)
 
     def close(self) -> None:
         self._closed.set()

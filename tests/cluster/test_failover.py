@@ -207,6 +207,67 @@ def test_kill_primary_fails_over_to_its_warm_standby(nodes, tiny, reference, tmp
         backend.close()
 
 
+PROMPTS = [
+    PROMPT,
+    "a cat sat on the mat and the dog",
+    "one two three four five six",
+    "the crew sings to the sea",
+]
+
+
+def test_kill_primary_with_four_streams_in_flight_recovers_once(nodes, tiny, tmp_path):
+    """4 greedy streams in flight (``parallel=4``); the primary of a stage with a standby is killed as they
+    go on: ONE failover (no re-plan), every stream replays its own history on the new chain and ends with
+    the tokens its prompt gets alone."""
+    solo = ShardBackend(tiny, threads=1)
+    try:
+        want = []
+        for p in PROMPTS:
+            gen = solo.generate_tokens(solo.tokenize(p), SamplingParams(temperature=0.0))
+            want.append(list(itertools.islice(gen, N_TOKENS)))
+    finally:
+        solo.close()
+    backend = load_cluster(load_config(_yaml(tmp_path / "c.yaml", tiny, nodes, replicas=1)), parallel=4)
+    try:
+        assert backend.concurrency == 4
+        covered = [i for i, sb in enumerate(backend.standbys) if sb is not None]
+        assert covered, f"no standby placed: {backend.plan.describe()}"
+        victim = backend.stages[covered[0]].name
+        at = 8
+        reached, go = threading.Barrier(len(PROMPTS) + 1), threading.Event()
+        got: dict[int, list[int] | Exception] = {}
+
+        def one(i: int) -> None:
+            gen = backend.generate_tokens(backend.tokenize(PROMPTS[i]), SamplingParams(temperature=0.0))
+            try:
+                toks = list(itertools.islice(gen, at))
+                reached.wait(60)
+                go.wait(60)
+                got[i] = toks + list(itertools.islice(gen, N_TOKENS - at))
+            except Exception as exc:  # noqa: BLE001 - compared below
+                got[i] = exc
+            finally:
+                gen.close()
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
+        for t in threads:
+            t.start()
+        reached.wait(60)  # every stream holds KV caches on the victim
+        go.set()  # they go on: the kill lands under forwards in flight
+        nodes.kill(victim)
+        for t in threads:
+            t.join(120)
+            assert not t.is_alive(), "a stream hung"
+        assert [got[i] for i in range(len(PROMPTS))] == want
+        assert (backend.stats.failovers, backend.stats.replans) == (1, 0)  # one recovery for all four
+        # each replayed at least the positions it held at the fault: its prompt and all but its last token
+        history = sum(len(backend.tokenize(p)) + at - 1 for p in PROMPTS)
+        assert backend.stats.replayed_tokens >= history
+        assert backend.in_flight == 0
+    finally:
+        backend.close()
+
+
 def test_kill_primary_without_standby_replans_on_the_survivors(nodes, tiny, reference, tmp_path):
     backend = load_cluster(load_config(_yaml(tmp_path / "c.yaml", tiny, nodes)))
     try:
