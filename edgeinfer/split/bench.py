@@ -48,6 +48,8 @@ class SplitBenchConfig:
     deadline_requests: int = 200  # requests per rate in deadline mode
     link_change: tuple[str, str] | None = None  # (from, to): the link rate changes in the middle of a run
     change_requests: int = 60  # requests on each side of the change
+    pin: bool = False  # pin the speeds: the edge server and this process each in a one-core cgroup CPU group
+    # of the highest weight (testbed.cpuquota), so other work on the cores does not decide the measurements
 
 
 NAN = float("nan")
@@ -429,6 +431,17 @@ def run_link_change(
 
 
 def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> SplitBenchResult:
+    """The whole benchmark (see the module docstring); with ``cfg.pin`` inside a pinned one-core group."""
+    if not cfg.pin:
+        return _run_bench(cfg, log)
+    reason = cpuquota.available()
+    if reason:
+        raise RuntimeError(f"--pin needs a cgroup CPU quota: {reason}")
+    with cpuquota.Throttle(1.0) as group, group.process():
+        return _run_bench(cfg, log)
+
+
+def _run_bench(cfg: SplitBenchConfig, log: Callable[[str], None]) -> SplitBenchResult:
     import torch
 
     from edgeinfer.models.dnn import zoo
@@ -490,7 +503,13 @@ def run_bench(cfg: SplitBenchConfig, log: Callable[[str], None] = print) -> Spli
     # SIGTERM (e.g. `timeout`) unwinds the `with Testbed` below: the test-bed installs that guard itself
     with Testbed(1, rate=None, name=f"spb{os.getpid() % 100000}") as tb:
         url = start_edge(
-            tb, 0, cfg.model, cfg.port, cfg.delay_ms, Path("/tmp/edgeinfer-split-bench-edge.log")
+            tb,
+            0,
+            cfg.model,
+            cfg.port,
+            cfg.delay_ms,
+            Path("/tmp/edgeinfer-split-bench-edge.log"),
+            cpu_quota=1.0 if cfg.pin else 0.0,
         )
         for rate in cfg.rates:
             shape(tb, 0, rate)

@@ -469,6 +469,13 @@ def bench(
     accuracy_inputs: Annotated[
         int | None, typer.Option(help="Test inputs for the exits/cascades part (default: all).", min=1)
     ] = None,
+    pin: Annotated[
+        bool,
+        typer.Option(
+            help="Pin the speeds: the edge server and the device side each in a one-core cgroup CPU group of "
+            "the highest weight, so other work on the cores does not decide the figures (root)."
+        ),
+    ] = False,
     fmt: Annotated[
         Format | None,
         typer.Option(
@@ -507,6 +514,7 @@ def bench(
         deadline_requests=deadline_requests,
         link_change=change,
         change_requests=change_requests,
+        pin=pin,
     )
     try:
         result = run_bench(cfg, log=err.print)

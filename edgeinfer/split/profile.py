@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 import torch
@@ -175,10 +176,20 @@ class Profile:
     input_wire: dict[str, int]
     exits: dict[str, dict]  # name -> {"at", "accuracy", "path": [layer names]}
     meta: dict = field(default_factory=dict)
+    # under a CPU quota: per exit, the measured ms of the device's head [0, s) for s = 0..n, each run as one
+    # request runs it (after an idle period): a short head runs at full speed on the quota left in a period,
+    # which per-layer times cannot express (see ``head_ms``)
+    heads: dict[str, list[float]] = field(default_factory=dict)
 
     # --- costs the planner needs ------------------------------------------------------------------------
     def path_ms(self, exit_name: str) -> list[float]:
-        return [self.layers[n].ms for n in self.exits[exit_name]["path"]]
+        """Per-layer ms along the exit's path, summing to the head of every split: with measured heads (a
+        quota device) the increments of their running maximum, else the layers' own times."""
+        head = self.heads.get(exit_name)
+        if head is None:
+            return [self.layers[n].ms for n in self.exits[exit_name]["path"]]
+        cum = list(accumulate(head, max))
+        return [b - a for a, b in zip(cum, cum[1:], strict=False)]
 
     def cut_bytes(self, exit_name: str, wire: str = "f32+none") -> list[int]:
         """Bytes on the wire at every cut of the exit's path: index 0 is the input, the last the logits."""
@@ -198,6 +209,7 @@ class Profile:
             "exits": self.exits,
             "layers": {k: asdict(v) for k, v in self.layers.items()},
             "meta": self.meta,
+            **({"heads": self.heads} if self.heads else {}),
         }
 
     def save(self, path: str | Path) -> None:
@@ -212,6 +224,10 @@ class Profile:
             missing = [n for n in info["path"] if n not in layers]
             if missing:
                 raise ValueError(f"profile exit {e}: layers {missing} have no measurement")
+        heads = {k: [float(v) for v in h] for k, h in d.get("heads", {}).items()}
+        for e, h in heads.items():
+            if e not in d["exits"] or len(h) != len(d["exits"][e]["path"]) + 1:
+                raise ValueError(f"profile heads of {e!r}: need one time per split of a profiled exit's path")
         return cls(
             d["model"],
             DeviceSpec.from_dict(d["device"]),
@@ -220,6 +236,7 @@ class Profile:
             d["input_wire"],
             d["exits"],
             d.get("meta", {}),
+            heads,
         )
 
     @classmethod
@@ -335,8 +352,11 @@ def profile_model(
         "batch": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    heads = {}
     if quota:
         meta["cpu_quota_effective_slowdown"] = round(scale, 3)
+        heads = head_ms(model, device, inputs, max(3, min(repeats, 7)))
+        meta["head_repeats"] = max(3, min(repeats, 7))
     return Profile(
         model.name,
         device,
@@ -345,4 +365,34 @@ def profile_model(
         _median_wire([inputs[i : i + 1] for i in range(len(inputs))]),
         exits,
         meta,
+        heads,
     )
+
+
+@torch.no_grad()
+def head_ms(
+    model: BranchyModel, device: DeviceSpec, inputs: torch.Tensor, repeats: int
+) -> dict[str, list[float]]:
+    """Per exit, the median wall ms of the head ``[0, s)`` for every split ``s`` of its path, each run under
+    the device's CPU quota as a request runs it: after an idle CFS period (the quota refilled), once.
+
+    Under a quota a head shorter than the budget left in the period runs at full speed and a long one at
+    the quota's rate, so a head's time is not the sum of its layers' pass-averaged times (a short head ran
+    1.4-3.6x faster than that on ``mobilenet``); a planner with one scale factor per side oscillates
+    between short heads and device-only (BENCHMARKS.md). Measured heads make the cost of every split
+    what a request sees."""
+    idle = 1.5 * device.cpu_period_us / 1e6
+    out: dict[str, list[float]] = {}
+    with torch_threads(device.threads), device_thread(device):
+        for e in model.exits:
+            chain = model.path(e.name)
+            times: list[list[float]] = [[0.0] for _ in range(len(chain) + 1)]
+            for r in range(repeats):
+                x = inputs[r % len(inputs)].unsqueeze(0)
+                for s in range(1, len(chain) + 1):
+                    time.sleep(idle)
+                    t0 = time.perf_counter()
+                    chain.run(x, 0, s)
+                    times[s].append(1000 * (time.perf_counter() - t0))
+            out[e.name] = [statistics.median(t[1:]) if s else 0.0 for s, t in enumerate(times)]
+    return out

@@ -39,6 +39,15 @@ class QuotaError(RuntimeError):
     pass
 
 
+def _cpu_group(tid: str) -> str:
+    """The cpu cgroup (path below ``ROOT``) that thread ``tid`` of this process is in."""
+    for line in Path(f"/proc/self/task/{tid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            return path
+    return "/"
+
+
 def available() -> str | None:
     """None if a CPU quota can be set here, else the reason."""
     if not (ROOT / "cpu.cfs_quota_us").is_file():
@@ -88,13 +97,14 @@ class Throttle:
 
     @contextlib.contextmanager
     def thread(self) -> Iterator[None]:
-        """Throttle the calling thread inside the block (and put it back in the root group after)."""
+        """Throttle the calling thread inside the block (and put it back in its group after)."""
         tid = str(threading.get_native_id())
+        home = ROOT / _cpu_group(tid).lstrip("/")  # back where it was (a pinned process's group, or the root)
         (self.path / "tasks").write_text(tid)
         try:
             yield
         finally:
-            (ROOT / "tasks").write_text(tid)
+            ((home if home.is_dir() else ROOT) / "tasks").write_text(tid)
 
     def place(self, pid: int) -> None:
         """Every thread of process ``pid`` in the group from now on (its children start in it too, and an
