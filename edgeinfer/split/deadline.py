@@ -9,12 +9,19 @@ time. ``DeadlineGuard`` keeps the ratio measured ÷ predicted end-to-end latency
 gives the planner ``deadline / q99(ratio)``: an option is taken only if its predicted latency, stretched as
 the slowest 1 % of recent requests were, still meets the deadline. ``DeadlineClient`` is the device client
 with the guard in its planning loop; answers report ``deadline_met`` against the real deadline.
+
+A stretch shared by every option cannot see that one option has a longer tail than the others (a split whose
+upload queues behind the link's bucket, an edge tail on a busy core). ``TailTracker`` therefore also keeps
+each (exit, split)'s own observed latencies: once an option has ``min_samples`` recent answers and their
+99th percentile is above the deadline, the planner may not take it (``DeviceClient.excluded``); its
+samples age out after ``window_s``, so it is tried again later.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import replace
@@ -47,11 +54,46 @@ class DeadlineGuard:
         s = sorted(self.ratios)
         if len(s) < self.min_samples:
             return max(1.0, s[-1])
-        return s[min(len(s) - 1, max(0, math.ceil(self.quantile * len(s)) - 1))]
+        return quantile(s, self.quantile)
 
     def budget(self, deadline_ms: float) -> float:
         """The latency the planner may predict for an option that should meet ``deadline_ms``."""
         return deadline_ms / self.stretch
+
+
+def quantile(xs, q: float) -> float:
+    """The ``q`` quantile of ``xs`` by nearest rank (at or above it lie the slowest ``1 - q``)."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+class TailTracker:
+    """Observed end-to-end latency per (exit, split) over the last ``window_s`` seconds; ``over(deadline)``
+    names the options whose ``quantile`` of at least ``min_samples`` recent answers exceeds it."""
+
+    def __init__(self, quantile: float = 0.99, window_s: float = 30.0, min_samples: int = 20):
+        self.quantile, self.window_s, self.min_samples = quantile, window_s, min_samples
+        self.seen: dict[tuple[str, int], deque[tuple[float, float]]] = {}
+
+    def observe(self, option: tuple[str, int], latency_ms: float, now: float | None = None) -> None:
+        self.seen.setdefault(option, deque(maxlen=500)).append(
+            (time.monotonic() if now is None else now, latency_ms)
+        )
+
+    def tail_ms(self, option: tuple[str, int], now: float | None = None) -> float | None:
+        """The option's observed quantile, None with fewer than ``min_samples`` recent answers."""
+        now = time.monotonic() if now is None else now
+        q = self.seen.get(option)
+        if q is None:
+            return None
+        while q and now - q[0][0] > self.window_s:
+            q.popleft()
+        return quantile([ms for _, ms in q], self.quantile) if len(q) >= self.min_samples else None
+
+    def over(self, deadline_ms: float, now: float | None = None) -> frozenset[tuple[str, int]]:
+        return frozenset(
+            o for o in list(self.seen) if (t := self.tail_ms(o, now)) is not None and t > deadline_ms
+        )
 
 
 class DeadlineClient(DeviceClient):
@@ -60,19 +102,35 @@ class DeadlineClient(DeviceClient):
     the guard learns the measured ÷ predicted ratio. ``deadline_met``, the edge's timeout and the local exit
     of a fallback use the real deadline."""
 
-    def __init__(self, *args, guard: DeadlineGuard | None = None, replan_at: float = 0.05, **kwargs):
+    def __init__(
+        self,
+        *args,
+        guard: DeadlineGuard | None = None,
+        tails: TailTracker | None = None,
+        replan_at: float = 0.05,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         if self.cfg.deadline_ms is None:
             raise ValueError("DeadlineClient needs a deadline (ClientConfig.deadline_ms)")
         self.deadline_ms = self.cfg.deadline_ms
         self.guard = guard or DeadlineGuard()
+        self.tails = tails or TailTracker(self.guard.quantile)
         self.replan_at = replan_at
+        self._excluded: frozenset[tuple[str, int]] = frozenset()
+
+    def excluded(self) -> frozenset[tuple[str, int]]:
+        return self._excluded
 
     def current_plan(self):
         budget = self.guard.budget(self.deadline_ms)
         if abs(budget / self.cfg.deadline_ms - 1) > self.replan_at:
             self.cfg = replace(self.cfg, deadline_ms=budget)
             self.plan_link = None  # plan again at once (a changed plan still counts as a re-plan)
+        over = self.tails.over(self.deadline_ms)
+        if over != self._excluded:
+            self._excluded = over
+            self.plan_link = None
         return super().current_plan()
 
     @contextlib.contextmanager
@@ -98,5 +156,6 @@ class DeadlineClient(DeviceClient):
         r = super().infer(x)
         if r.planned is not None and not r.early and not r.fallback:
             self.guard.observe(r.latency_ms, r.planned.total_ms)
+            self.tails.observe((r.planned.exit, r.planned.split), r.latency_ms)
         r.deadline_met = r.latency_ms <= self.deadline_ms
         return r

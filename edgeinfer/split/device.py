@@ -234,11 +234,18 @@ class DeviceClient:
             ]
             self.plan_scale = scale
             power = self.device.device.power
-            new = plan_split(self.paths, link, self.cfg.deadline_ms, self.cfg.objective, power)
+            new = plan_split(
+                self.paths, link, self.cfg.deadline_ms, self.cfg.objective, power, self.excluded()
+            )
             if self.plan is not None and (new.exit, new.split) != (self.plan.exit, self.plan.split):
                 self.replans += 1
             self.plan, self.plan_link = new, link
         return self.plan
+
+    def excluded(self) -> frozenset[tuple[str, int]]:
+        """(exit, split) options the planner must not take (none here; deadline mode excludes options whose
+        observed tail misses the deadline)."""
+        return frozenset()
 
     # --- inference ----------------------------------------------------------------------------------------
     def infer(self, x: torch.Tensor) -> InferenceResult:

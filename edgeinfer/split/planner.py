@@ -124,13 +124,17 @@ def best_split(
     objective: str = "latency",
     power: PowerModel = PowerModel(),
     deadline_ms: float | None = None,
+    excluded: frozenset[tuple[str, int]] = frozenset(),
 ) -> SplitOption | None:
-    """The best split of one path (None if no split meets the deadline). O(n) with prefix sums."""
+    """The best split of one path (None if no split meets the deadline). O(n) with prefix sums. Splits
+    ``(exit, split)`` in ``excluded`` are not candidates (deadline mode: their observed tail misses)."""
     _check(objective)
     pre = [0.0, *accumulate(path.device_ms)]
     suf = [*accumulate(reversed(path.edge_ms), initial=0.0)][::-1]
     best: SplitOption | None = None
     for s in range(path.n + 1):
+        if (path.exit, s) in excluded:
+            continue
         sent = 0 if s == path.n else path.cut_bytes[s] + path.reply_bytes
         xfer = 0.0 if s == path.n else 1000.0 * link.transfer_s(sent)
         o = SplitOption(
@@ -157,8 +161,10 @@ def plan_split(
     deadline_ms: float | None = None,
     objective: str = "latency",
     power: PowerModel = PowerModel(),
+    excluded: frozenset[tuple[str, int]] = frozenset(),
 ) -> SplitOption:
-    """Joint exit + split: the most accurate exit that meets the deadline, split by ``objective``.
+    """Joint exit + split: the most accurate exit that meets the deadline, split by ``objective``; options in
+    ``excluded`` are not candidates unless nothing else is left.
 
     Without a deadline every option is feasible, so the most accurate exit is taken. If nothing meets the
     deadline the fastest option overall is returned with ``feasible=False``.
@@ -168,15 +174,17 @@ def plan_split(
         raise ValueError("no paths to plan")
     best: SplitOption | None = None
     for p in paths:
-        o = best_split(p, link, objective, power, deadline_ms)
+        o = best_split(p, link, objective, power, deadline_ms, excluded)
         if o is not None and (
             best is None or (-o.accuracy, *_key(o, objective)) < (-best.accuracy, *_key(best, objective))
         ):
             best = o
     if best is not None:
         return best
-    fastest = min((best_split(p, link, "latency", power) for p in paths), key=lambda o: _key(o, "latency"))
-    return replace(fastest, feasible=False)
+    left = [o for p in paths if (o := best_split(p, link, "latency", power, None, excluded)) is not None]
+    if not left:
+        left = [o for p in paths if (o := best_split(p, link, "latency", power)) is not None]
+    return replace(min(left, key=lambda o: _key(o, "latency")), feasible=False)
 
 
 def exhaustive(
@@ -185,10 +193,15 @@ def exhaustive(
     deadline_ms: float | None = None,
     objective: str = "latency",
     power: PowerModel = PowerModel(),
+    excluded: frozenset[tuple[str, int]] = frozenset(),
 ) -> SplitOption:
     """Every (exit, split) evaluated explicitly; the same answer as ``plan_split`` (the test oracle)."""
     _check(objective)
     every = [evaluate(p, s, link, power) for p in paths for s in range(p.n + 1)]
+    left = [o for o in every if (o.exit, o.split) not in excluded]
+    if not left:
+        return replace(min(every, key=lambda o: _key(o, "latency")), feasible=False)
+    every = left
     ok = [o for o in every if deadline_ms is None or o.total_ms <= deadline_ms + 1e-9]
     if not ok:
         return replace(min(every, key=lambda o: _key(o, "latency")), feasible=False)
