@@ -94,14 +94,46 @@ def prompt_ids(backend, n: int) -> list[int]:
     return ids[:n]
 
 
-def one_kill(backend, bed: Bed, ids: list[int], before: int, after: int, warm: bool, how: str) -> dict:
+class Probe:
+    """Where a recovery's time goes: when the victim was declared dead (``mark_dead``, by the data path or
+    the heartbeat) and when the gateway had replaced its stage (``_recover`` returned)."""
+
+    def __init__(self, backend):
+        self.dead: dict[str, float] = {}
+        self.recovered: list[float] = []
+        m = backend.membership
+        mark_dead, recover = m.mark_dead, backend._recover
+
+        def dead(name: str, why: str) -> None:
+            self.dead.setdefault(name, time.perf_counter())
+            mark_dead(name, why)
+
+        def recovered(*a, **k):
+            out = recover(*a, **k)
+            self.recovered.append(time.perf_counter())
+            return out
+
+        m.mark_dead, backend._recover = dead, recovered
+
+    def reset(self) -> None:
+        self.dead.clear()
+        self.recovered.clear()
+
+
+def one_kill(
+    backend, bed: Bed, ids: list[int], before: int, after: int, warm: bool, how: str, probe: Probe
+) -> dict:
     if warm:
         covered = [i for i, sb in enumerate(backend.standbys) if sb is not None]
         if not covered:
             raise RuntimeError(f"no standby placed: {backend.plan.describe()}")
-        victim = backend.stages[covered[0]].name
+        index = covered[0]
     else:
-        victim = backend.stages[-1].name
+        index = len(backend.stages) - 1
+    victim = backend.stages[index].name
+    layers = backend.stages[index].placement.n_layers
+    plan = backend.plan.describe() if backend.plan else ""
+    probe.reset()
     s0 = (backend.stats.failovers, backend.stats.replans, backend.stats.replayed_tokens)
     gen = backend.generate_tokens(ids, SamplingParams(temperature=0.0))
     times, t_fault, error = [], 0.0, None
@@ -118,12 +150,32 @@ def one_kill(backend, bed: Bed, ids: list[int], before: int, after: int, warm: b
     finally:
         gen.close()
     if error is not None:
-        return {"victim": victim, "error": error, "recovery_s": float("nan"), "failovers": 0, "replayed": 0}
+        return {
+            "victim": victim,
+            "victim_layers": layers,
+            "plan": plan,
+            "error": error,
+            "recovery_s": float("nan"),
+            "failovers": 0,
+            "replayed": 0,
+        }
     s1 = (backend.stats.failovers, backend.stats.replans, backend.stats.replayed_tokens)
     steps_before = [b - a for a, b in itertools.pairwise(times[1:before])]
     steps_after = [b - a for a, b in itertools.pairwise(times[before + 1 :])]
+    t_dead = probe.dead.get(victim, float("nan"))
+    t_switch = probe.recovered[0] if probe.recovered else float("nan")
+    # the replay: the forwards of several positions the replacing stage ran after the fault
+    new = backend.stages[index] if warm and index < len(backend.stages) else None
+    replay = [(n, sec) for n, sec, *_ in (new.timings if new is not None else ()) if n > 1]
     return {
         "victim": victim,
+        "victim_layers": layers,
+        "plan": plan,
+        "detect_s": t_dead - t_fault,  # fault -> declared dead
+        "switch_s": t_switch - t_dead,  # declared dead -> stage replaced (standby switch or re-plan + loads)
+        "replay_positions": sum(n for n, _ in replay),
+        "replay_s": sum(sec for _, sec in replay),  # the replacing stage's replay forwards (warm)
+        "step_s": statistics.median(steps_before) if steps_before else float("nan"),
         "recovery_s": times[before] - t_fault,
         "ttft_s": times[0] - t_start,  # the prompt's own prefill: what a full replay costs
         "failovers": s1[0] - s0[0],
@@ -211,6 +263,12 @@ def main() -> None:
     ap.add_argument("--wire-dtype", default="f16")
     ap.add_argument("--requests", type=int, default=0, help="short requests under faults (0: skip)")
     ap.add_argument("--load-kills", type=int, default=10, help="kills spread over --requests")
+    ap.add_argument(
+        "--mirror",
+        default="on",
+        choices=("on", "off", "both"),
+        help="hot standbys (failover.mirror): on, off, or both (each scenario run with and without)",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -236,7 +294,7 @@ def main() -> None:
         for i in range(3):
             bed.start(i)
 
-        def cluster(replicas: int):
+        def cluster(replicas: int, mirror: bool = args.mirror != "off"):
             doc = {
                 "model": str(path),
                 "nodes": [
@@ -246,7 +304,7 @@ def main() -> None:
                 "ctx_size": ctx,
                 "wire_dtype": args.wire_dtype,
                 "planner": {"replicas": replicas},
-                "failover": {"heartbeat": 0.25, "ban": 1.0, "max_ban": 2.0},
+                "failover": {"heartbeat": 0.25, "ban": 1.0, "max_ban": 2.0, "mirror": mirror},
             }
             cfg = Path(tmp) / "c.yaml"
             cfg.write_text(yaml.safe_dump(doc))
@@ -255,13 +313,20 @@ def main() -> None:
         for rate in rates:
             for i in range(3):
                 tb.set_rate(i, rate)
-            for scenario in [s for s in args.scenarios.split(",") if s]:
+            mirrors = {"on": [True], "off": [False], "both": [True, False]}[args.mirror]
+            runs = [
+                (s, m) for s in args.scenarios.split(",") if s for m in (mirrors if s[:4] == "warm" else [0])
+            ]
+            for scenario, mirror in runs:
                 warm, how = scenario.startswith("warm"), "kill" if scenario.endswith("kill") else "stop"
-                backend = cluster(1 if warm else 0)
+                backend = cluster(1 if warm else 0, bool(mirror))
+                if warm and len(mirrors) > 1:
+                    scenario += "/mirror" if mirror else "/no-mirror"
+                probe = Probe(backend)
                 try:
                     ids = prompt_ids(backend, args.history)
                     for k in range(args.kills):
-                        r = one_kill(backend, bed, ids, args.before, args.after, warm, how)
+                        r = one_kill(backend, bed, ids, args.before, args.after, warm, how, probe)
                         r |= {"rate": rate, "scenario": scenario, "kill": k, "history": len(ids)}
                         results["runs"].append(r)
                         print(json.dumps(r), flush=True)
@@ -274,11 +339,12 @@ def main() -> None:
         for scenario in ("warm-kill", "cold-kill") if histories and args.replay_kills else ():
             warm = scenario == "warm-kill"
             backend = cluster(1 if warm else 0)
+            probe = Probe(backend)
             try:
                 for h in histories:
                     ids = prompt_ids(backend, h)
                     for k in range(args.replay_kills):
-                        r = one_kill(backend, bed, ids, 3, 3, warm, "kill")
+                        r = one_kill(backend, bed, ids, 3, 3, warm, "kill", probe)
                         r |= {"rate": tb_rate, "scenario": scenario, "kill": k, "history": len(ids)}
                         results["replay"].append(r)
                         print(json.dumps(r), flush=True)
@@ -297,6 +363,7 @@ def main() -> None:
         everything = list(grp)
         rows = [r for r in everything if "error" not in r] or everything
         rec = [r["recovery_s"] * 1e3 for r in rows]
+        med = lambda key, rows=rows: statistics.median(r.get(key, float("nan")) for r in rows)  # noqa: E731
         rows_out.append(
             (
                 rate,
@@ -305,12 +372,30 @@ def main() -> None:
                 f"{pct(rec, 0.5):.0f}",
                 f"{pct(rec, 0.95):.0f}",
                 f"{max(rec):.0f}",
+                f"{med('detect_s') * 1e3:.0f}",
+                f"{med('replay_positions'):.0f} in {med('replay_s') * 1e3:.0f}",
+                f"{med('step_s') * 1e3:.0f}",
+                ",".join(str(r["victim_layers"]) for r in rows),
                 f"{sum(r['failovers'] == 1 for r in rows)}/{len(rows)}",
                 f"{statistics.median(r['tok_s_before'] for r in rows):.1f}",
                 f"{statistics.median(r['tok_s_after'] for r in rows):.1f}",
             )
         )
-    header = ("rate", "scenario", "kills", "p50 ms", "p95 ms", "max ms", "recovered", "tok/s before", "after")
+    header = (
+        "rate",
+        "scenario",
+        "kills",
+        "p50 ms",
+        "p95 ms",
+        "max ms",
+        "detect ms (p50)",
+        "replay positions in ms (p50)",
+        "step ms (p50)",
+        "victim stage layers",
+        "recovered",
+        "tok/s before",
+        "after",
+    )
     out.table(Table("recovery after a fault mid-stream (fault -> next token)", header, rows_out))
     rows_out = []
     for (scenario, h), grp in itertools.groupby(
