@@ -48,6 +48,7 @@ class SplitBenchConfig:
     deadline_requests: int = 200  # requests per rate in deadline mode
     link_change: tuple[str, str] | None = None  # (from, to): the link rate changes in the middle of a run
     change_requests: int = 60  # requests on each side of the change
+    dag: bool = False  # the DAG chains: cuts inside residual blocks too, carrying every live tensor
     pin: bool = False  # pin the speeds: the edge server and this process each in a one-core cgroup CPU group
     # of the highest weight (testbed.cpuquota), so other work on the cores does not decide the measurements
 
@@ -283,7 +284,9 @@ def median_ci95(xs: list[float]) -> tuple[float, float]:
     return s[j - 1], s[k - 1]
 
 
-def start_edge(tb, i: int, model: str, port: int, delay_ms: float, log: Path, cpu_quota: float = 0.0) -> str:
+def start_edge(
+    tb, i: int, model: str, port: int, delay_ms: float, log: Path, cpu_quota: float = 0.0, dag: bool = False
+) -> str:
     """`edgeinfer split serve-edge` inside test-bed host ``i``; returns its URL once healthy. ``cpu_quota`` >
     0 pins the server's speed: its process in a cgroup CPU group of that fraction of one core and the highest
     weight (as ``serve-edge --cpu-quota``)."""
@@ -298,7 +301,7 @@ def start_edge(tb, i: int, model: str, port: int, delay_ms: float, log: Path, cp
         "--port",
         str(port),
     ]
-    argv += ["--model", model, "--threads", "1", "--delay-ms", str(delay_ms)]
+    argv += ["--model", model, "--threads", "1", "--delay-ms", str(delay_ms), *(["--dag"] if dag else [])]
     fh = log.open("wb")
     proc = tb.popen(i, argv, stdout=fh, stderr=subprocess.STDOUT)
     if cpu_quota > 0:  # placed from here: `ip netns exec` hides the cgroup file system from the server
@@ -457,7 +460,7 @@ def _run_bench(cfg: SplitBenchConfig, log: Callable[[str], None]) -> SplitBenchR
     reason = available()
     if reason:
         raise RuntimeError(f"the split benchmark needs a network test-bed: {reason}")
-    m = zoo.load(cfg.model)
+    m = zoo.load(cfg.model, dag=cfg.dag)
     data = zoo.dataset(cfg.model)
     test = data["test"]
     log(f"profiling {cfg.model} as {cfg.device} and {cfg.edge}")
@@ -510,6 +513,7 @@ def _run_bench(cfg: SplitBenchConfig, log: Callable[[str], None]) -> SplitBenchR
             cfg.delay_ms,
             Path("/tmp/edgeinfer-split-bench-edge.log"),
             cpu_quota=1.0 if cfg.pin else 0.0,
+            dag=cfg.dag,
         )
         for rate in cfg.rates:
             shape(tb, 0, rate)

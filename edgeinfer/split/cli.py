@@ -469,6 +469,10 @@ def bench(
     accuracy_inputs: Annotated[
         int | None, typer.Option(help="Test inputs for the exits/cascades part (default: all).", min=1)
     ] = None,
+    dag: Annotated[
+        bool,
+        typer.Option(help="Sweep the DAG chains: every cut, inside residual blocks too (live tensors sent)."),
+    ] = False,
     pin: Annotated[
         bool,
         typer.Option(
@@ -515,6 +519,7 @@ def bench(
         link_change=change,
         change_requests=change_requests,
         pin=pin,
+        dag=dag,
     )
     try:
         result = run_bench(cfg, log=err.print)
