@@ -134,6 +134,10 @@ def one_kill(
     layers = backend.stages[index].placement.n_layers
     plan = backend.plan.describe() if backend.plan else ""
     probe.reset()
+    standby = backend.standbys[index] if warm else None
+    if standby is not None:
+        standby.timings.clear()  # a hot standby's mirrored calls so far: not part of the recovery
+    mark = 0
     s0 = (backend.stats.failovers, backend.stats.replans, backend.stats.replayed_tokens)
     gen = backend.generate_tokens(ids, SamplingParams(temperature=0.0))
     times, t_fault, error = [], 0.0, None
@@ -143,6 +147,7 @@ def one_kill(
             next(gen)
             times.append(time.perf_counter())
             if k == before - 1:
+                mark = len(standby.timings) if standby is not None else 0
                 bed.fault(victim, how)
                 t_fault = time.perf_counter()
     except ClusterError as exc:  # counted as a failed request
@@ -164,9 +169,10 @@ def one_kill(
     steps_after = [b - a for a, b in itertools.pairwise(times[before + 1 :])]
     t_dead = probe.dead.get(victim, float("nan"))
     t_switch = probe.recovered[0] if probe.recovered else float("nan")
-    # the replay: the forwards of several positions the replacing stage ran after the fault
-    new = backend.stages[index] if warm and index < len(backend.stages) else None
-    replay = [(n, sec) for n, sec, *_ in (new.timings if new is not None else ()) if n > 1]
+    # the replay: the forwards of several positions the standby ran after the fault (a mirrored call in
+    # flight then included: the switch waits for it)
+    after = list(standby.timings)[mark:] if standby is not None else []
+    replay = [(n, sec) for n, sec, *_ in after if n > 1]
     return {
         "victim": victim,
         "victim_layers": layers,
