@@ -23,6 +23,7 @@ from edgeinfer.cluster.adapt import rescaled, slowdowns
 from edgeinfer.cluster.client import NodeClient, NodeError, NodePool
 from edgeinfer.cluster.config import LOCAL, FailoverOptions
 from edgeinfer.cluster.host import ShardHost
+from edgeinfer.cluster.mirror import StandbyMirror
 from edgeinfer.cluster.planner import InfeasiblePlan, Plan, Problem, Stage
 from edgeinfer.cluster.state import ClusterState, ResilienceStats, StageStatus
 from edgeinfer.engine.base import ModelInfo, SamplingParams
@@ -289,6 +290,8 @@ class PipelineBackend(VocabMixin):
             raise ClusterError(f"speculative {self.speculative} is not available in a pipeline (use ngram)")
         self.spec_stats = SpecStats()  # drafted / accepted tokens and passes of the speculative sequences
         self.unavailable: str | None = None  # why the model cannot be served now (HTTP 503)
+        # hot standbys: each standby is fed its primary's inputs in the background (cluster/mirror.py)
+        self.mirror = StandbyMirror() if self.failover.mirror else None
         self._lock = PipelineGate()  # sequences in flight share it; layout changes take it alone
         self.in_flight = 0  # sequences being generated (their forwards may queue behind each other's)
         self._counting = threading.Lock()
@@ -563,6 +566,9 @@ class PipelineBackend(VocabMixin):
                 raise
             if record is not None:
                 record[i].append(x)
+                standby = self.standbys[i] if self.mirror is not None and i < len(self.standbys) else None
+                if standby is not None:
+                    self.mirror.feed(standby, seq_id, x, start_pos, last)
             x = y
         return x
 
@@ -694,10 +700,13 @@ class PipelineBackend(VocabMixin):
             full = torch.cat(record[i])
             assert int(full.shape[0]) == pos, f"stage {i} recorded {int(full.shape[0])} of {pos} positions"
             last = i == len(stages) - 1
-            self._forward(i, seq_id, full, 0, output if last else "logits")
+            # a hot standby already holds most positions (the mirror fed it): replay only the rest
+            start = min(self.mirror.take(new, seq_id), pos) if self.mirror is not None else 0
+            if start < pos:
+                self._forward(i, seq_id, full[start:], start, output if last else "logits")
             record[i] = [full]
             held[i] = new
-            replayed += pos
+            replayed += pos - start
         return replayed, False
 
     def generate_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
@@ -780,6 +789,8 @@ class PipelineBackend(VocabMixin):
         finally:
             with self._counting:
                 self.in_flight -= 1
+            if self.mirror is not None:
+                self.mirror.drop(seq_id)  # stops mirroring it, drops it on the standbys that hold it
             spare = [st for st in held if any(st is sb for sb in self.standbys)]  # a primary again later
             for stage in [*self.stages, *spare]:
                 if self.membership is not None and not self.membership.is_up(stage.name):
@@ -796,6 +807,8 @@ class PipelineBackend(VocabMixin):
             self.membership.close()
         if self._healer is not None:
             self._healer.join(timeout=10)
+        if self.mirror is not None:
+            self.mirror.close()
         for stage in [*self.stages, *self.standbys]:
             if stage is None:
                 continue
