@@ -164,10 +164,11 @@ def plan_split(
     excluded: frozenset[tuple[str, int]] = frozenset(),
 ) -> SplitOption:
     """Joint exit + split: the most accurate exit that meets the deadline, split by ``objective``; options in
-    ``excluded`` are not candidates unless nothing else is left.
+    ``excluded`` are not candidates.
 
-    Without a deadline every option is feasible, so the most accurate exit is taken. If nothing meets the
-    deadline the fastest option overall is returned with ``feasible=False``.
+    Without a deadline every option is feasible, so the most accurate exit is taken. If nothing (not
+    excluded) meets the deadline the fastest option overall, excluded or not, is returned with
+    ``feasible=False``.
     """
     _check(objective)
     if not paths:
@@ -181,10 +182,8 @@ def plan_split(
             best = o
     if best is not None:
         return best
-    left = [o for p in paths if (o := best_split(p, link, "latency", power, None, excluded)) is not None]
-    if not left:
-        left = [o for p in paths if (o := best_split(p, link, "latency", power)) is not None]
-    return replace(min(left, key=lambda o: _key(o, "latency")), feasible=False)
+    fastest = min((best_split(p, link, "latency", power) for p in paths), key=lambda o: _key(o, "latency"))
+    return replace(fastest, feasible=False)
 
 
 def exhaustive(
@@ -198,11 +197,11 @@ def exhaustive(
     """Every (exit, split) evaluated explicitly; the same answer as ``plan_split`` (the test oracle)."""
     _check(objective)
     every = [evaluate(p, s, link, power) for p in paths for s in range(p.n + 1)]
-    left = [o for o in every if (o.exit, o.split) not in excluded]
-    if not left:
-        return replace(min(every, key=lambda o: _key(o, "latency")), feasible=False)
-    every = left
-    ok = [o for o in every if deadline_ms is None or o.total_ms <= deadline_ms + 1e-9]
+    ok = [
+        o
+        for o in every
+        if (o.exit, o.split) not in excluded and (deadline_ms is None or o.total_ms <= deadline_ms + 1e-9)
+    ]
     if not ok:
         return replace(min(every, key=lambda o: _key(o, "latency")), feasible=False)
     return min(ok, key=lambda o: (-o.accuracy, *_key(o, objective)))
