@@ -149,6 +149,38 @@ def decode(backend, prompt: list[int], max_tokens: int) -> tuple[int, float, str
     return r.completion_tokens - 1, r.total - r.ttft, r.text
 
 
+COST_SIZES = (1, 2, 3, 4, 5, 8, 9, 16, 17)
+
+
+def verify_cost(backend, prompt: list[int], repeats: int) -> dict:
+    """What a verification pass costs: seconds of one pass of n positions (logits for all, as speculative
+    decoding asks) after ``prompt``, rolled back after each; per repeat every size is timed in turn and
+    divided by that repeat's one-position pass, so load drifts hit the ratio less than the absolute times."""
+    seq = backend.open_sequence()
+    try:
+        seq.feed(prompt)
+        base = seq.length
+        times: dict[int, list[float]] = {n: [] for n in COST_SIZES}
+        seq.feed(prompt[:4], all_logits=True)  # warm-up (allocations for several rows)
+        seq.truncate(base)
+        for _ in range(repeats):
+            for n in COST_SIZES:
+                ids = (prompt * (n // len(prompt) + 1))[:n]
+                t = time.perf_counter()
+                seq.feed(ids, all_logits=True)
+                times[n].append(time.perf_counter() - t)
+                seq.truncate(base)
+    finally:
+        seq.close()
+    ratios = {n: [t / t1 for t, t1 in zip(times[n], times[1], strict=True)] for n in COST_SIZES}
+    return {
+        "one_position_ms_median": 1000 * statistics.median(times[1]),
+        "ratio": {
+            str(n): {"median": statistics.median(r), "min": min(r), "max": max(r)} for n, r in ratios.items()
+        },
+    }
+
+
 def chat_tokens(backend, text: str) -> list[int]:
     if backend.info.chat_template:
         return build_chat_prompt(backend, [{"role": "user", "content": text}]).tokens
@@ -164,6 +196,20 @@ def run_backend(args, kind: str, save, out: dict) -> dict:
     )
     assert isinstance(spec, SpeculativeDecoder)
     try:
+        if args.cost_repeats:
+            out["verify_cost"] = cost = verify_cost(
+                plain, chat_tokens(plain, CODE_EDIT_PROMPTS[0]), args.cost_repeats
+            )
+            save()
+            print(
+                f"{kind} verify cost, n positions / 1 ({cost['one_position_ms_median']:.0f} ms), "
+                "median [min, max]: "
+                + ", ".join(
+                    f"{n}: {r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]"
+                    for n, r in cost["ratio"].items()
+                ),
+                flush=True,
+            )
         for name in args.workload:
             prompts = [chat_tokens(plain, p) for p in WORKLOADS[name][: args.prompts]]
             decode(plain, prompts[0], 8)  # warm-up (first-call allocations, kernel builds)
@@ -217,6 +263,7 @@ def summary(rounds: list[Round], stats) -> dict:  # type: ignore[no-untyped-def]
         "spec_tps_median": statistics.median(rd.spec.tps for rd in rounds),
         "acceptance_rate": stats.acceptance_rate,
         "tokens_per_pass": stats.tokens_per_pass,
+        "positions_per_pass": (stats.drafted + stats.passes) / stats.passes if stats.passes else 0.0,
         "drafted": stats.drafted,
         "accepted": stats.accepted,
         "passes": stats.passes,
@@ -246,6 +293,12 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=100, help="at most this many prompts per workload")
     ap.add_argument("--workload", action="append", choices=list(WORKLOADS))
     ap.add_argument("--roofline", type=Path, help="a `bench roofline` run file: print the decode bound")
+    ap.add_argument(
+        "--cost-repeats",
+        type=int,
+        default=5,
+        help="time verification passes of 1..17 positions this many times per backend first (0: skip)",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     args.backend = args.backend or ["llamacpp"]
@@ -280,9 +333,9 @@ def main() -> None:
     )
     print(
         "| backend | workload | plain tok/s | speculative tok/s | ratio median [min, max] | acceptance | "
-        "tokens/pass | same text |"
+        "tokens/pass | positions/pass | same text |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for res in results:
         for name, w in res["workloads"].items():
             same = sum(r["same_text"] for r in w["rounds"])
@@ -290,7 +343,8 @@ def main() -> None:
             print(
                 f"| {res['backend']} | {name} | {w['plain_tps_median']:.1f} | {w['spec_tps_median']:.1f} | "
                 f"{w['ratio_median']:.2f} [{w['ratio_min']:.2f}, {w['ratio_max']:.2f}] | "
-                f"{100 * w['acceptance_rate']:.0f} % | {w['tokens_per_pass']:.2f} | {same}/{total} |"
+                f"{100 * w['acceptance_rate']:.0f} % | {w['tokens_per_pass']:.2f} | "
+                f"{w['positions_per_pass']:.2f} | {same}/{total} |"
             )
     if bound is not None:
         print(f"single-token decode roofline bound ({args.roofline}): {bound:.1f} tok/s")

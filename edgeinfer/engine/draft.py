@@ -5,8 +5,8 @@
 code editing, summarising or RAG-style prompts where the answer copies spans of the prompt. ``ModelDrafter``
 runs a small model with the same vocabulary autoregressively (here an early exit of the model itself,
 ``exit:K``: its first K layers and the output head). ``DraftLength`` adapts how many tokens to draft from the
-acceptance seen so far, and stops drafting for a while when drafts keep being rejected, so a workload that
-copies nothing runs at plain speed.
+acceptance seen so far (doubling while drafts are fully accepted), and stops drafting for a while when drafts
+keep being rejected, so a workload that copies nothing runs at plain speed.
 
 A drafter is per sequence; ``propose(history, k)`` returns a ``Draft`` (tokens, and for a sampling drafter
 the distribution each token was drawn from, which the acceptance rule in ``engine.speculative`` needs).
@@ -45,7 +45,12 @@ class NgramDrafter:
     """Prompt lookup: the continuation of the latest earlier occurrence of the sequence's last n tokens.
 
     An index maps every n-gram (``n_min <= n <= n_max``) to the position after its latest occurrence; it is
-    extended with the tokens appended since the previous call, so a proposal costs O(n_max + k)."""
+    extended with the tokens appended since the previous call, so a proposal costs O(n_max + k).
+
+    The draft is at most as long as the match's **depth**: how many tokens before the occurrence equal the
+    tokens before the end of the sequence (at least n; counted up to k). A deep match means the answer is
+    copying that span, so a long draft is likely accepted; a match of just n tokens is a guess worth a short
+    draft (docs/speculative.md: on the code-editing prompts it halves the rejected positions per pass)."""
 
     def __init__(self, n_max: int = 4, n_min: int = 2):
         if not 1 <= n_min <= n_max:
@@ -70,10 +75,14 @@ class NgramDrafter:
         if k <= 0 or len(history) < self.n_min:
             return Draft([])
         self._extend(history)
-        for n in range(min(self.n_max, len(history)), self.n_min - 1, -1):
-            start = self._index.get(tuple(history[len(history) - n :]))
+        end = len(history)
+        for n in range(min(self.n_max, end), self.n_min - 1, -1):
+            start = self._index.get(tuple(history[end - n :]))
             if start is not None:
-                return Draft(list(history[start : start + k]))
+                depth = n  # history[start - n : start] == history[end - n :]; extend the match backwards
+                while depth < k and depth < start and history[start - 1 - depth] == history[end - 1 - depth]:
+                    depth += 1
+                return Draft(list(history[start : start + min(k, depth)]))
         return Draft([])
 
     def close(self) -> None:
@@ -149,9 +158,10 @@ class ModelDrafter:
 
 
 class DraftLength:
-    """How many tokens to draft next: grows by one after a fully accepted draft, shrinks to what was
-    accepted (plus one) otherwise; after ``patience`` drafts in a row with nothing accepted it stops drafting
-    for a pause that doubles each time (up to ``max_pause`` steps), so plain decoding costs nothing extra."""
+    """How many tokens to draft next: doubles after a fully accepted draft (a long copied span is reached in
+    a few passes instead of one token more per pass), shrinks to what was accepted (plus one) otherwise;
+    after ``patience`` drafts in a row with nothing accepted it stops drafting for a pause that doubles each
+    time (up to ``max_pause`` steps), so plain decoding costs nothing extra."""
 
     def __init__(self, k_max: int, patience: int = 2, max_pause: int = 64):
         if k_max < 1:
@@ -172,7 +182,7 @@ class DraftLength:
         if drafted == 0:
             return
         if accepted == drafted:
-            self.k = min(self.k_max, self.k + 1)
+            self.k = min(self.k_max, 2 * max(self.k, drafted))
         else:
             self.k = max(1, accepted + 1)
         if accepted > 0:

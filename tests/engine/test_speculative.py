@@ -60,14 +60,26 @@ def test_ngram_drafter_proposes_the_continuation_of_the_latest_match():
     assert NgramDrafter(n_max=4, n_min=2).propose([1, 2, 9, 8, 2], 3).tokens == []  # 1-grams too short
 
 
+def test_ngram_draft_is_as_long_as_the_match_is_deep():
+    """A match that extends far back (the answer copies that span) earns a long draft; a shallow one a short
+    draft."""
+    d = NgramDrafter(n_max=2, n_min=2)
+    source = [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
+    shallow = [*source, 99, 98, 12, 13]  # [12, 13] matches, but 98 != 11 before it: depth 2
+    assert d.propose(shallow, 6).tokens == [14, 15]
+    deep = [*source, 99, 10, 11, 12, 13]  # the copy reaches back to 10: depth 4
+    assert d.propose(deep, 6).tokens == [14, 15, 16, 17]
+    assert d.propose(deep, 3).tokens == [14, 15, 16]  # never longer than asked
+
+
 def test_draft_length_grows_shrinks_and_pauses_when_nothing_is_accepted():
     n = DraftLength(k_max=6, patience=2, max_pause=4)
     assert n.next() == 6
     n.update(6, 2)
     assert n.next() == 3  # what was accepted, plus one
     n.update(3, 3)
-    assert n.next() == 4  # all accepted: one more
-    n.update(4, 0)
+    assert n.next() == 6  # all accepted: twice as many (up to k_max)
+    n.update(6, 0)
     n.update(1, 0)  # two rejected drafts in a row: pause one step, then two, then four (max)
     assert [n.next() for _ in range(2)] == [0, 1]
     n.update(1, 0)
