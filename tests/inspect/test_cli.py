@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
 
+from edgeinfer.cli import app
 from edgeinfer.inspect.ids import IdSet
 from edgeinfer.inspect.report import detection, requests_to_verdict
 
@@ -16,6 +18,14 @@ CLI = [sys.executable, "-m", "edgeinfer.cli", "inspect"]
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    """The same command in this process (the `edgeinfer` app itself, no interpreter start-up)."""
+    r = CliRunner().invoke(app, ["inspect", *args])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
 
 
 @pytest.mark.slow
@@ -32,20 +42,20 @@ def test_run_prints_verdicts_and_writes_json(honest_batched: str, tmp_path) -> N
 
 
 def test_run_refuses_missing_length_and_bad_id_files(tmp_path) -> None:
-    r = _run("run", "--url", "http://127.0.0.1:9")
+    r = _invoke("run", "--url", "http://127.0.0.1:9")
     assert r.returncode == 2 and "-n REQUESTS or --seconds" in r.stderr
     bad = tmp_path / "ids.json"
     bad.write_text('{"version": 1, "ids": []}')
-    r = _run("run", "--url", "http://127.0.0.1:9", "-n", "1", "--ids", str(bad))
+    r = _invoke("run", "--url", "http://127.0.0.1:9", "-n", "1", "--ids", str(bad))
     assert r.returncode == 2 and "holds no IDs" in r.stderr
-    r = _run("ids", "-s", "quant:Q1")
+    r = _invoke("ids", "-s", "quant:Q1")
     assert r.returncode == 2 and "quantization must be one of" in r.stderr
 
 
 def test_report_draws_both_plots(tmp_path) -> None:
     measured = tmp_path / "m.json"
     measured.write_text(json.dumps({"detection": [{"rate": 0.01, "fraction": 0.1, "probability": 1.0}]}))
-    r = _run("report", "--out", str(tmp_path / "plots"), "--measured", str(measured), "--requests", "2000")
+    r = _invoke("report", "--out", str(tmp_path / "plots"), "--measured", str(measured), "--requests", "2000")
     assert r.returncode == 0, r.stderr
     for name in ("inspect-detection.png", "inspect-requests.png"):
         png = tmp_path / "plots" / name

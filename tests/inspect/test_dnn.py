@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -314,17 +313,10 @@ def test_inspector_rejects_bad_setup(ref, ids):
 
 
 def test_cli_refuses_an_unknown_dnn(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgeinfer.cli",
-        "inspect",
-        "ids",
-        "--dnn",
-        "nope",
-        "-o",
-        str(tmp_path / "x"),
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "unknown zoo model 'nope'" in r.stderr and "digitnet" in r.stderr
+    from typer.testing import CliRunner
+
+    from edgeinfer.cli import app
+
+    r = CliRunner().invoke(app, ["inspect", "ids", "--dnn", "nope", "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "unknown zoo model 'nope'" in r.stderr and "digitnet" in r.stderr
     assert not (tmp_path / "x").exists()

@@ -14,6 +14,7 @@ take seconds. benchmarks/bench_inspect.py measures the same with all the traffic
 
 from __future__ import annotations
 
+import contextlib
 import os
 from types import ModuleType
 
@@ -90,11 +91,15 @@ def test_honest_two_node_cluster_passes_every_check(bench: ModuleType, ids: IdSe
 
 @pytest.mark.parametrize("spec", ["quant:Q2_K", "exit:18", "model:gemma", "quant:Q8_0"])
 def test_a_full_substitute_fails_the_first_id_it_answers(
-    bench: ModuleType, ids: IdSet, spec: str, tmp_path
+    bench: ModuleType, ids: IdSet, spec: str, tmp_path, request: pytest.FixtureRequest
 ) -> None:
-    with bench.SubstituteServer(spec, log=tmp_path / "serve.log") as srv:
-        results = bench.probe_many(srv.url, ids, len(ids.ids), concurrency=2)
-        text_only = bench.probe_many(srv.url, ids, len(ids.ids), concurrency=2, like={"model": QWEN})
+    with contextlib.ExitStack() as stack:
+        if spec == "model:gemma":  # the session's Gemma server (the partial-substitution test uses it too)
+            url = request.getfixturevalue("gemma_substitute")
+        else:
+            url = stack.enter_context(bench.SubstituteServer(spec, log=tmp_path / "serve.log")).url
+        results = bench.probe_many(url, ids, len(ids.ids), concurrency=2)
+        text_only = bench.probe_many(url, ids, len(ids.ids), concurrency=2, like={"model": QWEN})
     caught = [r is not None and not r.passed for r in results]
     caught_text = [r is not None and not r.passed for r in text_only]
     print(
