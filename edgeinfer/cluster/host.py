@@ -103,6 +103,25 @@ MAX_PING_REPLY = 1 << 20  # bytes a Ping may ask back
 
 
 @dataclass
+class _Call:
+    """One Forward waiting for the node (``ShardHost.forward``): run by its own thread, or by another
+    one's forward that took it into its batch."""
+
+    shard_id: str
+    seq_id: str
+    x: object
+    start_pos: int
+    output: str
+    all_positions: bool
+    result: ForwardResult | None = None
+    error: Exception | None = None
+    done: bool = False
+
+
+MAX_BATCH = 16  # decode rows of different sequences run in one forward
+
+
+@dataclass
 class _Loaded:
     shard: object  # edgeinfer.engine.shard.Shard
     model: str
@@ -161,6 +180,9 @@ class ShardHost:
         self.shards: dict[str, _Loaded] = {}
         self.active = 0
         self._lock = threading.Lock()  # one forward at a time: shards share the node's cores
+        self._queue: list[_Call] = []  # forwards waiting for the lock: decode rows are batched (``_run``)
+        self._queue_lock = threading.Lock()
+        self.batched_rows = 0  # decode rows that ran in one forward with other sequences' rows
         self._profiles: dict[str, LayerProfile] = {}
         self._started = time.monotonic()
         self._last_used: dict[str, float] = {}  # seq_id -> monotonic time of its last forward
@@ -348,9 +370,11 @@ class ShardHost:
         ``start_pos`` first (the rollback of drafted tokens the gateway rejected).
 
         On the last shard ``output`` selects full logits of the last position or 'top1' = [id, logit];
-        ``all_positions``: the same for every position, [T, vocab] or [T, 2] (speculative verification)."""
-        import torch
+        ``all_positions``: the same for every position, [T, vocab] or [T, 2] (speculative verification).
 
+        Forwards of other sequences that arrive while one runs wait; the next to run takes the waiting
+        decode rows of its shard along (one ``Shard.forward_batch``: several sequences in flight through a
+        pipeline cost about one read of the weights per step)."""
         if output not in OUTPUTS:
             raise HostError(f"output must be one of {OUTPUTS}, got {output!r}")
         if not seq_id or len(seq_id) > 128:
@@ -378,48 +402,126 @@ class ShardHost:
                 f"node {self.node_id}: positions [{start_pos}, {start_pos + t}) exceed this shard's "
                 f"max_seq_len {shard.max_seq_len}"
             )
+        call = _Call(shard_id, seq_id, x, start_pos, output, all_positions)
+        with self._queue_lock:
+            self._queue.append(call)
         with self._lock:
-            self.active += 1
+            if not call.done:  # else a forward that ran before this one took it into its batch
+                self._run(self._take_batch(call))
+        if call.error is not None:
+            raise call.error
+        assert call.result is not None
+        return call.result
+
+    def _take_batch(self, call: _Call) -> list[_Call]:
+        """``call`` and the queued decode rows of other sequences on the same shard (caller holds the lock):
+        one forward for all of them, the weights read once (``Shard.forward_batch``). Prompts, drafts and
+        all-positions calls run alone."""
+        with self._queue_lock:
+            batch = [call]
+            if self._batchable(call):
+                seqs = {call.seq_id}
+                for c in self._queue:
+                    if len(batch) >= MAX_BATCH:
+                        break
+                    same = c is not call and c.shard_id == call.shard_id and c.seq_id not in seqs
+                    if same and self._batchable(c):
+                        seqs.add(c.seq_id)
+                        batch.append(c)
+            for c in batch:
+                self._queue.remove(c)
+        return batch
+
+    @staticmethod
+    def _batchable(c: _Call) -> bool:
+        return int(c.x.shape[0]) == 1 and not c.all_positions
+
+    def _prepare(self, loaded: _Loaded, c: _Call):
+        """Checks and rollback of one call before it runs (caller holds the lock); its input as the shard
+        takes it."""
+        import torch
+
+        shard, seq_id, start_pos, t = loaded.shard, c.seq_id, c.start_pos, int(c.x.shape[0])
+        have = shard.seq_len(seq_id)
+        if have < start_pos:
+            raise HostError(
+                f"node {self.node_id}: sequence {seq_id!r} has {have} cached positions but the "
+                f"request continues at {start_pos} (node restarted or sequence dropped?)",
+                "invalid",
+            )
+        if seq_id not in self._last_used and len(self._last_used) >= self.max_sequences:
+            raise HostError(
+                f"node {self.node_id}: {len(self._last_used)} sequences are open, the most this node "
+                f"keeps (idle ones are dropped after {self.idle_ttl:.0f} s)",
+                "memory",
+            )
+        needed = start_pos + t
+        cap = loaded.kv_capacity(seq_id)
+        grow = 0
+        if needed > cap:  # KVCache doubles; old and new storage coexist while copying
+            grow = min(shard.max_seq_len, max(needed, 2 * cap, 64)) * loaded.kv_bytes_per_position
+        self._refuse_memory(f"the KV cache of sequence {seq_id!r} ({needed} positions)", grow)
+        self._refuse_scratch(self._scratch_bytes(loaded, t, needed, c.all_positions))
+        if have > start_pos:
+            shard.truncate(seq_id, start_pos)
+        return c.x.to(torch.long).reshape(-1) if shard.is_first else c.x
+
+    def _run(self, batch: list[_Call]) -> None:
+        """Run the calls of one shard in one forward (caller holds the lock); each gets its result or error.
+        A row's arithmetic in a batch is the one it gets alone (``Shard.forward_batch``)."""
+        import torch
+
+        self.active += len(batch)
+        try:
+            self._evict_idle_locked()
             try:
-                self._evict_idle_locked()
-                have = shard.seq_len(seq_id)
-                if have < start_pos:
-                    raise HostError(
-                        f"node {self.node_id}: sequence {seq_id!r} has {have} cached positions but the "
-                        f"request continues at {start_pos} (node restarted or sequence dropped?)",
-                        "invalid",
-                    )
-                if seq_id not in self._last_used and len(self._last_used) >= self.max_sequences:
-                    raise HostError(
-                        f"node {self.node_id}: {len(self._last_used)} sequences are open, the most this node "
-                        f"keeps (idle ones are dropped after {self.idle_ttl:.0f} s)",
-                        "memory",
-                    )
-                needed = start_pos + t
-                cap = loaded.kv_capacity(seq_id)
-                grow = 0
-                if needed > cap:  # KVCache doubles; old and new storage coexist while copying
-                    grow = min(shard.max_seq_len, max(needed, 2 * cap, 64)) * loaded.kv_bytes_per_position
-                self._refuse_memory(f"the KV cache of sequence {seq_id!r} ({needed} positions)", grow)
-                self._refuse_scratch(self._scratch_bytes(loaded, t, needed, all_positions))
-                if have > start_pos:
-                    shard.truncate(seq_id, start_pos)
-                if shard.is_first:
-                    x = x.to(torch.long).reshape(-1)
-                t0 = time.perf_counter()
+                loaded = self._get(batch[0].shard_id)  # it may have been unloaded while the calls waited
+            except HostError as exc:
+                for c in batch:
+                    c.error = exc
+                return
+            shard = loaded.shard
+            ready, inputs = [], []
+            for c in batch:
+                try:
+                    inputs.append(self._prepare(loaded, c))
+                    ready.append(c)
+                except HostError as exc:
+                    c.error = exc
+            if not ready:
+                return
+            t0 = time.perf_counter()
+            try:
                 with torch.inference_mode():
-                    out = shard.forward(seq_id, x, all_logits=all_positions and shard.is_last)
-                loaded.seqs.add(seq_id)
-                self._last_used[seq_id] = time.monotonic()
-                seconds = time.perf_counter() - t0
-                if shard.is_last and output == "top1":
-                    logits = out.float().reshape(t if all_positions else 1, -1)
+                    if len(ready) == 1:
+                        c = ready[0]
+                        outs = [
+                            shard.forward(c.seq_id, inputs[0], all_logits=c.all_positions and shard.is_last)
+                        ]
+                    else:
+                        outs = shard.forward_batch(
+                            [(c.seq_id, x) for c, x in zip(ready, inputs, strict=True)]
+                        )
+                        self.batched_rows += len(ready)
+            except Exception as exc:  # noqa: BLE001 - each caller raises it (the node maps it to a status)
+                for c in ready:
+                    c.error = exc
+                return
+            seconds = time.perf_counter() - t0
+            for c, out in zip(ready, outs, strict=True):
+                loaded.seqs.add(c.seq_id)
+                self._last_used[c.seq_id] = time.monotonic()
+                t = int(c.x.shape[0])
+                if shard.is_last and c.output == "top1":
+                    logits = out.float().reshape(t if c.all_positions else 1, -1)
                     ids = torch.argmax(logits, dim=-1)
                     out = torch.stack([ids.float(), logits.gather(1, ids[:, None])[:, 0]], dim=-1)
-                    out = out if all_positions else out[0]
-                return ForwardResult(out, seconds, shard.seq_len(seq_id))
-            finally:
-                self.active -= 1
+                    out = out if c.all_positions else out[0]
+                c.result = ForwardResult(out, seconds, shard.seq_len(c.seq_id))
+        finally:
+            self.active -= len(batch)
+            for c in batch:
+                c.done = True
 
     def drop(self, shard_id: str | None, seq_id: str) -> None:
         with self._lock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,43 @@ def test_ping_reports_the_node_load_and_caps_the_reply(node, tiny):
         client.ping(reply_bytes=-1)
     client.unload(a.shard_id)
     assert client.ping().active_sequences == 0
+
+
+def test_waiting_decode_rows_of_several_sequences_run_as_one_batch_with_their_solo_results(node, tiny):
+    """Forwards that arrive while the node is busy wait; the next one to run takes the other sequences'
+    decode rows along (one forward_batch): every sequence gets exactly what it gets alone."""
+    client, host = node
+    a = client.load(str(tiny), 0, 2)
+    ref_a = Shard(tiny, 0, 2, threads=1)
+    prompts = {f"q{i}": torch.tensor([1 + i, 7, 3 + 2 * i, 9][: 2 + i]) for i in range(3)}
+    try:
+        for seq, ids in prompts.items():  # the prompts, one by one
+            assert torch.equal(
+                client.forward(a.shard_id, seq, ids, 0, wire_dtype="f32").output, ref_a.forward(seq, ids)
+            )
+        before = host.batched_rows
+        step = {seq: torch.tensor([5 + i]) for i, seq in enumerate(prompts)}
+        got: dict[str, torch.Tensor] = {}
+
+        def one(seq: str) -> None:
+            got[seq] = client.forward(a.shard_id, seq, step[seq], len(prompts[seq]), wire_dtype="f32").output
+
+        host._lock.acquire()  # the node is busy: the three decode rows queue up
+        threads = [threading.Thread(target=one, args=(seq,)) for seq in prompts]
+        try:
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 20
+            while len(host._queue) < len(prompts):
+                assert time.monotonic() < deadline, "the forwards did not queue"
+                time.sleep(0.01)
+        finally:
+            host._lock.release()
+        for t in threads:
+            t.join(20)
+        assert host.batched_rows - before == len(prompts)  # one batch of all three
+        for seq in prompts:
+            want = ref_a.forward(seq, step[seq])
+            assert torch.equal(got[seq], want), seq
+    finally:
+        client.unload(a.shard_id)
