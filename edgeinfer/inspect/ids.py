@@ -21,7 +21,7 @@ import datetime
 import json
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,9 @@ class IdSet:
     substitutes: tuple[str, ...] = ()  # what the IDs were tested against
     required: tuple[str, ...] = ()  # the substitutes every ID catches (the others: where ``caught_by`` says)
     created: str = ""
+    # the served backends whose measured logprob spread the per-ID tolerances cover (``served_tolerances``);
+    # empty: tolerances from the in-process generator only (the inspector then applies its floor)
+    served_calibration: tuple[str, ...] = ()
     version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -115,6 +118,7 @@ class IdSet:
                 substitutes=tuple(doc.get("substitutes", ())),
                 required=tuple(doc.get("required", ())),
                 created=doc.get("created", ""),
+                served_calibration=tuple(doc.get("served_calibration", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IdFileError(f"malformed ID file: {exc}") from exc
@@ -278,6 +282,22 @@ def generate_ids(
         required=tuple(s for s in substitutes if s in required),
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
+
+
+def served_tolerances(
+    ids: IdSet, spread: dict[int, float], services: Sequence[str], factor: float = 2.0
+) -> IdSet:
+    """The IDs with tolerances that cover honest *served* backends: ``spread[i]`` is the largest
+    difference between a chosen token's log probability served by any of ``services`` and ID ``i``'s
+    reference value; ID ``i``'s tolerance becomes ``max(its own, factor x spread[i])``. Every ID must have
+    been measured."""
+    missing = [i for i in range(len(ids.ids)) if i not in spread]
+    if missing:
+        raise ValueError(f"no served spread measured for IDs {missing}")
+    kept = tuple(
+        replace(i, tolerance=round(max(i.tolerance, factor * spread[n]), 4)) for n, i in enumerate(ids.ids)
+    )
+    return replace(ids, ids=kept, served_calibration=tuple(services))
 
 
 # ---- checking ---------------------------------------------------------------------------------------------

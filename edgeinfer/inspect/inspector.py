@@ -34,6 +34,7 @@ from edgeinfer.inspect.stats import Verdict, model_test, sla_test
 
 DEFAULT_RATE = 0.004  # IDs per real request: 0.4 % extra requests, below the 0.5 % overhead budget
 INSPECTED_PATHS = ("/chat/completions", "/completions")
+UNCALIBRATED_FLOOR = 0.2  # nats: the logprob tolerance floor for IDs not calibrated on served backends
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,10 @@ class InspectorConfig:
     honest_fail: float = 1e-4  # the most an honest service may fail ID checks (benign nondeterminism)
     alpha: float = 1e-3  # P(false alarm)
     beta: float = 1e-3  # P(missed substitution / violation)
-    # served llama.cpp (batched or not) differed from the offline reference by up to 0.19 nats: a floor on
-    # every ID's logprob tolerance keeps honest services from failing (docs/inspect.md, limits)
-    min_tolerance: float = 0.2
+    # a floor on every ID's logprob tolerance. None: 0.2 nats for ID files whose tolerances come from the
+    # in-process generator only (served llama.cpp, batched or not, differed from it by up to 0.19 nats),
+    # none for files calibrated on served backends (``IdSet.served_calibration``; docs/inspect.md, limits)
+    min_tolerance: float | None = None
     logprobs: str = "mirror"  # ask IDs for logprobs: "mirror" the real request, "always" or "never"
     max_id_tokens: int = 64  # an ID mirrors the real request's max_tokens up to this bound
     seed: int | None = None
@@ -267,6 +269,10 @@ class Inspector(httpx.BaseTransport):
         self.inner = transport or httpx.HTTPTransport()
         self.rng = random.Random(self.config.seed)
         c = self.config
+        if c.min_tolerance is not None:
+            self.min_tolerance = c.min_tolerance
+        else:
+            self.min_tolerance = 0.0 if ids.served_calibration else UNCALIBRATED_FLOOR
         self.model_test = model_test(c.detect, eps=c.honest_fail, alpha=c.alpha, beta=c.beta)
         self.sla_test = sla_test(c.sla_level, c.sla_violated, alpha=c.alpha, beta=c.beta)
         self.records: list[RequestRecord] = []
@@ -394,7 +400,7 @@ class Inspector(httpx.BaseTransport):
             status = response.status_code
             if status == 200:
                 answer, usage = parse_answer(raw, streamed)
-                result = check_answer(expected, first_k(answer, expected), self.config.min_tolerance)
+                result = check_answer(expected, first_k(answer, expected), self.min_tolerance)
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             result = None
         finally:

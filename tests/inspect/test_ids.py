@@ -4,6 +4,7 @@ generator itself on the real model against a real substitute."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -16,8 +17,15 @@ from edgeinfer.inspect.ids import (
     generate_ids,
     greedy_trace,
     logprob_gap,
+    served_tolerances,
 )
-from edgeinfer.inspect.inspector import first_k, parse_answer
+from edgeinfer.inspect.inspector import (
+    UNCALIBRATED_FLOOR,
+    Inspector,
+    InspectorConfig,
+    first_k,
+    parse_answer,
+)
 from edgeinfer.inspect.prompts import prompt_pool
 
 
@@ -71,6 +79,27 @@ def test_check_answer_text_then_logprobs_within_tolerance(ids: IdSet) -> None:
     assert check_answer(want, Answer(want.text, "length", close)).passed
     swapped = (tokens[1], tokens[0], *tokens[2:])
     assert not check_answer(want, Answer(want.text, "length", swapped)).passed
+
+
+def test_served_tolerances_cover_the_measured_spread_and_drop_the_floor(ids: IdSet, tmp_path) -> None:
+    # the floor applies to files calibrated in-process only; a served calibration replaces it per ID
+    raw = replace(ids, served_calibration=())
+    assert Inspector(raw).min_tolerance == UNCALIBRATED_FLOOR
+    spread = {n: (0.3 if n == 0 else 0.001) for n in range(len(ids.ids))}
+    cal = served_tolerances(raw, spread, ["llamacpp-batched", "shard"])
+    assert cal.served_calibration == ("llamacpp-batched", "shard")
+    assert cal.ids[0].tolerance == pytest.approx(0.6)
+    assert [i.tolerance for i in cal.ids[1:]] == [i.tolerance for i in raw.ids[1:]]  # never lowered
+    assert IdSet.load(cal.save(tmp_path / "cal.json")) == cal
+    inspector = Inspector(cal)
+    assert inspector.min_tolerance == 0.0
+    assert Inspector(cal, InspectorConfig(min_tolerance=0.5)).min_tolerance == 0.5
+    inspector.close()
+    want = cal.ids[1]
+    off = tuple((bytes(t.bytes), t.logprob + 0.1) for t in want.tokens)  # within 0.2, beyond the ID's own
+    assert not check_answer(want, Answer(want.text, "length", off), inspector.min_tolerance).passed
+    with pytest.raises(ValueError, match="no served spread"):
+        served_tolerances(raw, {0: 0.1}, ["shard"])
 
 
 def test_parse_answer_reads_chat_bodies_and_streams(ids: IdSet) -> None:
