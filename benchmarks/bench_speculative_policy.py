@@ -9,7 +9,7 @@ replays drafting policies over the answers (no model involved):
 - ``now``: the shipped ``DraftLength`` (doubling) and ``NgramDrafter`` (draft no longer than the match's
   depth);
 - ``oracle``: the n-gram draft cut to exactly what will be accepted (no position wasted): the bound of any
-  draft-length policy with this drafter.
+  draft-length policy with this drafter and draft max.
 
 With ``--cost`` (a ``bench_speculative.py`` run file with ``verify_cost``) it turns passes into the speedup
 they imply on that backend: tokens ÷ Σ cost(positions of each pass), cost(n) = the measured time of a pass of
@@ -138,7 +138,7 @@ def main() -> None:
     policies = {
         "before": lambda: (LinearLength(args.draft_max), FullNgramDrafter(), False),
         "now": lambda: (DraftLength(args.draft_max), NgramDrafter(), False),
-        "oracle": lambda: (DraftLength(64), FullNgramDrafter(), True),
+        "oracle": lambda: (DraftLength(args.draft_max), FullNgramDrafter(), True),
     }
     costs = {b: cost_curve(args.cost, b) for b in ("shard", "llamacpp")} if args.cost else {}
     rows = []

@@ -161,26 +161,82 @@ class DraftLength:
     """How many tokens to draft next: doubles after a fully accepted draft (a long copied span is reached in
     a few passes instead of one token more per pass), shrinks to what was accepted (plus one) otherwise;
     after ``patience`` drafts in a row with nothing accepted it stops drafting for a pause that doubles each
-    time (up to ``max_pause`` steps), so plain decoding costs nothing extra."""
+    time (up to ``max_pause`` steps), so plain decoding costs nothing extra.
 
-    def __init__(self, k_max: int, patience: int = 2, max_pause: int = 64):
+    **Cost-aware**: ``record_pass`` feeds it the time of every pass. A drafted position costs ``c``
+    one-position passes (learnt online: the extra time of a pass per drafted position ÷ the time of a
+    one-position pass) and saves one pass when it is accepted, so drafting pays while the acceptance rate
+    exceeds ``c``. Where it does not (a backend whose multi-position passes cost nearly one pass per
+    position), it drafts only as a probe, after gaps of 1, 2, 4, ... ``max_pause`` plain steps, which keep
+    both estimates fresh."""
+
+    DECAY = 0.8  # weight of the history in the running estimates (acceptance, pass times)
+
+    def __init__(self, k_max: int, patience: int = 2, max_pause: int = 64, cost_aware: bool = True):
         if k_max < 1:
             raise ValueError(f"the draft length must be at least 1, got {k_max}")
         self.k_max, self.patience, self.max_pause = k_max, patience, max_pause
+        self.cost_aware = cost_aware
         self.k = k_max
         self._misses = 0
         self._pause = 0
         self._next_pause = 1
+        self._drafted = self._accepted = 0.0  # decayed sums
+        self._one: float | None = None  # running seconds of a one-position pass
+        self._extra: float | None = None  # running extra seconds per drafted position
+        self._probe_wait = 0
+        self._probe_gap = 0
+        self._extra_pending = False  # a multi-position pass was timed before any one-position pass
+
+    @property
+    def position_cost(self) -> float | None:
+        """A drafted position's cost in one-position passes (``None`` until both kinds of pass were timed)."""
+        if self._one is None or self._extra is None or self._one <= 0:
+            return None
+        return max(0.0, self._extra / self._one)
+
+    @property
+    def acceptance(self) -> float | None:
+        return self._accepted / self._drafted if self._drafted > 0 else None
+
+    def pays(self) -> bool:
+        """Whether a drafted position is expected to save more than it costs (``True`` until measured)."""
+        c, a = self.position_cost, self.acceptance
+        return not self.cost_aware or c is None or a is None or a > c
 
     def next(self) -> int:
         if self._pause > 0:
             self._pause -= 1
             return 0
-        return self.k
+        if self.cost_aware and self._one is None and self._extra_pending:  # time a one-position pass once
+            self._extra_pending = False
+            return 0
+        if self.pays():
+            self._probe_gap = 0
+            return self.k
+        if self._probe_wait > 0:
+            self._probe_wait -= 1
+            return 0
+        self._probe_gap = min(self.max_pause, max(1, 2 * self._probe_gap))
+        self._probe_wait = self._probe_gap
+        return self.k  # a probe
+
+    def record_pass(self, positions: int, seconds: float) -> None:
+        """The wall time of a pass that verified ``positions`` positions (1: a plain step)."""
+        d = self.DECAY
+        if positions <= 1:
+            self._one = seconds if self._one is None else d * self._one + (1 - d) * seconds
+        elif self._one is None:
+            self._extra_pending = True
+        else:
+            extra = (seconds - self._one) / (positions - 1)
+            self._extra = extra if self._extra is None else d * self._extra + (1 - d) * extra
 
     def update(self, drafted: int, accepted: int) -> None:
         if drafted == 0:
             return
+        self._drafted = self.DECAY * self._drafted + drafted
+        self._accepted = self.DECAY * self._accepted + accepted
         if accepted == drafted:
             self.k = min(self.k_max, 2 * max(self.k, drafted))
         else:

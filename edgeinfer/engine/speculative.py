@@ -16,6 +16,7 @@ distribution of the output is then exactly the model's (temperature / top-k / to
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -35,11 +36,14 @@ DEFAULT_DRAFT_MAX = 8
 
 @dataclass(frozen=True)
 class SpeculativeOptions:
-    """``mode``: off, ngram or exit (self-speculation with the model's first ``exit_layer`` layers)."""
+    """``mode``: off, ngram or exit (self-speculation with the model's first ``exit_layer`` layers);
+    ``cost_aware``: stop drafting where a drafted position costs more than it saves (``DraftLength``; off in
+    tests that need drafts whatever the machine)."""
 
     mode: str = "off"
     exit_layer: int | None = None
     draft_max: int = DEFAULT_DRAFT_MAX
+    cost_aware: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("off", "ngram", "exit"):
@@ -175,6 +179,7 @@ def speculative_tokens(
     draft_max: int,
     n_ctx: int,
     stats: SpecStats | None = None,
+    cost_aware: bool = True,
 ) -> Iterator[int | TokenLogprobs]:
     """Yield sampled token ids (``TokenLogprobs`` when ``params.logprobs`` is set) until the caller stops or
     the context is full, drafting and verifying.
@@ -186,14 +191,16 @@ def speculative_tokens(
     if not prompt:
         raise ValueError("the prompt must contain at least one token")
     sampler = Sampler(params)
-    length = DraftLength(draft_max)
+    length = DraftLength(draft_max, cost_aware=cost_aware)
     history = list(prompt)
     if len(history) > 1:
         model.feed(history[:-1])
     while len(history) < n_ctx:
         k = min(length.next(), n_ctx - len(history) - 1)
         draft = drafter.propose(history, k, sampler) if k > 0 else Draft([])
+        t0 = time.perf_counter()
         logits = model.feed([history[-1], *draft.tokens], all_logits=bool(draft.tokens))
+        length.record_pass(len(draft.tokens) + 1, time.perf_counter() - t0)  # the cost-aware draft length
         out = accept(logits, draft, sampler)
         n_acc = len(out) - 1
         if n_acc < len(draft.tokens):
@@ -276,7 +283,14 @@ class SpeculativeDecoder:
         drafter = self.drafter()
         try:
             yield from speculative_tokens(
-                model, drafter, prompt, params, self.options.draft_max, self.info.n_ctx, self.spec_stats
+                model,
+                drafter,
+                prompt,
+                params,
+                self.options.draft_max,
+                self.info.n_ctx,
+                self.spec_stats,
+                self.options.cost_aware,
             )
         finally:
             drafter.close()

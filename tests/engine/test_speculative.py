@@ -94,6 +94,29 @@ def test_draft_length_grows_shrinks_and_pauses_when_nothing_is_accepted():
     assert [n.next() for _ in range(2)] == [0, 1]
 
 
+def _drafting_steps(position_cost: float, acceptance: float, steps: int = 200) -> int:
+    """How many of ``steps`` passes draft, when a pass of n positions takes 1 + position_cost * (n - 1)
+    seconds and each draft of k tokens has round(acceptance * k) accepted (never all, so k stays put)."""
+    n, drafting = DraftLength(k_max=4), 0
+    for _ in range(steps):
+        k = n.next()
+        n.record_pass(k + 1, 1.0 + position_cost * k)
+        if k:
+            drafting += 1
+            n.update(k, min(k - 1, round(acceptance * k)))
+    return drafting
+
+
+def test_draft_length_stops_drafting_where_a_drafted_position_costs_more_than_it_saves():
+    assert _drafting_steps(position_cost=0.25, acceptance=0.5) > 150  # cheap positions: draft (almost) always
+    assert _drafting_steps(position_cost=1.0, acceptance=0.5) < 20  # a position costs a pass: probes only
+    n = DraftLength(k_max=4)
+    assert n.pays() and n.position_cost is None  # drafts until both kinds of pass were timed
+    n.record_pass(1, 0.1)
+    n.record_pass(5, 0.3)
+    assert n.position_cost == pytest.approx(0.5)
+
+
 def test_speculative_options_parse_and_refuse_bad_values():
     assert SpeculativeOptions.parse("ngram").mode == "ngram"
     assert SpeculativeOptions.parse("exit:12", 4) == SpeculativeOptions("exit", 12, 4)
@@ -338,7 +361,8 @@ def assert_same_or_near_tie(b, tokens: list[int], plain: list[int], spec: list[i
 def test_greedy_output_is_token_identical_to_plain_decoding(backend_kind, model):
     b = open_backend(model, LoadOptions(backend_kind, n_ctx=1024, threads=1))
     try:
-        spec = SpeculativeDecoder(b, SpeculativeOptions.parse("ngram", 6))
+        # drafts on every backend, whatever a pass costs here (cost-aware drafting may stop on llama.cpp)
+        spec = SpeculativeDecoder(b, SpeculativeOptions("ngram", None, 6, cost_aware=False))
         greedy = SamplingParams(temperature=0)
         identical = 0
         for text in PROMPTS:
