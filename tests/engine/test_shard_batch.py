@@ -156,7 +156,7 @@ def test_remove_mid_way_frees_the_kv_cache_and_the_slot(backend: ShardBatchBacke
     assert again == slots[1]
     out = backend.step()
     assert set(out) == set(slots)
-    for s in list(backend._seqs):
+    for s in backend.slots.ids():
         backend.remove(s)
     assert backend.shard.sequences() == [] and backend.n_active == 0
 
