@@ -109,10 +109,10 @@ def test_a_full_substitute_fails_the_first_id_it_answers(
     by_text = [i.caught_by.get(spec) == "text" for i in ids.ids]
     assert caught_text == by_text  # other text on exactly the IDs the generator said
     assert all(c for c, t in zip(caught, by_text, strict=True) if t)
-    if spec in ids.required and all(by_text):  # exit:18 and Gemma: every ID, with or without logprobs
+    # exit:18 and Gemma: every ID by text, with or without logprobs; Q2_K: every ID by logprobs when the
+    # tolerances are calibrated on served backends (the 0.2-nat floor of an uncalibrated file gives that up)
+    if spec in ids.required and (all(by_text) or ids.served_calibration):
         assert all(caught)
-    # Q2_K is caught by logprobs at the generator's tolerance (16/16 measured at 0.03 nats); the
-    # inspector's floor (min_tolerance, for honest servers' own differences) gives some of that up
 
 
 def test_ten_percent_substitution_is_caught_with_the_requests_it_took(
