@@ -32,8 +32,14 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_inspect as bench  # noqa: E402
 
-from edgeinfer.inspect.ids import IdSet, bundled_ids_path, check_answer  # noqa: E402
-from edgeinfer.inspect.inspector import Inspector, InspectorConfig, first_k, parse_answer  # noqa: E402
+from edgeinfer.inspect.ids import IdSet, bundled_ids_path, check_answer, served_tolerances  # noqa: E402
+from edgeinfer.inspect.inspector import (  # noqa: E402
+    UNCALIBRATED_FLOOR,
+    Inspector,
+    InspectorConfig,
+    first_k,
+    parse_answer,
+)
 from edgeinfer.process import ServerProcess  # noqa: E402
 
 HONEST = ("llamacpp-1t", "llamacpp-2t", "llamacpp-batched", "shard", "cluster")
@@ -172,6 +178,48 @@ def analyse(ids: IdSet, doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def chosen_spread(ids: IdSet, doc: dict[str, Any], services: list[str]) -> dict[int, float]:
+    """Per ID: the largest |served - reference| log probability of a chosen token over ``services``."""
+    out: dict[int, float] = {}
+    for n, idn in enumerate(ids.ids):
+        for p, t in enumerate(idn.tokens):
+            for name in services:
+                lo_hi = doc["services"][name]["logprobs"].get(f"{n}/{p}/{t.token}")
+                if lo_hi is not None:
+                    out[n] = max(out.get(n, 0.0), *(abs(x - t.logprob) for x in lo_hi))
+    return out
+
+
+def held_out(ids: IdSet, doc: dict[str, Any], services: list[str], floor: float) -> dict[str, Any]:
+    """Would any answer of ``services`` fail a check at ``ids``' tolerances (at least ``floor``)? From the
+    per-token extremes: 0 when every chosen token stayed within its ID's tolerance."""
+    out: dict[str, Any] = {}
+    for name in services:
+        spread = chosen_spread(ids, doc, [name])
+        over = {
+            n: round(spread[n], 4)
+            for n, i in enumerate(ids.ids)
+            if n in spread and spread[n] > max(i.tolerance, floor)
+        }
+        out[name] = {"checks": doc["services"][name]["checks"], "ids_over_tolerance": over}
+    return out
+
+
+def substitute_detection(ids: IdSet, doc: dict[str, Any], floor: float) -> dict[str, str]:
+    """Per substitute: on how many IDs its (deterministic) logprobs leave the tolerance, as x/16."""
+    out = {}
+    for sub in SUBSTITUTES:
+        if sub in doc["services"]:
+            spread = chosen_spread(ids, doc, [sub])
+            caught = sum(
+                1
+                for n, i in enumerate(ids.ids)
+                if n not in spread or spread[n] > max(i.tolerance, floor) or i.caught_by.get(sub) == "text"
+            )
+            out[sub] = f"{caught}/{len(ids.ids)}"
+    return out
+
+
 def _quantiles(xs: list[float]) -> dict[str, float] | None:
     if not xs:
         return None
@@ -187,6 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checks", type=int, default=200, help="ID checks per honest service")
     ap.add_argument("--json", type=Path, required=True, help="results (merged into an existing file)")
     ap.add_argument("--analyse", action="store_true", help="only print the analysis of --json")
+    ap.add_argument("--calibrate", type=Path, default=None, help="write IDs with served tolerances here")
+    ap.add_argument("--on", default="llamacpp-batched,llamacpp-1t,shard", help="services to calibrate on")
+    ap.add_argument("--factor", type=float, default=2.0, help="tolerance = factor x the served spread")
     args = ap.parse_args(argv)
     ids = IdSet.load(args.ids)
     doc = json.loads(args.json.read_text()) if args.json.exists() else {"services": {}}
@@ -205,6 +256,23 @@ def main(argv: list[str] | None = None) -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(doc, indent=1) + "\n")
     doc["analysis"] = analyse(ids, doc)
+    measured = [h for h in HONEST if h in doc["services"]]
+    doc["analysis"]["uncalibrated"] = {
+        "held_out": held_out(ids, doc, measured, UNCALIBRATED_FLOOR),
+        "detection": substitute_detection(ids, doc, UNCALIBRATED_FLOOR),
+    }
+    if args.calibrate:
+        on = args.on.split(",")
+        cal = served_tolerances(ids, chosen_spread(ids, doc, on), on, factor=args.factor)
+        cal.save(args.calibrate)
+        doc["analysis"]["calibrated"] = {
+            "on": on,
+            "factor": args.factor,
+            "tolerances": [i.tolerance for i in cal.ids],
+            "held_out": held_out(cal, doc, [h for h in measured if h not in on], 0.0),
+            "calibration_runs": held_out(cal, doc, on, 0.0),
+            "detection": substitute_detection(cal, doc, 0.0),
+        }
     args.json.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(doc["analysis"], indent=1))
 
