@@ -168,7 +168,8 @@ class DraftLength:
     one-position pass) and saves one pass when it is accepted, so drafting pays while the acceptance rate
     exceeds ``c``. Where it does not (a backend whose multi-position passes cost nearly one pass per
     position), it drafts only as a probe, after gaps of 1, 2, 4, ... ``max_pause`` plain steps, which keep
-    both estimates fresh."""
+    both estimates fresh. Greedy decoding only (``engine.speculative``): a sampled stream depends on what was
+    drafted, and a seed must give the same stream whatever the timing."""
 
     DECAY = 0.8  # weight of the history in the running estimates (acceptance, pass times)
 

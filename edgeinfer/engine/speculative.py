@@ -191,7 +191,9 @@ def speculative_tokens(
     if not prompt:
         raise ValueError("the prompt must contain at least one token")
     sampler = Sampler(params)
-    length = DraftLength(draft_max, cost_aware=cost_aware)
+    # sampled output depends on which tokens were drafted (the acceptance rule draws per drafted token), so a
+    # timing-dependent draft length would make seeded streams irreproducible: cost-aware only when greedy
+    length = DraftLength(draft_max, cost_aware=cost_aware and params.greedy)
     history = list(prompt)
     if len(history) > 1:
         model.feed(history[:-1])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -293,6 +294,49 @@ def test_rollback_leaves_the_cache_as_plain_decoding_would(tiny):
     want = fresh.feed(history)[-1]
     fresh.close()
     assert torch.allclose(got, want, rtol=1e-3, atol=1e-2)  # float noise of multi-position passes only
+
+
+class _SlowMultiPositionPasses:
+    """A sequence whose passes of several positions take ~5 ms per position: drafting does not pay."""
+
+    def __init__(self, seq):  # type: ignore[no-untyped-def]
+        self.seq = seq
+
+    @property
+    def length(self) -> int:
+        return self.seq.length
+
+    def feed(self, ids, all_logits=False):  # type: ignore[no-untyped-def]
+        time.sleep(0.005 * (len(ids) - 1) if len(ids) > 1 else 0)
+        return self.seq.feed(ids, all_logits)
+
+    def truncate(self, length: int) -> None:
+        self.seq.truncate(length)
+
+    def close(self) -> None:
+        self.seq.close()
+
+
+def test_cost_aware_drafting_keeps_seeded_samples_reproducible(tiny):
+    """Sampling: the stream of a seed (and what is drafted) does not depend on the machine's timing, though
+    multi-position passes here cost far more than they save; greedy: the same tokens either way."""
+
+    def run(params, slow):  # type: ignore[no-untyped-def]
+        seq = tiny.open_sequence()
+        stats = SpecStats()
+        model = _SlowMultiPositionPasses(seq) if slow else seq
+        gen = speculative_tokens(model, NgramDrafter(n_min=1), TINY_PROMPT, params, 6, 256, stats)
+        out = [t for t, _ in zip(gen, range(40), strict=False)]
+        gen.close()
+        seq.close()
+        return out, stats
+
+    sampled = SamplingParams(temperature=0.8, seed=3)
+    fast, slow = run(sampled, slow=False), run(sampled, slow=True)
+    assert fast[0] == slow[0]
+    assert slow[1].drafted == fast[1].drafted > 10 and fast[1].accepted > 0  # the same drafts, some kept
+    greedy = SamplingParams(temperature=0)
+    assert run(greedy, slow=False)[0] == run(greedy, slow=True)[0]
 
 
 def test_model_drafter_follows_the_history_through_rollbacks(tiny):
