@@ -157,16 +157,17 @@ class Throttle:
         self.close()
 
 
-_shared: dict[tuple[float, int], Throttle] = {}
+_shared: dict[tuple[float, int, object], Throttle] = {}
 _lock = threading.Lock()
 
 
-def shared(fraction: float, period_us: int = 10_000) -> Throttle:
+def shared(fraction: float, period_us: int = 10_000, budget: object = None) -> Throttle:
     """One group per quota in this process: every device client of the process draws on the same budget, as
-    the layers of one device would (separate groups would each start with a full period's quota)."""
+    the layers of one device would (separate groups would each start with a full period's quota). A
+    ``budget`` key gives its holders a group of their own (a device of its own)."""
     with _lock:
-        t = _shared.get((fraction, period_us))
+        t = _shared.get((fraction, period_us, budget))
         if t is None:
-            t = _shared[(fraction, period_us)] = Throttle(fraction, period_us)
+            t = _shared[(fraction, period_us, budget)] = Throttle(fraction, period_us)
             atexit.register(t.close)
         return t
