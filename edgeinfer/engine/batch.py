@@ -2,7 +2,7 @@
 
 A batch backend holds up to ``n_slots`` sequences, each with its own KV cache, sampler and position. ``step``
 runs one forward pass over every active slot: running sequences contribute their last sampled token, new
-ones a chunk of their prompt (chunked prefill, so a long prompt does not stall the streams that are decoding),
+ones chunks of their prompt (chunked prefill, so a long prompt does not stall the streams that are decoding),
 and it returns the token sampled for each slot that produced one. Everything per request that is not
 "compute the next token" (stop strings, max_tokens, UTF-8, timing, cancellation) stays in ``engine.generate``;
 the scheduler (``engine.scheduler``) drives both.

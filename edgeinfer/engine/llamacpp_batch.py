@@ -2,8 +2,8 @@
 
 One context holds ``n_slots`` sequences (``n_seq_max``), each with its own part of the KV cache
 (``kv_unified = false``: ``n_ctx = n_slots x`` the context per slot). A step is one ``llama_decode`` over a
-batch that carries the last sampled token of every decoding slot plus chunks of the prompts still being
-prefilled, so a new request joins the running batch and a long prompt is spread over several steps. Each
+batch that carries the last sampled token of every decoding slot plus a chunk of the oldest prompt still
+being prefilled, so a new request joins the running batch and a long prompt is spread over several steps. Each
 slot samples its logits row with the project's ``Sampler`` (greedy = argmax, seeded per request); the
 slots and the step's plan are ``engine.slots``.
 """

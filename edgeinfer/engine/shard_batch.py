@@ -1,7 +1,7 @@
 """Several sequences on the shard engine: one forward pass per step, chunked prefill, per-slot sampling.
 
-A step feeds ``Shard.forward_batch`` the last sampled token of every decoding slot plus chunks of the
-prompts still being prefilled (first come, first served), so a new request joins the running batch and a
+A step feeds ``Shard.forward_batch`` the last sampled token of every decoding slot plus a chunk of the
+oldest prompt still being prefilled (first come, first served), so a new request joins the running batch and a
 long prompt is spread over several steps. The linear layers see the rows of every slot at once -- the native
 kernel unpacks each weight block once for all of them, which is where a memory-bound CPU gains -- while
 attention runs per sequence over its own KV cache (``models.kv_cache.KVBatch``). Each row's arithmetic is

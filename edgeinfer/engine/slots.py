@@ -1,8 +1,8 @@
 """The slot table of a batch backend: which sequence holds which slot, and what each step feeds it.
 
 Both batch backends (``engine.llamacpp_batch``, ``engine.shard_batch``) keep their sequences here: a new
-request takes the lowest free slot, a step's plan is the last sampled token of every decoding slot plus
-chunks of the prompts still being prefilled (first come, first served, up to ``n_batch`` positions), and
+request takes the lowest free slot, a step's plan is the last sampled token of every decoding slot plus a
+chunk of the oldest prompt still being prefilled (first come, first served, up to ``n_batch`` positions), and
 each slot samples its own logits row with its own sampler. A backend only turns the plan into its forward
 pass and frees its KV cache when a slot is removed (``SlotBackend._release``).
 """
@@ -92,16 +92,19 @@ class SlotTable:
         self._slots.clear()
 
     def plan(self, n_batch: int, prefill_chunk: int) -> list[tuple[int, int]]:
-        """(slot, n_tokens) to feed the next step: every decoding slot's token, then prompt chunks of at most
-        ``prefill_chunk`` positions in all, first come first served, within ``n_batch`` positions."""
+        """(slot, n_tokens) to feed the next step: every decoding slot's token, then a chunk of at most
+        ``prefill_chunk`` positions (within ``n_batch``) of the oldest prompt still being prefilled.
+
+        One prompt per step: requests that arrive together get their first tokens one after the other
+        (the first after one prompt's prefill, not after all of theirs), and a prompt is cut into the same
+        chunks whatever else is in the batch -- so the shard engine's tokens in a batch stay exactly its
+        tokens alone."""
         plan = [(slot, 1) for slot, s in self._slots.items() if s.decoding]
         chunk = min(n_batch - len(plan), prefill_chunk)
-        for slot, s in sorted(self._slots.items(), key=lambda kv: kv[1].admitted):
-            if s.decoding or chunk <= 0:
-                continue
-            take = min(len(s.pending), chunk)
-            plan.append((slot, take))
-            chunk -= take
+        prefilling = [(s.admitted, slot) for slot, s in self._slots.items() if not s.decoding]
+        if prefilling and chunk > 0:
+            slot = min(prefilling)[1]
+            plan.append((slot, min(len(self._slots[slot].pending), chunk)))
         return plan
 
     def fed(self, slot: int, n_tokens: int) -> None:

@@ -50,16 +50,20 @@ def test_plan_decodes_first_then_prompt_chunks_first_come_first_served() -> None
     t = SlotTable(n_slots=3, n_ctx=64, vocab_size=VOCAB)
     a = t.add([1] * 5, GREEDY)
     b = t.add([2] * 6, GREEDY)
-    assert t.plan(n_batch=64, prefill_chunk=8) == [(a, 5), (b, 3)]  # one budget of 8 for all prompts
+    assert t.plan(n_batch=64, prefill_chunk=8) == [(a, 5)]  # one prompt per step, the oldest first
+    assert t.plan(n_batch=64, prefill_chunk=3) == [(a, 3)]
     t.fed(a, 5)
-    t.fed(b, 3)
-    assert t[a].pos == 5 and t[b].pending == [2, 2, 2]
+    assert t[a].pos == 5 and t[a].pending == []
     assert t.sample(a, _row(7)) == 7 and t[a].pending == [7] and t[a].decoding
     c = t.add([3] * 4, GREEDY)
-    assert t.plan(n_batch=64, prefill_chunk=8) == [(a, 1), (b, 3), (c, 4)]
-    assert t.plan(n_batch=3, prefill_chunk=8) == [(a, 1), (b, 2)]  # the batch bounds the chunks
+    assert t.plan(n_batch=64, prefill_chunk=4) == [(a, 1), (b, 4)]  # decode rows, then b (before c)
+    t.fed(b, 4)
+    assert t[b].pending == [2, 2]
+    assert t.plan(n_batch=2, prefill_chunk=8) == [(a, 1), (b, 1)]  # the batch bounds the chunk
     t.remove(a)
-    assert t.plan(n_batch=64, prefill_chunk=2) == [(b, 2)]
+    t.fed(b, 2)
+    t.sample(b, _row(1))
+    assert t.plan(n_batch=64, prefill_chunk=8) == [(b, 1), (c, 4)]
 
 
 def test_sample_with_logprobs() -> None:
