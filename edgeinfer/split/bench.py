@@ -518,10 +518,8 @@ def _run_bench(cfg: SplitBenchConfig, log: Callable[[str], None]) -> SplitBenchR
         for rate in cfg.rates:
             shape(tb, 0, rate)
             log(f"rate {rate}: measuring {n + 1} forced splits and the adaptive client, interleaved")
-            # every forced split (and the adaptive client) is a device of its own: under a CPU quota, one
-            # shared budget would let a long head's quota debt throttle the next client's short head
-            forced = [client(force=(final, s), own_budget=True) for s in range(n + 1)]
-            adaptive = client(exits=[final], own_budget=True)
+            forced = [client(force=(final, s)) for s in range(n + 1)]
+            adaptive = client(exits=[final])
             clients = [*forced, adaptive]
             try:
                 adaptive.probe()

@@ -98,9 +98,6 @@ class ClientConfig:
     retry_after_s: float = 1.0
     timeout_s: float = 5.0  # edge request timeout without a deadline
     exits: list[str] | None = None  # restrict the planner to these exits
-    # a device CPU-quota budget of this client's own (benchmarks: every forced split is another device,
-    # not a co-tenant whose quota debt would throttle the next one's head); default: the process's one device
-    own_budget: bool = False
     stats: dict = field(default_factory=dict)
 
 
@@ -142,7 +139,6 @@ class DeviceClient:
         self.plan_link: LinkEstimate | None = None
         self.replans = 0
         self.probe_ms = 0.0
-        self.budget = object() if cfg.own_budget else None  # the device's CPU-quota group key
 
     # --- link -------------------------------------------------------------------------------------------
     def _send(self, nbytes: int, timeout: float | None = None) -> float:
@@ -262,7 +258,7 @@ class DeviceClient:
         chosen = self.current_plan()
         slow = self.device.device.slowdown
         t0 = time.perf_counter()
-        with torch_threads(self.device.device.threads), device_thread(self.device.device, self.budget):
+        with torch_threads(self.device.device.threads), device_thread(self.device.device):
             seg = run_segment(
                 self.model, chosen.exit, x, 0, chosen.split, slow, self.cfg.thresholds, sleep=False
             )
@@ -279,7 +275,7 @@ class DeviceClient:
             return self._done(
                 t0, seg.out, ex, "device", seg.compute_s, early=bool(seg.early_exit), **base, **kw
             )
-        with device_thread(self.device.device, self.budget):
+        with device_thread(self.device.device):
             payload, enc_s = emulated_call(
                 lambda: encode_state(seg.out, self.cfg.dtype, self.cfg.codec), slow, sleep=False
             )
@@ -386,7 +382,7 @@ class DeviceClient:
         else:
             best = min(cands, key=lambda e: self._local_cost_ms(e.name, taps))
             note = "the fastest local exit; the deadline cannot be met"
-        with torch_threads(self.device.device.threads), device_thread(self.device.device, self.budget):
+        with torch_threads(self.device.device.threads), device_thread(self.device.device):
             logits, spent = local_answer(self.model, taps, best.name, self.device.device.slowdown)
         reason = f"{why}: answered on the device from exit {best.name} {note}"
         return self._done(

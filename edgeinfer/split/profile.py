@@ -84,13 +84,12 @@ def load_device(spec: str) -> DeviceSpec:
         raise ValueError(f"bad device spec {path}: {exc}") from exc
 
 
-def device_thread(spec: DeviceSpec, budget: object = None) -> contextlib.AbstractContextManager:
+def device_thread(spec: DeviceSpec) -> contextlib.AbstractContextManager:
     """Run the block's compute as the device: on a spec with ``cpu_quota``, the calling thread joins the
-    process's cgroup for that quota (one budget for every client of the device in this process; a
-    ``budget`` key: a group of its holders' own)."""
+    process's cgroup for that quota (one budget for every client of the device in this process)."""
     if spec.cpu_quota <= 0:
         return contextlib.nullcontext()
-    return cpuquota.shared(spec.cpu_quota, spec.cpu_period_us, budget).thread()
+    return cpuquota.shared(spec.cpu_quota, spec.cpu_period_us).thread()
 
 
 @contextlib.contextmanager

@@ -157,17 +157,16 @@ class Throttle:
         self.close()
 
 
-_shared: dict[tuple[float, int, object], Throttle] = {}
+_shared: dict[tuple[float, int], Throttle] = {}
 _lock = threading.Lock()
 
 
-def shared(fraction: float, period_us: int = 10_000, budget: object = None) -> Throttle:
+def shared(fraction: float, period_us: int = 10_000) -> Throttle:
     """One group per quota in this process: every device client of the process draws on the same budget, as
-    the layers of one device would (separate groups would each start with a full period's quota). A
-    ``budget`` key gives its holders a group of their own (a device of its own)."""
+    the layers of one device would (separate groups would each start with a full period's quota)."""
     with _lock:
-        t = _shared.get((fraction, period_us, budget))
+        t = _shared.get((fraction, period_us))
         if t is None:
-            t = _shared[(fraction, period_us, budget)] = Throttle(fraction, period_us)
+            t = _shared[(fraction, period_us)] = Throttle(fraction, period_us)
             atexit.register(t.close)
         return t

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -112,19 +111,3 @@ def test_a_quota_profile_measures_every_head_as_a_request_runs_it():
         load_device("edge-host").cpu_quota == 0
         and not profile_model(model, load_device("edge-host"), x, 0, 2).heads
     )
-
-
-@needs_quota
-def test_a_budget_key_gives_a_device_group_of_its_own():
-    """Forced splits in a benchmark are separate devices: a budget key gets its own quota group, while
-    the default is the process's one device."""
-    import threading
-
-    spec = load_device("rpi4-like-quota")
-    tid = threading.get_native_id()
-    seen = []
-    for budget in (None, None, "a", "b"):
-        with device_thread(spec, budget):
-            seen.append(_cpu_cgroup(os.getpid(), tid))
-    assert seen[0] == seen[1] and len({seen[1], seen[2], seen[3]}) == 3
-    assert _cpu_cgroup(os.getpid(), tid) == "/"  # back in its own group (the root here)
