@@ -17,50 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
+from edgeinfer.bench.agreement import Recorder, decode_together
 from edgeinfer.bench.serve import PROMPTS
-from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.llamacpp_batch import LlamaCppBatchBackend
 from edgeinfer.models.registry import resolve
-
-GREEDY = SamplingParams(temperature=0, max_tokens=None)
-
-
-class Recorder:
-    """Greedy sampling that keeps each position's top-2 logit margin."""
-
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-        self.margins: list[float] = []
-
-    def __call__(self, logits: torch.Tensor) -> int:
-        top = torch.topk(logits.float(), 2)
-        self.margins.append(float(top.values[0] - top.values[1]))
-        self.tokens.append(int(top.indices[0]))
-        return self.tokens[-1]
-
-
-def decode(
-    backend: LlamaCppBatchBackend, prompts: list[list[int]], n: int, join_after: int
-) -> list[Recorder]:
-    recs = [Recorder() for _ in prompts]
-    slots: dict[int, int] = {}
-    late = len(prompts) - 1 if len(prompts) > 1 else None
-    for i, p in enumerate(prompts):
-        if i != late:
-            slots[backend.add(p, GREEDY, sampler=recs[i])] = i
-    steps = 0
-    while any(len(r.tokens) < n for r in recs):
-        if late is not None and steps == join_after:
-            slots[backend.add(prompts[late], GREEDY, sampler=recs[late])] = late
-        backend.step()
-        steps += 1
-        for slot, i in list(slots.items()):
-            if len(recs[i].tokens) >= n:
-                backend.remove(slot)
-                del slots[slot]
-    return recs
 
 
 def main() -> int:
@@ -78,10 +38,10 @@ def main() -> int:
         b = LlamaCppBatchBackend(path, n_ctx=512, n_slots=args.slots, threads=args.threads)
         try:
             prompts = [b.tokenize(p) for p in PROMPTS]
-            alone = [decode(b, [p], args.tokens, 0)[0] for p in prompts]
+            alone = [decode_together(b, [p], args.tokens, 0)[0] for p in prompts]
             batched: list[Recorder] = []
             for g in range(0, len(prompts), args.slots):
-                batched += decode(b, prompts[g : g + args.slots], args.tokens, args.join_after)
+                batched += decode_together(b, prompts[g : g + args.slots], args.tokens, args.join_after)
         finally:
             b.close()
         diffs = []

@@ -9,14 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 
+from edgeinfer.bench.agreement import GREEDY, decode_together
 from edgeinfer.engine.base import SamplingParams
 from edgeinfer.engine.batch import KVShape, ParallelDoesNotFit, check_parallel, default_parallel, kv_shape
 from edgeinfer.engine.generate import ContextLengthExceeded, Delta, GenerationResult, stream
 from edgeinfer.engine.scheduler import BatchScheduler
 
-GREEDY = SamplingParams(temperature=0, max_tokens=None)
 N_TOKENS = 24
 NEAR_TIE = 0.5  # top-2 logit margin below which batched and single matmuls may round either way
 
@@ -28,46 +27,10 @@ PROMPTS = [
 ]
 
 
-class Recorder:
-    """A greedy sampler that remembers, for every position, the top-2 logit margin."""
-
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-        self.margins: list[float] = []
-
-    def __call__(self, logits: torch.Tensor) -> int:
-        top = torch.topk(logits.float(), 2)
-        self.margins.append(float(top.values[0] - top.values[1]))
-        self.tokens.append(int(top.indices[0]))
-        return self.tokens[-1]
-
-
 def _load(path: Path, n_slots: int, **kw):
     from edgeinfer.engine.llamacpp_batch import LlamaCppBatchBackend
 
     return LlamaCppBatchBackend(path, n_ctx=kw.pop("n_ctx", 512), n_slots=n_slots, threads=2, **kw)
-
-
-def _run(backend, prompts: list[list[int]], n_tokens: int, join_after: int = 0) -> list[Recorder]:
-    """Greedy-decode ``prompts`` together; the last one joins ``join_after`` steps late."""
-    recs = [Recorder() for _ in prompts]
-    slots: dict[int, int] = {}
-    late = len(prompts) - 1 if join_after else None
-    for i, p in enumerate(prompts):
-        if i != late:
-            slots[backend.add(p, GREEDY, sampler=recs[i])] = i
-    steps = 0
-    while any(len(r.tokens) < n_tokens for r in recs):
-        if late is not None and steps == join_after:
-            slots[backend.add(prompts[late], GREEDY, sampler=recs[late])] = late
-        for slot in [s for s, i in slots.items() if len(recs[i].tokens) >= n_tokens]:
-            backend.remove(slot)
-            del slots[slot]
-        backend.step()
-        steps += 1
-    for slot in slots:
-        backend.remove(slot)
-    return recs
 
 
 @pytest.fixture(scope="module", params=["qwen", "gemma"])
@@ -104,8 +67,9 @@ def test_parallel_that_does_not_fit_is_refused_with_the_per_slot_size() -> None:
 @pytest.mark.slow
 def test_greedy_in_a_batch_matches_alone_up_to_near_ties(backend, model_path: Path) -> None:
     prompts = [backend.tokenize(p) for p in PROMPTS]
-    alone = [_run(backend, [p], N_TOKENS)[0] for p in prompts]
-    batched = _run(backend, prompts, N_TOKENS, join_after=5)  # the last request joins a running batch
+    alone = [decode_together(backend, [p], N_TOKENS)[0] for p in prompts]
+    # the last request joins a running batch
+    batched = decode_together(backend, prompts, N_TOKENS, join_after=5)
     differing = 0
     for a, b in zip(alone, batched, strict=True):
         first = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens, strict=True)) if x != y), None)
@@ -126,12 +90,12 @@ def test_chunked_prefill_and_slot_reuse_give_the_same_tokens(model_path: Path) -
         short = b.tokenize(PROMPTS[2])
         ref = _load(model_path, n_slots=1)
         try:
-            want = _run(ref, [long], 12)[0]
+            want = decode_together(ref, [long], 12)[0]
         finally:
             ref.close()
         # a slot used before (and freed) serves a new sequence as if fresh: its KV cache was dropped
-        _run(b, [short, short], 12)
-        got = _run(b, [long, short], 12)
+        decode_together(b, [short, short], 12)
+        got = decode_together(b, [long, short], 12)
         first = next(
             (i for i, (x, y) in enumerate(zip(want.tokens, got[0].tokens, strict=True)) if x != y), None
         )
