@@ -39,13 +39,14 @@ class QuotaError(RuntimeError):
     pass
 
 
-def _cpu_group(tid: str) -> str:
-    """The cpu cgroup (path below ``ROOT``) that thread ``tid`` of this process is in."""
-    for line in Path(f"/proc/self/task/{tid}/cgroup").read_text().splitlines():
+def cpu_cgroup(tid: int | str, pid: int | str = "self") -> str | None:
+    """The cpu cgroup (path below ``ROOT``) that thread ``tid`` of process ``pid`` is in; None if the
+    thread is in no cpu hierarchy."""
+    for line in Path(f"/proc/{pid}/task/{tid}/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         if "cpu" in controllers.split(","):
             return path
-    return "/"
+    return None
 
 
 def available() -> str | None:
@@ -99,7 +100,8 @@ class Throttle:
     def thread(self) -> Iterator[None]:
         """Throttle the calling thread inside the block (and put it back in its group after)."""
         tid = str(threading.get_native_id())
-        home = ROOT / _cpu_group(tid).lstrip("/")  # back where it was (a pinned process's group, or the root)
+        # back where it was after the block (a pinned process's group, or the root)
+        home = ROOT / (cpu_cgroup(tid) or "/").lstrip("/")
         (self.path / "tasks").write_text(tid)
         try:
             yield

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch
 from edgeinfer.models.dnn import zoo
 from edgeinfer.split.profile import DeviceSpec, device_thread, load_device, profile_model, torch_threads
 from edgeinfer.testbed import cpuquota
+from edgeinfer.testbed.cpuquota import cpu_cgroup
 
 needs_quota = pytest.mark.skipif(cpuquota.available() is not None, reason=str(cpuquota.available()))
 
@@ -49,14 +49,6 @@ def test_a_profile_under_a_quota_measures_the_slower_core_and_adds_up_to_a_pass(
     assert 0.25 < wall_ms / sum(per_layer) < 5.0  # other load on the cores moves it a lot
 
 
-def _cpu_cgroup(pid: int, tid: int) -> str:
-    for line in Path(f"/proc/{pid}/task/{tid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "cpu" in controllers.split(","):
-            return path
-    return ""
-
-
 @needs_quota
 def test_a_pinned_group_has_the_highest_weight_and_takes_a_whole_process():
     """The edge server's (and a test's) speed is pinned by putting its whole process in a quota group whose
@@ -69,13 +61,13 @@ def test_a_pinned_group_has_the_highest_weight_and_takes_a_whole_process():
         pid = os.getpid()
         tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         with group.process():
-            assert all(_cpu_cgroup(pid, t) == "/" + group.path.name for t in tids)
+            assert all(cpu_cgroup(t, pid) == "/" + group.path.name for t in tids)
             seen: list[str] = []
-            th = threading.Thread(target=lambda: seen.append(_cpu_cgroup(pid, threading.get_native_id())))
+            th = threading.Thread(target=lambda: seen.append(cpu_cgroup(threading.get_native_id(), pid)))
             th.start()
             th.join()
             assert seen == ["/" + group.path.name]  # threads started inside inherit the group
-        assert all(_cpu_cgroup(pid, t) == "/" for t in tids if os.path.exists(f"/proc/{pid}/task/{t}"))
+        assert all(cpu_cgroup(t, pid) == "/" for t in tids if os.path.exists(f"/proc/{pid}/task/{t}"))
     with pytest.raises(cpuquota.QuotaError, match="cpu.shares"):
         cpuquota.Throttle(0.5, shares=1)
 

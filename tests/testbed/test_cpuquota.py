@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from edgeinfer.testbed import cpuquota
-from edgeinfer.testbed.cpuquota import QuotaError, Throttle
+from edgeinfer.testbed.cpuquota import QuotaError, Throttle, cpu_cgroup
 
 needs_quota = pytest.mark.skipif(cpuquota.available() is not None, reason=str(cpuquota.available()))
 
@@ -30,14 +29,6 @@ def test_bad_quotas_are_refused():
         Throttle(0.5, period_us=10)
 
 
-def _cpu_cgroup(tid: int) -> str:
-    for line in Path(f"/proc/self/task/{tid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "cpu" in controllers.split(","):
-            return path
-    return ""
-
-
 @needs_quota
 def test_a_quarter_core_makes_cpu_work_take_several_times_longer_on_that_thread_only():
     with Throttle(0.25, period_us=10_000) as t:
@@ -45,17 +36,17 @@ def test_a_quarter_core_makes_cpu_work_take_several_times_longer_on_that_thread_
         # another thread of the same process (started before: new threads inherit their creator's group)
         seen: list[str] = []
         go = threading.Event()
-        th = threading.Thread(target=lambda: (go.wait(), seen.append(_cpu_cgroup(threading.get_native_id()))))
+        th = threading.Thread(target=lambda: (go.wait(), seen.append(cpu_cgroup(threading.get_native_id()))))
         th.start()
         w0 = time.perf_counter()
         with t.thread():
-            assert _cpu_cgroup(threading.get_native_id()) == "/" + t.path.name
+            assert cpu_cgroup(threading.get_native_id()) == "/" + t.path.name
             go.set()
             th.join()
             _spin(0.2)
         throttled = time.perf_counter() - w0
         assert t.stats()["nr_throttled"] > 0
-        assert _cpu_cgroup(threading.get_native_id()) == "/"  # back in the root group
+        assert cpu_cgroup(threading.get_native_id()) == "/"  # back in the root group
         path = t.path
     assert seen == ["/"]
     assert not path.exists()  # removed on close
