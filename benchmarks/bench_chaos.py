@@ -200,8 +200,8 @@ def settle(backend, bed: Bed, victim: str, how: str, warm: bool, timeout: float 
         m = backend.membership
         ok = m.is_up(victim) and (not warm or any(sb is not None for sb in backend.standbys))
         ok = ok and backend.settled()  # profiled again and re-planned: nothing competes with the next fault
-        if ok and backend._lock.acquire(timeout=1):  # the healer is done with it
-            backend._lock.release()
+        if ok and backend._gate.acquire(timeout=1):  # the healer is done with it
+            backend._gate.release()
             return
         time.sleep(0.2)
     raise RuntimeError(f"{victim} was not re-admitted within {timeout:.0f} s")

@@ -292,7 +292,7 @@ class PipelineBackend(VocabMixin):
         self.unavailable: str | None = None  # why the model cannot be served now (HTTP 503)
         # hot standbys: each standby is fed its primary's inputs in the background (cluster/mirror.py)
         self.mirror = StandbyMirror() if self.failover.mirror else None
-        self._lock = PipelineGate()  # sequences in flight share it; layout changes take it alone
+        self._gate = PipelineGate()  # sequences in flight share it; layout changes take it alone
         self.in_flight = 0  # sequences being generated (their forwards may queue behind each other's)
         self._counting = threading.Lock()
         self.parallel = max(1, parallel)  # sequences the server runs at once (``concurrency``)
@@ -340,7 +340,7 @@ class PipelineBackend(VocabMixin):
                 return
             try:
                 profiles = self._profile_joining()  # outside the lock: a sequence may run meanwhile
-                with self._lock:  # waits for the forwards in flight (their sequences recover by themselves)
+                with self._gate:  # waits for the forwards in flight (their sequences recover by themselves)
                     try:
                         self._admit_profiles(profiles)
                         self._heal_now()
@@ -736,11 +736,11 @@ class PipelineBackend(VocabMixin):
             t0, replayed = time.perf_counter(), 0
             x = torch.tensor(ids, dtype=torch.int32)
             if pos and self._adapt_due():
-                with self._lock:  # migrated away from a slow node: the sequences catch up on the new chain
+                with self._gate:  # migrated away from a slow node: the sequences catch up on the new chain
                     self._adapt()
             for _ in range(len(self.nodes.names()) + 2 if self.nodes else 1):
                 trim_record(record, pos)  # a replay must never see rejected or half-stepped positions
-                with self._lock.shared():
+                with self._gate.shared():
                     try:
                         n, whole = self._catch_up(seq_id, held, record, pos, output)
                         replayed += n
@@ -757,7 +757,7 @@ class PipelineBackend(VocabMixin):
                         if self.membership is None:
                             raise
                         failed = exc
-                with self._lock:  # one recovery: the first sequence to get here replaces the stage
+                with self._gate:  # one recovery: the first sequence to get here replaces the stage
                     if any(st is failed.stage for st in self.stages):
                         index = next(i for i, st in enumerate(self.stages) if st is failed.stage)
                         self._recover(index, failed.stage.name, str(failed))

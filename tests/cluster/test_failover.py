@@ -203,7 +203,7 @@ def test_kill_primary_fails_over_to_its_warm_standby(nodes, tiny, reference, tmp
         assert all(sb is None for sb in backend.standbys)  # used up
         nodes.start(nodes.index(victim))  # the node returns: re-admitted, a standby is placed again
         _wait("standby again", lambda: any(sb is not None for sb in backend.standbys), 30)
-        with backend._lock:
+        with backend._gate:
             assert backend.stats.replans == 1
         assert _generate(backend, lambda: None) == reference
     finally:
