@@ -137,7 +137,6 @@ class StageFailed(ClusterError):
     def __init__(self, index: int, stage: PipelineStage, exc: Exception):
         super().__init__(f"pipeline stage {index} ({stage.describe()}): {exc}")
         self.index, self.stage = index, stage
-        self.x = None  # the input the stage did not take
 
 
 def trim_record(record: list[list], length: int) -> None:
@@ -549,21 +548,13 @@ class PipelineBackend(VocabMixin):
         start_pos: int,
         output: str,
         record: list[list] | None = None,
-        begin=0,
         all_positions: bool = False,
     ):
-        """One pass through the stages from ``begin`` (x: token ids for stage 0, else its input); returns
-        the last stage's output. ``record[i]`` collects the inputs stage i accepted (for a warm replay);
-        a ``StageFailed`` carries the input the failed stage did not take (``x``)."""
-        for i in range(begin, len(self.stages)):
+        """One pass through the stages (x: token ids); returns the last stage's output. ``record[i]``
+        collects the inputs stage i accepted (for a warm replay)."""
+        for i in range(len(self.stages)):
             last = i == len(self.stages) - 1
-            try:
-                y = self._forward(
-                    i, seq_id, x, start_pos, output if last else "logits", last and all_positions
-                )
-            except StageFailed as failed:
-                failed.x = x
-                raise
+            y = self._forward(i, seq_id, x, start_pos, output if last else "logits", last and all_positions)
             if record is not None:
                 record[i].append(x)
                 standby = self.standbys[i] if self.mirror is not None and i < len(self.standbys) else None
@@ -747,10 +738,10 @@ class PipelineBackend(VocabMixin):
                         if whole:  # the whole history through the new chain as one batched prefill
                             record[:] = [[] for _ in self.stages]
                             full = torch.tensor(history[:pos] + list(ids), dtype=torch.int32)
-                            out = self.step(seq_id, full, 0, output, record, 0, all_positions)
+                            out = self.step(seq_id, full, 0, output, record, all_positions)
                             replayed += pos + len(ids)
                         else:
-                            out = self.step(seq_id, x, pos, output, record, 0, all_positions)
+                            out = self.step(seq_id, x, pos, output, record, all_positions)
                         held[:] = self.stages
                         break
                     except StageFailed as exc:
@@ -758,8 +749,8 @@ class PipelineBackend(VocabMixin):
                             raise
                         failed = exc
                 with self._gate:  # one recovery: the first sequence to get here replaces the stage
-                    if any(st is failed.stage for st in self.stages):
-                        index = next(i for i, st in enumerate(self.stages) if st is failed.stage)
+                    index = next((i for i, st in enumerate(self.stages) if st is failed.stage), None)
+                    if index is not None:  # else another sequence recovered it already
                         self._recover(index, failed.stage.name, str(failed))
                 if not held:  # nothing cached yet: the prompt simply goes through the new chain
                     record[:] = [[] for _ in self.stages]
