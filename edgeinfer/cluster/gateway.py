@@ -23,7 +23,7 @@ from edgeinfer.cluster.adapt import rescaled, slowdowns
 from edgeinfer.cluster.client import NodeClient, NodeError, NodePool
 from edgeinfer.cluster.config import LOCAL, FailoverOptions
 from edgeinfer.cluster.host import ShardHost
-from edgeinfer.cluster.mirror import StandbyMirror
+from edgeinfer.cluster.mirror import StandbyMirror, head_rows
 from edgeinfer.cluster.planner import InfeasiblePlan, Plan, Problem, Stage
 from edgeinfer.cluster.state import ClusterState, ResilienceStats, StageStatus
 from edgeinfer.engine.base import ModelInfo, SamplingParams
@@ -143,13 +143,7 @@ def trim_record(record: list[list], length: int) -> None:
     """Keep the inputs of the first ``length`` positions in every stage's record (``step``): positions
     beyond were drafted tokens the gateway rejected, rolled back on the nodes by the next Forward."""
     for inputs in record:
-        kept, n = [], 0
-        for x in inputs:
-            if n >= length:
-                break
-            kept.append(x[: length - n])
-            n += int(kept[-1].shape[0])
-        inputs[:] = kept
+        inputs[:] = head_rows(inputs, length)
 
 
 class ClusterUnavailable(ClusterError):

@@ -26,6 +26,17 @@ BATCH = 8  # decode positions gathered before one forward to the standby
 TIMEOUT = 120.0  # seconds for one mirrored forward (a long prompt's prefill on a slow node)
 
 
+def head_rows(inputs: list, n: int) -> list:
+    """The inputs (tensors of consecutive positions, in order) cut to their first ``n`` positions."""
+    kept, have = [], 0
+    for x in inputs:
+        if have >= n:
+            break
+        kept.append(x[: n - have])
+        have += int(kept[-1].shape[0])
+    return kept
+
+
 @dataclass
 class _Mirrored:
     """One sequence on one standby."""
@@ -76,13 +87,7 @@ class StandbyMirror:
                 m.pending.clear()
                 return
             if m.pending and start_pos >= m.base:
-                keep, n = [], m.base
-                for p in m.pending:
-                    if n >= start_pos:
-                        break
-                    keep.append(p[: start_pos - n])
-                    n += int(keep[-1].shape[0])
-                m.pending = keep
+                m.pending = head_rows(m.pending, start_pos - m.base)
             else:
                 m.pending, m.base = [], start_pos
             m.pending.append(x)
